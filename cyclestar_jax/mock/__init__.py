@@ -1,0 +1,25 @@
+"""The mock APOGEE world: the embedded default data (DESIGN.md §3).
+
+Public:
+  sample_labels(n, rng)            APOGEE-like labels [n, 25]
+  truth_spectrum(labels)           nature: labels [..., 25] -> flux [..., 7214] (pure JAX)
+  synthetic_spectrum(labels, w)    the "Kurucz" domain (with the gap), noise-free
+  observe(labels, w, rng)          the "APOGEE" domain: instrument + noise
+  WorldConfig, DataSizes, make_data(out, world, sizes)
+"""
+
+from cyclestar_jax.mock.files import DataSizes, make_data
+from cyclestar_jax.mock.population import sample_labels
+from cyclestar_jax.mock.world import (
+    WorldConfig,
+    masked_features,
+    masked_pixels,
+    observe,
+    synthetic_spectrum,
+    truth_spectrum,
+)
+
+__all__ = [
+    "DataSizes", "WorldConfig", "make_data", "masked_features", "masked_pixels", "observe",
+    "sample_labels", "synthetic_spectrum", "truth_spectrum",
+]  # fmt: skip

@@ -1,0 +1,51 @@
+"""Make the mock APOGEE world's data files: DIR/synth.h5, DIR/obs.h5 and DIR/examples.png.
+
+  python -m experiments.make_data --out runs/mock [--experiment apogee|new_lines]
+      [--n-train N] [--n-val N] [--n-test N] [--seed S] [--masked-fraction F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cyclestar_jax import mock
+from cyclestar_jax.mock import figures
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True, type=Path, help="output folder")
+  p.add_argument("--experiment", default="apogee", choices=["apogee", "new_lines"])
+  p.add_argument("--n-train", type=int, default=mock.DataSizes.n_train)
+  p.add_argument("--n-val", type=int, default=mock.DataSizes.n_val)
+  p.add_argument("--n-test", type=int, default=mock.DataSizes.n_test)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--masked-fraction", type=float, default=None,
+                 help="new_lines: fraction of strong features removed (default: the paper's)")
+  p.add_argument("--no-progress", action="store_true")
+  args = p.parse_args(argv)
+  for k in ("n_train", "n_val", "n_test"):
+    if getattr(args, k) < 1:
+      p.error(f"--{k.replace('_', '-')} must be at least 1")
+  return args
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  world = mock.WorldConfig(experiment=args.experiment, seed=args.seed,
+                           masked_fraction=args.masked_fraction)
+  sizes = mock.DataSizes(args.n_train, args.n_val, args.n_test)
+  summary = mock.make_data(args.out, world, sizes, progress=not args.no_progress)
+  figures.plot_examples(args.out / "synth.h5", args.out / "obs.h5", args.out / "examples.png")
+  (args.out / "make_data.json").write_text(json.dumps(summary, indent=2))
+  print(f"wrote {args.out}/synth.h5 ({summary['synth_mb']:.0f} MB) and obs.h5 "
+        f"({summary['obs_mb']:.0f} MB): {args.experiment}, {sizes.n_train}/{sizes.n_val}/"
+        f"{sizes.n_test} train/val/test stars per domain, seed {args.seed}, in "
+        f"{summary['synth_seconds'] + summary['obs_seconds']:.0f} s; examples.png")
+  return summary
+
+
+if __name__ == "__main__":
+  main()

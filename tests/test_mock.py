@@ -200,3 +200,19 @@ def test_make_data_rejects_bad_sizes(tmp_path):
 
   with pytest.raises(SystemExit):
     make_data.main(["--out", str(tmp_path), "--n-train", "0"])
+
+
+def test_shipped_linelist_matches_its_recipe():
+  """The shipped line list is what `build_linelist` locates and draws (strengths are fitted)."""
+  ll = linelist.load_linelist()
+  centres, species = linelist.find_lines(linelist.target_jacobian())
+  n_w = 1 + len(physics.WIDE_HWHM_PIX)
+  np.testing.assert_allclose(ll.center, np.repeat(centres, n_w))
+  np.testing.assert_array_equal(ll.species, np.repeat(species, n_w))
+  energy, iso13 = linelist._draw_line_physics(species, 20210101)
+  np.testing.assert_allclose(ll.energy, np.repeat(energy, n_w))
+  np.testing.assert_array_equal(ll.isotope13, np.repeat(iso13, n_w))
+  assert np.all(ll.strength > 0) and np.all(ll.donor_fraction >= 0)
+  assert 0 < ll.donor_fraction.sum() < 0.6
+  mol = ll.species >= physics.SP_CO
+  assert ll.energy[mol].mean() > ll.energy[~mol].mean() + 1.0  # molecules: cool-star features

@@ -49,7 +49,8 @@ def kurucz_response() -> dict[str, np.ndarray]:
 
   Keys: `gradient` [20, 7214] (flux change per +0.05 dex), `element_names` [20],
   `label_index` [20] (position in the 25-label vector), `feature_element`, `feature_start`,
-  `feature_end` (exclusive: a Python slice, whatever the data README says), `feature_masked` [415], `total_mask` [7214], `wavelength` [7214].
+  `feature_end` (exclusive, a Python slice), `feature_masked` [415], `total_mask` [7214],
+  `wavelength` [7214].
   """
   return {k: v.copy() for k, v in _npz("kurucz_line_response.npz").items()}
 

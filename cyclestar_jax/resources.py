@@ -1,6 +1,6 @@
 """Reference data shipped with the package (APOGEE grid, masks, Kurucz responses).
 
-Everything here is read from the package's own `data/` folder (see `data/README.md` for the
+Everything here is read from the package's own `refdata/` folder (see `refdata/README.md` for the
 origin and licence of each file); nothing reads outside the installed package.
 """
 
@@ -19,7 +19,7 @@ CHIP_EDGES = ((0, 2920), (2920, 5320), (5320, N_PIX))
 
 
 def _path(name: str):
-  return resources.files("cyclestar_jax").joinpath("data", name)
+  return resources.files("cyclestar_jax").joinpath("refdata", name)
 
 
 @functools.cache

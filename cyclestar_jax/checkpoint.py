@@ -1,0 +1,198 @@
+"""Checkpoints of the train state with orbax: save, keep the last N, restore only what is valid.
+
+A checkpoint is a step directory `DIR/<step>/` with two items: `state` (the whole `TrainState`:
+both parameter sets, both optimizer states, step, skip counter) and `meta` (JSON: format tag,
+step, data position, the config and a fingerprint of its architecture, a SHA-256 of every
+array's bytes). Orbax writes each step into a temporary directory and renames it when complete,
+so a killed write never looks like a checkpoint.
+
+`restore_latest` walks the steps from the newest and skips, with a warning that says why, any
+that is incomplete (a leftover temporary directory), unreadable or corrupt (orbax fails, or the
+arrays do not match the saved checksum), or foreign (not written by this package, or for a
+different architecture); it returns the newest valid one, or None. It never returns a state
+that failed a check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cyclestar_jax.config import Config
+
+FORMAT = "cyclestar_jax.TrainState/1"
+# Config fields that change the shapes of the state; a checkpoint with other values is foreign.
+_ARCH_FIELDS = ("n_pix", "filters_dom", "kernels_dom", "strides_dom", "filters_sh",
+                "kernels_sh", "strides_sh", "filters_sp", "kernels_sp", "strides_sp",
+                "zsh_filters", "zsp_filters", "critic_filters_x", "critic_kernels_x",
+                "critic_strides_x", "critic_filters_z", "critic_kernels_z", "critic_strides_z",
+                "activation", "activation_slope", "enc_out_norm")
+_TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used: missing, incomplete, corrupt or foreign."""
+
+
+def architecture_fingerprint(cfg: Config) -> str:
+  """SHA-256 (hex, 16 chars) of the config fields that fix the networks' shapes."""
+  arch = {k: getattr(cfg, k) for k in _ARCH_FIELDS}
+  return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _host(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)  # the state is replicated: any local copy is the whole array
+  return np.asarray(jax.device_get(x))
+
+
+def tree_checksum(tree) -> str:
+  """SHA-256 over the dtype, shape and bytes of every leaf, in tree-flatten order."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    a = np.ascontiguousarray(_host(leaf))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _config_json(cfg: Config) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+class Checkpointer:
+  """Save and restore `TrainState`s under one directory, keeping the last `max_to_keep`.
+
+  Args:
+    directory: where step directories go (created if missing).
+    cfg: the run's config; restored checkpoints must match its architecture.
+    max_to_keep: number of newest checkpoints kept; older ones are deleted after a save.
+  """
+
+  def __init__(self, directory: str | os.PathLike, cfg: Config, *, max_to_keep: int = 3):
+    if max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be ≥ 1, got {max_to_keep}")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.cfg = cfg
+    os.makedirs(self.directory, exist_ok=True)
+    self._warn_incomplete()
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "meta"))
+
+  def _warn_incomplete(self) -> None:
+    for name in sorted(os.listdir(self.directory)):
+      if _TMP_MARK in name:
+        warnings.warn(f"{os.path.join(self.directory, name)}: incomplete checkpoint (the write "
+                      f"was interrupted); ignored", stacklevel=3)
+
+  def steps(self) -> list[int]:
+    """Steps of the complete checkpoints on disk, oldest first."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def save(self, state, *, data_position: int | None = None, extra: dict | None = None) -> str:
+    """Save a state under its own step; returns the step directory.
+
+    Args:
+      state: a `TrainState` (host or device arrays, replicated if sharded).
+      data_position: where the data stream resumes (default: the state's step).
+      extra: more JSON-serialisable entries for the metadata (e.g. the data file names).
+    """
+    # Host copies (the state is replicated): orbax writes NumPy arrays 4× faster than arrays
+    # replicated over several devices, and the checksum needs them anyway.
+    state = jax.tree.map(_host, state)
+    step = int(state.step)
+    meta = {"format": FORMAT, "step": step,
+            "data_position": step if data_position is None else int(data_position),
+            "arch_fingerprint": architecture_fingerprint(self.cfg),
+            "config": _config_json(self.cfg), "checksum": tree_checksum(state),
+            "extra": extra or {}}
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     meta=ocp.args.JsonSave(meta)), force=True)
+    self._manager.wait_until_finished()
+    return os.path.join(self.directory, str(step))
+
+  def restore(self, step: int, target):
+    """Restore one step, checked; raises `CheckpointError` saying why it cannot be used.
+
+    Args:
+      step: the step to restore.
+      target: a `TrainState` of arrays or of `jax.ShapeDtypeStruct`s (e.g. from
+        `jax.eval_shape`), giving the expected structure, shapes, dtypes (and shardings).
+
+    Returns:
+      (state, meta): the restored state and its metadata dict.
+    """
+    where = os.path.join(self.directory, str(step))
+    try:
+      meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      meta = dict(meta["meta"])
+    except Exception as e:  # noqa: BLE001 - any failure to read means unusable
+      raise CheckpointError(f"{where}: not a checkpoint of this package, or incomplete (metadata "
+                            f"unreadable: {_short(e)})") from None
+    if meta.get("format") != FORMAT:
+      raise CheckpointError(f"{where}: not a cyclestar_jax train-state checkpoint (format "
+                            f"{meta.get('format')!r}, expected {FORMAT!r})")
+    want = architecture_fingerprint(self.cfg)
+    if meta.get("arch_fingerprint") != want:
+      theirs = meta.get("config", {})
+      diff = {k: (theirs.get(k), getattr(self.cfg, k)) for k in _ARCH_FIELDS
+              if json.dumps(theirs.get(k)) != json.dumps(getattr(self.cfg, k))}
+      raise CheckpointError(f"{where}: written for another architecture (config "
+                            f"{theirs.get('name')!r}); differing fields (saved, ours): {diff}")
+    if meta.get("step") != step:
+      raise CheckpointError(f"{where}: metadata says step {meta.get('step')}, directory {step}")
+    abstract = jax.tree.map(_abstract, target)
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"{where}: state unreadable (corrupt files) or of the wrong shape "
+                            f"({_short(e)})") from None
+    if tree_checksum(restored) != meta.get("checksum"):
+      raise CheckpointError(f"{where}: arrays do not match the checksum saved with them "
+                            f"(corrupt files)")
+    if int(_host(restored.step)) != step:
+      raise CheckpointError(f"{where}: state holds step {int(_host(restored.step))}")
+    return restored, meta
+
+  def restore_latest(self, target):
+    """The newest valid checkpoint as (state, meta), or None if there is none.
+
+    Invalid checkpoints (incomplete, corrupt, foreign) are skipped with a warning each.
+    """
+    for step in reversed(self.steps()):
+      try:
+        return self.restore(step, target)
+      except CheckpointError as e:
+        warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
+    return None
+
+  def close(self) -> None:
+    """Wait for pending writes and release the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _short(e: Exception, n: int = 300) -> str:
+  text = f"{type(e).__name__}: {e}"
+  return text if len(text) <= n else text[:n] + " …"
+
+
+def _abstract(x):
+  if isinstance(x, jax.ShapeDtypeStruct):
+    if x.sharding is None:
+      return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                  sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return x
+  x = jax.numpy.asarray(x) if not isinstance(x, jax.Array) else x
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)

@@ -1,0 +1,244 @@
+"""Training data from reference-format HDF5 files: standardization and shuffled batches (NumPy).
+
+Standardization (DESIGN.md §2), applied to raw rows of `h5io.SpectraFile`:
+  - keep the last `cfg.n_pix` pixels (drop the first 47 of the 7214-pixel grid);
+  - flux x' = (x − 0.97746492) / 0.05180881 (`resources.spectra_mean_std()`);
+  - errors: floored at `cfg.error_floor` (0.005, raw flux) then divided by the same std;
+    synthetic spectra get the floor everywhere, whatever the file holds;
+  - masks (float 0/1): the file's mask (h5io already masks NaN/inf flux and bad errors) and,
+    for observed spectra, 0 where the raw error exceeds `cfg.error_mask_threshold` (0.05);
+    synthetic spectra get 1 except where the file flags a bad pixel;
+  - `cfg.mask_synth_lines` (paper §4.2): synthetic flux set to the continuum (1.0) over the
+    masked features (`resources.kurucz_response()["total_mask"]`) before standardizing, as the
+    reference does; a no-op on files already written that way.
+
+Batches: each domain is read in its own shuffled order (unpaired), epoch by epoch; the rows of
+global step s are positions [s·B, (s+1)·B) of an endless stream whose epoch e is a permutation
+drawn from (seed, domain, e). A batch is therefore a pure function of (seed, step): resuming at
+step s gives exactly the batches an uninterrupted run would have seen. Only the rows of a batch
+are read (memory bounded for files larger than RAM); a background thread reads ahead.
+With several processes, each reads its own slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from cyclestar_jax import h5io, resources
+from cyclestar_jax.config import Config
+
+DOMAINS = ("synth", "obs")
+
+
+def standardize(sp: h5io.Spectra, domain: str, cfg: Config) -> dict[str, np.ndarray]:
+  """Turn raw rows of one domain into network inputs (module docstring).
+
+  Args:
+    sp: raw rows from `h5io.SpectraFile.read`: x [B, P] flux, x_err [B, P] raw errors or None,
+      x_msk [B, P] bool or None; P ≥ cfg.n_pix (7214 for the reference grid).
+    domain: "synth" or "obs".
+    cfg: config (n_pix, error_floor, error_mask_threshold, mask_synth_lines).
+
+  Returns:
+    {"x", "x_err", "x_msk"}: float32 [B, cfg.n_pix] standardized flux, standardized errors,
+    0/1 mask.
+  """
+  if domain not in DOMAINS:
+    raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+  n_pix = sp.x.shape[1]
+  drop = n_pix - cfg.n_pix
+  if drop < 0:
+    raise ValueError(f"spectra have {n_pix} pixels, fewer than the {cfg.n_pix} the networks "
+                     f"need (config {cfg.name!r})")
+  mean, std = resources.spectra_mean_std()
+  x = sp.x.astype(np.float32)
+  if domain == "synth" and cfg.mask_synth_lines:
+    line_mask = _line_mask(n_pix)
+    x = x.copy()
+    x[:, line_mask] = 1.0
+  x = x[:, drop:]
+  msk = np.ones(x.shape, bool) if sp.x_msk is None else sp.x_msk[:, drop:].astype(bool)
+  if domain == "synth" or sp.x_err is None:
+    err = np.full(x.shape, cfg.error_floor, np.float32)
+  else:
+    raw = sp.x_err[:, drop:]
+    msk = msk & (raw <= cfg.error_mask_threshold)
+    err = np.maximum(raw, cfg.error_floor)
+  return {"x": ((x - mean) / std).astype(np.float32),
+          "x_err": (err / std).astype(np.float32), "x_msk": msk.astype(np.float32)}
+
+
+@functools.cache
+def _line_mask(n_pix: int) -> np.ndarray:
+  mask = resources.kurucz_response()["total_mask"].astype(bool)
+  if mask.shape != (n_pix,):
+    raise ValueError(f"mask_synth_lines needs spectra on the {mask.shape[0]}-pixel APOGEE grid, "
+                     f"got {n_pix} pixels")
+  return mask
+
+
+def _epoch_permutation(seed: int, domain: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, domain, epoch]).permutation(n)
+
+
+@dataclasses.dataclass
+class _Domain:
+  file: h5io.SpectraFile
+  index: int  # 0 synth, 1 obs: part of the shuffle seed
+  n: int
+  cache: dict = dataclasses.field(default_factory=dict)
+
+  def rows(self, seed: int, positions: np.ndarray) -> np.ndarray:
+    epochs, offsets = np.divmod(positions, self.n)
+    out = np.empty(len(positions), np.int64)
+    for e in np.unique(epochs):
+      if e not in self.cache:
+        if len(self.cache) >= 2:
+          self.cache.pop(min(self.cache))
+        self.cache[e] = _epoch_permutation(seed, self.index, int(e), self.n)
+      sel = epochs == e
+      out[sel] = self.cache[e][offsets[sel]]
+    return out
+
+
+class BatchStream:
+  """Shuffled, unpaired batches of both domains, a pure function of (seed, step).
+
+  Args:
+    synth_path, obs_path: reference-format HDF5 files of the two domains.
+    cfg: config (batch_size is the global batch per domain; seed orders the data).
+    split: split to draw from (default "train").
+    process_index, process_count: this process's slice of every global batch (multi-host).
+
+  Raises:
+    ValueError: the two files have different pixel counts, or too few for cfg.n_pix, or a
+      split is empty (naming the files).
+  """
+
+  def __init__(self, synth_path, obs_path, cfg: Config, *, split: str = "train",
+               process_index: int = 0, process_count: int = 1):
+    self.cfg, self.split = cfg, split
+    if cfg.batch_size % process_count:
+      raise ValueError(f"batch size {cfg.batch_size} does not split over {process_count} "
+                       f"processes")
+    self.local_batch = cfg.batch_size // process_count
+    self._local = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
+    files = {"synth": h5io.SpectraFile(synth_path, n_pix=None),
+             "obs": h5io.SpectraFile(obs_path, n_pix=None)}
+    try:
+      p_s, p_o = files["synth"].n_pix, files["obs"].n_pix
+      if p_s != p_o:
+        raise ValueError(f"pixel counts differ: {synth_path} has {p_s} pixels per spectrum, "
+                         f"{obs_path} has {p_o}; both domains must share one grid")
+      if p_s < cfg.n_pix:
+        raise ValueError(f"{synth_path}, {obs_path}: {p_s} pixels per spectrum, fewer than "
+                         f"the {cfg.n_pix} of config {cfg.name!r}")
+      self._domains = {}
+      for i, (name, f) in enumerate(files.items()):
+        if split not in f.splits:
+          raise ValueError(f"{f.path}: no split {split!r} (has {f.splits})")
+        n = f.n(split)
+        if n == 0:
+          raise ValueError(f"{f.path}: split {split!r} is empty")
+        self._domains[name] = _Domain(f, i, n)
+    except BaseException:
+      for f in files.values():
+        f.close()
+      raise
+    self.n_pix_file = p_s
+
+  def sizes(self) -> dict[str, int]:
+    """Spectra per domain in the split."""
+    return {k: d.n for k, d in self._domains.items()}
+
+  def rows_at(self, step: int) -> dict[str, np.ndarray]:
+    """Row indices [local batch] of each domain used at a global step (for this process)."""
+    b = self.cfg.batch_size
+    positions = np.arange(step * b, (step + 1) * b, dtype=np.int64)[self._local]
+    return {k: d.rows(self.cfg.seed, positions) for k, d in self._domains.items()}
+
+  def batch_at(self, step: int) -> dict[str, np.ndarray]:
+    """The batch of a global step: `x_synth`, `x_synth_err`, `x_synth_msk`, `x_obs`, ... as
+    float32 [local batch, n_pix] (see `standardize`)."""
+    out = {}
+    for name, rows in self.rows_at(step).items():
+      sp = self._domains[name].file.read(self.split, rows=rows)
+      for k, v in standardize(sp, name, self.cfg).items():
+        out[k.replace("x", f"x_{name}", 1)] = v
+    return out
+
+  def iterate(self, start_step: int = 0, stop_step: int | None = None, *,
+              prefetch: int = 4) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Yield (step, batch) from `start_step`, read ahead by a background thread.
+
+    Args:
+      start_step: first global step (a resumed run passes its data position).
+      stop_step: one past the last step; None = endless.
+      prefetch: batches kept ready (bounds memory: prefetch × batch).
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def worker():
+      step = start_step
+      try:
+        while not stop.is_set() and (stop_step is None or step < stop_step):
+          item = (step, self.batch_at(step))
+          while not stop.is_set():
+            try:
+              q.put(item, timeout=0.1)
+              break
+            except queue.Full:
+              continue
+          step += 1
+        q.put(("done", None))
+      except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+        q.put(("error", e))
+
+    thread = threading.Thread(target=worker, name="BatchStream", daemon=True)
+    thread.start()
+    try:
+      while True:
+        step, batch = q.get()
+        if step == "done":
+          return
+        if step == "error":
+          raise batch
+        yield step, batch
+    finally:
+      stop.set()
+      thread.join(timeout=5)
+
+  def close(self) -> None:
+    """Close both files."""
+    for d in self._domains.values():
+      d.file.close()
+
+  def __enter__(self) -> BatchStream:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_split(path: str | Path, domain: str, cfg: Config, split: str = "val",
+               max_rows: int | None = None) -> dict[str, np.ndarray]:
+  """The first `max_rows` rows of a split, standardized (e.g. a validation set).
+
+  Returns:
+    {"x", "x_err", "x_msk"} float32 [N, n_pix], plus "y" [N, 25] labels when the file has them.
+  """
+  with h5io.SpectraFile(path, n_pix=None) as f:
+    n = f.n(split) if max_rows is None else min(max_rows, f.n(split))
+    sp = f.read(split, 0, n)
+  out = standardize(sp, domain, cfg)
+  if sp.y is not None:
+    out["y"] = sp.y
+  return out

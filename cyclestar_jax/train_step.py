@@ -1,0 +1,164 @@
+"""Train state and the pure Cycle-StarNet train step (paper §3.2.3, Appendix B).
+
+One iteration = one generator update (Eq. 1, critics fixed) then one critic update (Eq. 4) on
+the generator outputs of that same forward pass, held fixed, as the reference does. Two Adam
+optimizers (β = (0.5, 0.999), no weight decay); learning rates × 0.7 after 50k, 100k, 150k,
+200k updates (PyTorch's MultiStepLR stepped after each update gives the same schedule).
+
+The step has no device or axis names: `parallel.py` jits it over a device mesh. A step whose
+loss or gradients are not finite changes nothing but `step` and `n_skipped` (see `TrainState`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from cyclestar_jax import losses
+from cyclestar_jax.config import Config
+from cyclestar_jax.networks import CycleStarNet, make_networks
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; arrays only, so orbax saves it as it is.
+
+  Attributes:
+    step: int32 [] iterations consumed so far, skipped ones included; it is also the position
+      in the data stream (batches are a function of (seed, step)).
+    gen_params: generator parameters {enc_synth, enc_obs, enc_sh, enc_sp, dec_sh, dec_sp,
+      dec_synth, dec_obs} (see `networks`).
+    critic_params: critic parameters {critic_synth, critic_obs}.
+    gen_opt: generator optimizer state (Adam for encoders and for decoders).
+    critic_opt: critic optimizer state (Adam).
+    n_skipped: int32 [] iterations skipped because their loss or gradients were not finite.
+  """
+
+  step: jax.Array
+  gen_params: dict
+  critic_params: dict
+  gen_opt: optax.OptState
+  critic_opt: optax.OptState
+  n_skipped: jax.Array
+
+
+def lr_schedules(cfg: Config) -> dict[str, optax.Schedule]:
+  """Learning-rate schedules `encoder`, `decoder`, `critic` as functions of the update count."""
+
+  def piecewise(lr, boundaries, decay):
+    return optax.piecewise_constant_schedule(lr, {int(b): decay for b in boundaries})
+
+  return {"encoder": piecewise(cfg.lr_encoder, cfg.lr_boundaries_gen, cfg.lr_decay_gen),
+          "decoder": piecewise(cfg.lr_decoder, cfg.lr_boundaries_gen, cfg.lr_decay_gen),
+          "critic": piecewise(cfg.lr_critic, cfg.lr_boundaries_critic, cfg.lr_decay_critic)}
+
+
+def _gen_labels(params: dict) -> dict:
+  return {k: jax.tree.map(lambda _, k=k: "encoder" if k.startswith("enc") else "decoder", v)
+          for k, v in params.items()}
+
+
+def make_optimizers(cfg: Config) -> tuple[optax.GradientTransformation,
+                                          optax.GradientTransformation]:
+  """(generator, critic) optax transformations.
+
+  The generator's is Adam with the encoders' and the decoders' learning rates (the reference's
+  parameter groups; Adam is elementwise, so one Adam per group is the same optimizer).
+  """
+  sched = lr_schedules(cfg)
+  adam = functools.partial(optax.adam, b1=cfg.adam_beta1, b2=cfg.adam_beta2, eps=1e-8)
+  gen_tx = optax.multi_transform(
+      {"encoder": adam(sched["encoder"]), "decoder": adam(sched["decoder"])}, _gen_labels)
+  return gen_tx, adam(sched["critic"])
+
+
+def create_train_state(cfg: Config, key: jax.Array) -> TrainState:
+  """Fresh parameters (initialised as the reference) and optimizer states at step 0.
+
+  Use `jax.eval_shape(create_train_state, cfg, key)` (cfg bound by a closure or partial) for a
+  restore target without allocating.
+  """
+  nets = make_networks(cfg)
+  gen_params, critic_params = nets.init(key)
+  gen_tx, critic_tx = make_optimizers(cfg)
+  return TrainState(step=jnp.zeros((), jnp.int32), gen_params=gen_params,
+                    critic_params=critic_params, gen_opt=gen_tx.init(gen_params),
+                    critic_opt=critic_tx.init(critic_params),
+                    n_skipped=jnp.zeros((), jnp.int32))
+
+
+def _opt_count(opt_state) -> jax.Array:
+  """Number of updates applied so far, read from the first Adam count in the state."""
+  counts = [x for x in jax.tree.leaves(opt_state) if jnp.issubdtype(x.dtype, jnp.integer)]
+  return counts[0]
+
+
+def make_train_step(cfg: Config, nets: CycleStarNet | None = None):
+  """Build the pure train step of a config.
+
+  Returns:
+    `train_step(state, batch, key) -> (state, metrics)`:
+      state: `TrainState`.
+      batch: dict of [B, n_pix] float32 arrays `x_synth`, `x_synth_err`, `x_synth_msk`, `x_obs`,
+        `x_obs_err`, `x_obs_msk`: standardized flux, errors divided by the same std, 0/1 masks.
+      key: a PRNG key; the step uses `fold_in(key, state.step)`, so one key can serve a whole
+        run (only `zsp_pairing="random"` draws from it).
+      metrics: float32 scalars: the `losses.GEN_TERMS`, `CRITIC_TERMS`, `CRITIC_ACCURACIES`,
+        `loss_gen` (Eq. 1), `loss_critic` (Eq. 4), `grad_norm_gen`, `grad_norm_critic`,
+        `lr_encoder`, `lr_decoder`, `lr_critic`, `skipped` (1 if this step was skipped), and
+        int32 `n_skipped`, `step` (after the step). Losses are those of the parameters before
+        the update, as the reference logs them.
+  """
+  nets = nets if nets is not None else make_networks(cfg)
+  gen_tx, critic_tx = make_optimizers(cfg)
+  sched = lr_schedules(cfg)
+  gen_loss = functools.partial(losses.generator_loss, nets=nets)
+  critic_loss = functools.partial(losses.critic_loss, nets=nets)
+
+  def train_step(state: TrainState, batch: dict, key: jax.Array):
+    key = jax.random.fold_in(key, state.step)
+    zsp_perm = None
+    if cfg.zsp_pairing == "random" and cfg.use_split:
+      zsp_perm = jax.random.permutation(key, batch["x_obs"].shape[0])
+
+    # Generator update (critics fixed).
+    (g_loss, (g_terms, outputs)), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
+        state.gen_params, state.critic_params, batch, zsp_perm=zsp_perm)
+    g_updates, gen_opt = gen_tx.update(g_grads, state.gen_opt, state.gen_params)
+    gen_params = optax.apply_updates(state.gen_params, g_updates)
+
+    # Critic update on the outputs of the same forward pass, held fixed.
+    (c_loss, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(
+        state.critic_params, outputs, batch)
+    c_updates, critic_opt = critic_tx.update(c_grads, state.critic_opt, state.critic_params)
+    critic_params = optax.apply_updates(state.critic_params, c_updates)
+
+    # A sum of squares is finite only if every element is; checking the two global norms
+    # instead of every leaf keeps XLA's compile time down (3× on the CPU).
+    g_norm, c_norm = optax.tree.norm(g_grads), optax.tree.norm(c_grads)
+    ok = jnp.isfinite(g_loss) & jnp.isfinite(c_loss) & jnp.isfinite(g_norm) & jnp.isfinite(c_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        gen_params=keep(gen_params, state.gen_params),
+        critic_params=keep(critic_params, state.critic_params),
+        gen_opt=keep(gen_opt, state.gen_opt),
+        critic_opt=keep(critic_opt, state.critic_opt),
+        n_skipped=state.n_skipped + jnp.where(ok, 0, 1).astype(jnp.int32))
+
+    gen_count = _opt_count(state.gen_opt)
+    critic_count = _opt_count(state.critic_opt)
+    metrics = {**g_terms, **c_metrics, "loss_gen": g_loss, "loss_critic": c_loss,
+               "grad_norm_gen": g_norm, "grad_norm_critic": c_norm,
+               "lr_encoder": sched["encoder"](gen_count), "lr_decoder": sched["decoder"](gen_count),
+               "lr_critic": sched["critic"](critic_count)}
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    metrics.update(skipped=jnp.where(ok, 0.0, 1.0).astype(jnp.float32),
+                   n_skipped=new_state.n_skipped, step=new_state.step)
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,280 @@
+"""The Cycle-StarNet training loop: data, data-parallel step, validation, checkpoints, metrics.
+
+`train(cfg, synth_path, obs_path, out_dir)` runs the paper's schedule (Appendix B) from the two
+reference-format HDF5 files and writes into `out_dir`:
+  - `config.json`: the config used;
+  - `metrics.jsonl`: one JSON line per log interval (`kind: "train"`: means of every loss term
+    and critic accuracy over the interval, it/s, skipped steps) and per validation
+    (`kind: "val"`: the loss terms on the first `val_rows` spectra of each val split, and the
+    authors' latent cycle scores `zsh_synth_val`, `zsh_obs_val`, `zsp_val`);
+  - `checkpoints/`: orbax checkpoints (last `keep`), see `checkpoint.py`;
+  - `training_progress.png`: distances and adversarial losses against iterations (Fig. B1).
+
+Every input is checked before the first step: the files (pixel counts, splits), the batch size
+against the devices, and, with `resume=True`, the checkpoints (a corrupt or foreign newest one
+is skipped with a warning; if none is valid the run stops with an error rather than start over).
+A resumed run continues the same data stream (batches are a function of (seed, step)) and
+gives the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from cyclestar_jax import checkpoint, data, losses, parallel
+from cyclestar_jax.config import Config
+from cyclestar_jax.networks import make_networks
+from cyclestar_jax.train_step import create_train_state
+
+# Metrics whose interval means go to metrics.jsonl and the progress bar.
+_BAR_KEYS = ("rec_synth", "rec_obs", "cc_synth", "cc_obs", "gen_synth", "gen_obs")
+
+
+def make_eval_fn(cfg: Config):
+  """Jitted validation: (gen_params, critic_params, batch) → dict of scalar metrics `val_*`.
+
+  The generator and critic loss terms on a fixed batch (no update), and the authors' latent
+  cycle scores: mean |z − z_cycled| of latents scaled to [0, 1] per variable over the batch,
+  for z_sh of each domain (`zsh_synth_val`, `zsh_obs_val`) and z_sp (`zsp_val`).
+  """
+  nets = make_networks(cfg)
+
+  @jax.jit
+  def evaluate(gen_params, critic_params, batch):
+    _, (terms, out) = losses.generator_loss(gen_params, critic_params, batch, nets=nets)
+    _, c_metrics = losses.critic_loss(critic_params, out, batch, nets=nets)
+    zsh = [out["zsh_synth"], out["zsh_obs"], out["zsh_synthobs"], out["zsh_obssynth"]]
+    lo = jnp.min(jnp.concatenate(zsh), axis=0)
+    hi = jnp.max(jnp.concatenate(zsh), axis=0)
+    scale = lambda z: (z - lo) / jnp.maximum(hi - lo, 1e-12)  # noqa: E731
+    metrics = {**terms, **c_metrics,
+               "zsh_synth_val": jnp.mean(jnp.abs(scale(out["zsh_synth"])
+                                                 - scale(out["zsh_synthobs"]))),
+               "zsh_obs_val": jnp.mean(jnp.abs(scale(out["zsh_obs"])
+                                               - scale(out["zsh_obssynth"])))}
+    if cfg.use_split:
+      zsp = jnp.concatenate([out["zsp_obs"], out["zsp_synthobs"]])
+      lo_p, hi_p = jnp.min(zsp, axis=0), jnp.max(zsp, axis=0)
+      metrics["zsp_val"] = jnp.mean(jnp.abs(out["zsp_obs"] - out["zsp_synthobs"])
+                                    / jnp.maximum(hi_p - lo_p, 1e-12))
+    return {f"val_{k}" if not k.endswith("_val") else k: v for k, v in metrics.items()}
+
+  return evaluate
+
+
+def _validation_batch(synth_path, obs_path, cfg: Config, rows: int) -> dict | None:
+  try:
+    s = data.read_split(synth_path, "synth", cfg, "val", rows)
+    o = data.read_split(obs_path, "obs", cfg, "val", rows)
+  except (KeyError, ValueError) as e:
+    warnings.warn(f"no validation: {e}", stacklevel=3)
+    return None
+  n = min(len(s["x"]), len(o["x"]))
+  if n == 0:
+    return None
+  return {f"x_{d}{k[1:]}": v[:n] for d, arrs in (("synth", s), ("obs", o))
+          for k, v in arrs.items() if k != "y"}
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+  """Drop metric lines past the resumed step (written after the last checkpoint)."""
+  if not path.exists():
+    return
+  keep = [line for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line)["step"] <= after_step]
+  path.write_text("".join(line + "\n" for line in keep))
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  fetched = jax.device_get(history)
+  keys = [k for k in fetched[0] if k not in ("step", "n_skipped")]
+  out = {k: float(np.mean([m[k] for m in fetched])) for k in keys}
+  out["n_skipped"] = int(fetched[-1]["n_skipped"])
+  return out
+
+
+def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
+          n_iter: int | None = None, log_every: int = 100, val_every: int = 1000,
+          val_rows: int = 64, ckpt_every: int = 1000, keep: int = 3, progress: bool = True,
+          mesh=None) -> dict:
+  """Train Cycle-StarNet; see the module docstring for what is written.
+
+  Args:
+    cfg: config (architecture, schedule, batch size, seed).
+    synth_path, obs_path: reference-format HDF5 files of the synthetic and observed domains.
+    out_dir: output directory.
+    resume: continue from the newest valid checkpoint in `out_dir/checkpoints`.
+    n_iter: total iterations (default cfg.n_iter); a resumed run stops at the same total.
+    log_every, val_every, ckpt_every: intervals in iterations.
+    val_rows: spectra per domain in the validation batch.
+    keep: checkpoints kept.
+    progress: show a progress bar.
+    mesh: device mesh (default: all devices).
+
+  Returns:
+    {"step", "train": last interval's means, "val": last validation, "out_dir"}.
+  """
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  n_iter = cfg.n_iter if n_iter is None else int(n_iter)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_batch_size(cfg.batch_size, mesh)
+  stream = data.BatchStream(synth_path, obs_path, cfg, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+  val_batch = _validation_batch(synth_path, obs_path, cfg, val_rows)
+
+  ckpt = checkpoint.Checkpointer(out / "checkpoints", cfg, max_to_keep=keep)
+  key = jax.random.key(cfg.seed)
+  target = jax.eval_shape(functools.partial(create_train_state, cfg), key)
+  rep = parallel.replicated_sharding(mesh)
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
+  metrics_path = out / "metrics.jsonl"
+  start = 0
+  if ckpt.steps() and not resume:
+    raise checkpoint.CheckpointError(
+        f"{out / 'checkpoints'} already holds checkpoints (steps {ckpt.steps()}); pass "
+        f"resume=True (--resume) to continue, or choose another output directory")
+  if resume:
+    found = ckpt.restore_latest(target)
+    if found is None and ckpt.steps():
+      raise checkpoint.CheckpointError(
+          f"{out / 'checkpoints'}: no valid checkpoint among steps {ckpt.steps()} (see the "
+          f"warnings); refusing to start over in this directory")
+    if found is None:
+      warnings.warn(f"{out / 'checkpoints'}: no checkpoint yet; starting at step 0",
+                    stacklevel=2)
+  else:
+    found = None
+  if found is not None:
+    state, meta = found
+    start = int(meta["data_position"])
+    _truncate_metrics(metrics_path, start)
+  else:
+    state = parallel.replicate(create_train_state(cfg, key), mesh)
+    metrics_path.write_text("")
+  (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+
+  step_fn = parallel.make_parallel_train_step(cfg, mesh)
+  evaluate = make_eval_fn(cfg) if val_batch is not None else None
+  rkey = parallel.replicate(key, mesh)
+  history: list[dict] = []
+  last_train, last_val = {}, {}
+  t_interval = time.perf_counter()
+  bar = tqdm(total=n_iter, initial=start, disable=not progress, desc=cfg.name,
+             dynamic_ncols=True)
+  batches = stream.iterate(start, n_iter)
+  done = start
+  try:
+    for step, batch in batches:
+      # Dispatch is asynchronous: while the device runs this step, the loop already takes the
+      # next batch from the reader thread and starts its transfer.
+      state, m = step_fn(state, parallel.shard_batch(batch, mesh), rkey)
+      history.append(m)
+      done = step + 1
+      bar.update(1)
+      if done % log_every == 0:
+        last_train = _log_train(history, done, t_interval, metrics_path, bar)
+        history, t_interval = [], time.perf_counter()
+      if evaluate is not None and done % val_every == 0:
+        last_val = _log_val(evaluate, state, val_batch, done, metrics_path)
+      if done % ckpt_every == 0:
+        ckpt.save(state, data_position=done)
+    if history:
+      last_train = _log_train(history, done, t_interval, metrics_path, bar)
+    if done > start:
+      if evaluate is not None and done % val_every:
+        last_val = _log_val(evaluate, state, val_batch, done, metrics_path)
+      if done % ckpt_every:
+        ckpt.save(state, data_position=done)
+  finally:
+    bar.close()
+    batches.close()
+    stream.close()
+    ckpt.close()
+  plot_progress(metrics_path, out / "training_progress.png")
+  return {"step": done, "train": last_train, "val": last_val, "out_dir": str(out)}
+
+
+def _log_train(history, step, t0, path: Path, bar) -> dict:
+  means = _mean_metrics(history)
+  dt = time.perf_counter() - t0
+  means["it_per_s"] = len(history) / dt if dt > 0 else math.nan
+  bad = [k for k, v in means.items() if isinstance(v, float) and not math.isfinite(v)
+         and k != "it_per_s"]
+  line = {"kind": "train", "step": step, **means}
+  with path.open("a") as f:
+    f.write(json.dumps(line) + "\n")
+  bar.set_postfix({k: f"{means[k]:.3g}" for k in _BAR_KEYS} | {"it/s": f"{means['it_per_s']:.1f}"},
+                  refresh=False)
+  if bad:
+    warnings.warn(f"step {step}: non-finite metrics {bad} (steps skipped so far: "
+                  f"{means['n_skipped']})", stacklevel=3)
+  return line
+
+
+def _log_val(evaluate, state, batch, step, path: Path) -> dict:
+  vals = {k: float(v) for k, v in jax.device_get(
+      evaluate(state.gen_params, state.critic_params, batch)).items()}
+  line = {"kind": "val", "step": step, **vals}
+  with path.open("a") as f:
+    f.write(json.dumps(line) + "\n")
+  return line
+
+
+def read_metrics(path) -> dict[str, list[dict]]:
+  """metrics.jsonl → {"train": [lines], "val": [lines]}."""
+  out: dict[str, list[dict]] = {"train": [], "val": []}
+  for line in Path(path).read_text().splitlines():
+    if line.strip():
+      d = json.loads(line)
+      out.setdefault(d.get("kind", "train"), []).append(d)
+  return out
+
+
+def plot_progress(metrics_path, png_path) -> str | None:
+  """Training progress like the paper's Fig. B1: distances (top), adversarial losses (bottom).
+
+  Returns the figure path, or None if there is nothing to plot yet.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  m = read_metrics(metrics_path)["train"]
+  if not m:
+    return None
+  steps = [d["step"] for d in m]
+  fig = Figure(figsize=(8, 6.5))
+  FigureCanvasAgg(fig)
+  top, bottom = fig.subplots(2, 1, sharex=True)
+  for k, label in (("rec_synth", r"$X_{synth\to synth}$"),
+                   ("cc_synth", r"$X_{synth\to obs\to synth}$"),
+                   ("rec_obs", r"$X_{obs\to obs}$"), ("cc_obs", r"$X_{obs\to synth\to obs}$")):
+    top.plot(steps, [d[k] for d in m], label=label)
+  top.set_yscale("log")
+  top.set_ylabel("distance (Eq. 3, 7)")
+  top.legend(fontsize=8, ncol=2)
+  for k, label in (("gen_synth", r"gen $X_{obs\to synth}$"), ("gen_obs", r"gen $X_{synth\to obs}$"),
+                   ("dis_real_synth", r"$C_{synth}(X_{true})$"),
+                   ("dis_fake_synth", r"$C_{synth}(X_{fake})$"),
+                   ("dis_real_obs", r"$C_{obs}(X_{true})$"),
+                   ("dis_fake_obs", r"$C_{obs}(X_{fake})$")):
+    bottom.plot(steps, [d[k] for d in m], label=label)
+  bottom.set_ylabel("BCE (Eq. 4)")
+  bottom.set_xlabel("batch iterations")
+  bottom.legend(fontsize=8, ncol=3)
+  fig.tight_layout()
+  png_path = os.fspath(png_path)
+  fig.savefig(png_path, dpi=110)
+  return png_path

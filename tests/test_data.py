@@ -1,0 +1,125 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from cyclestar_jax import config, data, h5io, resources
+
+N_PIX = resources.N_PIX
+MEAN, STD = resources.spectra_mean_std()
+
+
+def _write(path, n, *, observed, seed, n_pix=N_PIX):
+  rng = np.random.default_rng(seed)
+  x = (1 - 0.1 * rng.random((n, n_pix))).astype(np.float32)
+  x[:, 0] = np.arange(n)  # row id in the first pixel (dropped by the pipeline), to trace rows
+  kw = dict(x=x, y=rng.normal(size=(n, 25)))
+  fields = ("spectra", "labels")
+  if observed:
+    kw.update(x_err=(0.004 + 0.05 * rng.random((n, n_pix))).astype(np.float32),
+              x_msk=rng.random((n, n_pix)) > 0.05)
+    fields = ("spectra", "spectra_err", "spectra_msk", "labels")
+  with h5io.SpectraWriter(path, {"train": n, "val": 4}, n_pix=n_pix, fields=fields) as w:
+    w.write("train", 0, **kw)
+    w.write("val", 0, **{k: v[:4] for k, v in kw.items()})
+  return kw
+
+
+@pytest.fixture
+def files(tmp_path):
+  synth, obs = tmp_path / "synth.h5", tmp_path / "obs.h5"
+  return synth, obs, _write(synth, 20, observed=False, seed=0), _write(obs, 28, observed=True,
+                                                                        seed=1)
+
+
+def test_standardize_follows_design(files):
+  _, _, raw_s, raw_o = files
+  cfg = config.get_config("smoke")
+  sp = h5io.Spectra(x=raw_o["x"][:3], x_err=raw_o["x_err"][:3], x_msk=raw_o["x_msk"][:3])
+  out = data.standardize(sp, "obs", cfg)
+  assert out["x"].shape == (3, 7167) and out["x"].dtype == np.float32
+  np.testing.assert_allclose(out["x"], (raw_o["x"][:3, 47:] - MEAN) / STD, rtol=1e-5)
+  err = raw_o["x_err"][:3, 47:]
+  np.testing.assert_allclose(out["x_err"], np.maximum(err, 0.005) / STD, rtol=1e-6)
+  want_msk = raw_o["x_msk"][:3, 47:] & (err <= 0.05)
+  np.testing.assert_array_equal(out["x_msk"], want_msk.astype(np.float32))
+  assert 0 < (err > 0.05).mean() and (out["x_err"] < 0.005 / STD * 1.0001).any()
+  syn = data.standardize(h5io.Spectra(x=raw_s["x"][:2]), "synth", cfg)
+  np.testing.assert_allclose(syn["x_err"], 0.005 / STD, rtol=1e-6)
+  np.testing.assert_array_equal(syn["x_msk"], 1.0)
+  # §4.2: masked features at the continuum in the synthetic domain only.
+  nl = dataclasses.replace(cfg, mask_synth_lines=True)
+  line = resources.kurucz_response()["total_mask"].astype(bool)
+  syn_nl = data.standardize(h5io.Spectra(x=raw_s["x"][:2]), "synth", nl)
+  np.testing.assert_allclose(syn_nl["x"][:, line[47:]], (1 - MEAN) / STD, rtol=1e-6)
+  np.testing.assert_array_equal(syn_nl["x"][:, ~line[47:]], syn["x"][:, ~line[47:]])
+  with pytest.raises(ValueError, match="fewer than the 7167"):
+    data.standardize(h5io.Spectra(x=raw_s["x"][:2, :7000]), "synth", cfg)
+
+
+def test_batches_shuffled_unpaired_and_deterministic(files):
+  synth, obs, _, _ = files
+  cfg = dataclasses.replace(config.get_config("smoke"), batch_size=4, seed=3)
+  with data.BatchStream(synth, obs, cfg) as s:
+    assert s.sizes() == {"synth": 20, "obs": 28}
+    # One epoch of the synthetic domain (5 steps of 4) visits every row once.
+    seen = np.concatenate([s.rows_at(k)["synth"] for k in range(5)])
+    assert sorted(seen) == list(range(20)) and list(seen) != list(range(20))
+    assert not np.array_equal(s.rows_at(0)["synth"], s.rows_at(0)["obs"][:4])
+    assert not np.array_equal(seen, np.concatenate([s.rows_at(k)["synth"] for k in range(5, 10)]))
+    b = s.batch_at(6)
+    assert set(b) == {"x_synth", "x_synth_err", "x_synth_msk", "x_obs", "x_obs_err", "x_obs_msk"}
+    assert all(v.shape == (4, 7167) and v.dtype == np.float32 for v in b.values())
+    streamed = list(s.iterate(0, 9, prefetch=2))
+  assert [k for k, _ in streamed] == list(range(9))
+  with data.BatchStream(synth, obs, cfg) as s2:  # a new stream (a resumed run) agrees
+    for k, batch in streamed[4:]:
+      ref = s2.batch_at(k)
+      for name in batch:
+        np.testing.assert_array_equal(batch[name], ref[name])
+    resumed = list(s2.iterate(4, 9))
+  for (k1, b1), (k2, b2) in zip(streamed[4:], resumed, strict=True):
+    assert k1 == k2 and all(np.array_equal(b1[n], b2[n]) for n in b1)
+  other = dataclasses.replace(cfg, seed=4)
+  with data.BatchStream(synth, obs, other) as s3:
+    assert not np.array_equal(s3.rows_at(0)["obs"], streamed[0][1]["x_obs"][:, 0])
+
+
+def test_process_slices_make_the_global_batch(files):
+  synth, obs, _, _ = files
+  cfg = dataclasses.replace(config.get_config("smoke"), batch_size=4)
+  with data.BatchStream(synth, obs, cfg) as whole:
+    want = whole.rows_at(3)
+  parts = []
+  for p in range(2):
+    with data.BatchStream(synth, obs, cfg, process_index=p, process_count=2) as s:
+      parts.append(s.rows_at(3))
+  for d in ("synth", "obs"):
+    np.testing.assert_array_equal(np.concatenate([q[d] for q in parts]), want[d])
+
+
+def test_bad_files_are_named(files, tmp_path):
+  synth, obs, _, _ = files
+  cfg = config.get_config("smoke")
+  short = tmp_path / "short.h5"
+  _write(short, 8, observed=True, seed=2, n_pix=7200)
+  with pytest.raises(ValueError, match=r"pixel counts differ: .*synth.h5 has 7214.*short.h5 has "
+                                       r"7200"):
+    data.BatchStream(synth, short, cfg)
+  with pytest.raises(ValueError, match="no split 'test'"):
+    data.BatchStream(synth, obs, cfg, split="test")
+  # An error in the background thread reaches the consumer, after the good batches.
+  with data.BatchStream(synth, obs, cfg) as s:
+    good = s.batch_at
+
+    def failing(step):
+      if step == 2:
+        raise OSError("disk gone")
+      return good(step)
+
+    s.batch_at = failing
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+      for k, _ in s.iterate(0, 5):
+        got.append(k)
+    assert got == [0, 1]

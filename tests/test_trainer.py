@@ -1,0 +1,145 @@
+"""End to end: `python -m experiments.train` on toy files, straight, and SIGKILLed + resumed."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cyclestar_jax import checkpoint, config, h5io, trainer
+
+N_PIX = 7214
+N_ITER, CKPT_EVERY = 40, 20
+
+
+def _write_domain(path, n, observed, seed):
+  """Raw-flux toy spectra: shared absorption lines with per-star depths; the observed domain
+  adds broader lines, a continuum tilt, noise, errors and a few bad pixels."""
+  rng = np.random.default_rng(seed)
+  lines = np.random.default_rng(5)
+  centers, depth = lines.uniform(0, N_PIX, 80), lines.uniform(0.05, 0.5, 80)
+  pix = np.arange(N_PIX)
+  width = 3.0 if observed else 2.0
+  profile = np.exp(-0.5 * ((pix[None, :] - centers[:, None]) / width) ** 2)
+  sizes = {"train": n, "val": 16}
+  fields = ("spectra", "spectra_err", "spectra_msk") if observed else ("spectra",)
+  with h5io.SpectraWriter(path, sizes, fields=fields) as w:
+    for split, m in sizes.items():
+      x = np.exp(-(depth * np.exp(0.3 * rng.normal(size=(m, 1)))) @ profile)
+      kw = {}
+      if observed:
+        x = x * (1 + 0.02 * rng.normal(size=(m, 1)) * (pix / N_PIX - 0.5))
+        err = np.full_like(x, 0.01)
+        kw = dict(x_err=err.astype(np.float32), x_msk=rng.random(x.shape) > 0.02)
+        x = x + err * rng.normal(size=x.shape)
+      w.write(split, 0, x=x.astype(np.float32), **kw)
+
+
+@pytest.fixture(scope="module")
+def toy_files(tmp_path_factory):
+  d = tmp_path_factory.mktemp("toy")
+  _write_domain(d / "synth.h5", 64, False, 0)
+  _write_domain(d / "obs.h5", 64, True, 1)
+  return d / "synth.h5", d / "obs.h5"
+
+
+def _command(synth, obs, out, *extra):
+  return [sys.executable, "-m", "experiments.train", "--synth", str(synth), "--obs", str(obs),
+          "--config", "smoke", "--out", str(out), "--n-iter", str(N_ITER), "--ckpt-every",
+          str(CKPT_EVERY), "--log-every", "10", "--val-every", "20", "--no-progress", *extra]
+
+
+def _env(cache):
+  # The three runs compile the same step: share XLA's persistent cache to save compile time.
+  return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def _final_state(out):
+  cfg = config.get_config("smoke")
+  import functools
+
+  import jax
+
+  from cyclestar_jax.train_step import create_train_state
+  target = jax.eval_shape(functools.partial(create_train_state, cfg), jax.random.key(0))
+  ckpt = checkpoint.Checkpointer(Path(out) / "checkpoints", cfg)
+  try:
+    return ckpt.restore(N_ITER, target)
+  finally:
+    ckpt.close()
+
+
+def test_smoke_run_learns_and_resumes_exactly_after_sigkill(toy_files, tmp_path):
+  synth, obs = toy_files
+  cache = tmp_path / "xla_cache"
+  cwd = Path(__file__).resolve().parents[1]
+  straight = tmp_path / "straight"
+  subprocess.run(_command(synth, obs, straight), check=True, env=_env(cache), cwd=cwd,
+                 timeout=300, capture_output=True)
+
+  m = trainer.read_metrics(straight / "metrics.jsonl")
+  assert [d["step"] for d in m["train"]] == list(range(10, N_ITER + 1, 10))
+  assert [d["step"] for d in m["val"]] == [20, 40]
+  for d in m["train"] + m["val"]:
+    assert all(np.isfinite(v) for v in d.values() if isinstance(v, (int, float))), d
+  first, last = m["train"][0], m["train"][-1]
+  for k in ("rec_synth", "rec_obs", "cc_synth", "cc_obs"):
+    assert last[k] < 0.7 * first[k], (k, first[k], last[k])
+  for k in ("val_rec_synth", "val_rec_obs"):
+    assert m["val"][-1][k] < m["val"][0][k]
+  assert (straight / "training_progress.png").stat().st_size > 10_000
+
+  # The same run killed with SIGKILL once its step-20 checkpoint exists, then resumed.
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_command(synth, obs, killed), env=_env(cache), cwd=cwd,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not (killed / "checkpoints" / str(CKPT_EVERY)).exists():
+    assert proc.poll() is None and time.time() < deadline, "run ended before its checkpoint"
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  # Without --resume the run refuses to overwrite (checked before anything compiles).
+  with pytest.raises(checkpoint.CheckpointError, match="--resume"):
+    trainer.train(config.get_config("smoke"), synth, obs, killed, n_iter=N_ITER)
+  subprocess.run(_command(synth, obs, killed, "--resume"), check=True, env=_env(cache), cwd=cwd,
+                 timeout=300, capture_output=True)
+
+  (a, meta_a), (b, meta_b) = _final_state(straight), _final_state(killed)
+  assert meta_a["data_position"] == meta_b["data_position"] == N_ITER
+  import jax
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  mk = trainer.read_metrics(killed / "metrics.jsonl")
+  assert [d["step"] for d in mk["train"]] == [d["step"] for d in m["train"]]
+  for da, db in zip(m["train"], mk["train"], strict=True):
+    assert da["rec_obs"] == db["rec_obs"] and da["gen_synth"] == db["gen_synth"]
+  assert json.loads((killed / "config.json").read_text())["name"] == "smoke"
+
+
+def test_bad_inputs_stop_before_any_step(toy_files, tmp_path):
+  synth, obs = toy_files
+  cfg = config.get_config("smoke")
+  short = tmp_path / "short.h5"
+  with h5io.SpectraWriter(short, {"train": 8}, n_pix=7000, fields=("spectra",)) as w:
+    w.write("train", 0, x=np.ones((8, 7000), np.float32))
+  with pytest.raises(ValueError, match="pixel counts differ"):
+    trainer.train(cfg, synth, short, tmp_path / "a", n_iter=5)
+  # Only a corrupt checkpoint in the run directory: resuming is refused, not restarted.
+  run = tmp_path / "b" / "checkpoints" / "10"
+  (run / "state").mkdir(parents=True)
+  (run / "state" / "garbage").write_bytes(b"\0" * 100)
+  with pytest.warns(UserWarning, match="skipping checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="no valid checkpoint"):
+      trainer.train(cfg, synth, obs, tmp_path / "b", n_iter=5, resume=True)
+  with pytest.raises(ValueError, match="does not split over 8 devices"):
+    trainer.train(dataclasses.replace(cfg, batch_size=6), synth, obs, tmp_path / "c", n_iter=5)

@@ -188,6 +188,7 @@ def test_make_data_files_are_deterministic_and_readable(tmp_path):
        h5io.SpectraFile(tmp_path / "a" / "obs.h5") as fo:
     ys, yo = fs.read("train").y, fo.extra("labels_true", "train")
     assert not np.any(np.all(np.isclose(ys[:, None], yo[None]), axis=-1))  # unpaired stars
+    np.testing.assert_array_equal(fs.read("val").y, fo.extra("labels_true", "val"))  # paired
     s = fs.read("val")
     assert s.x_err is None and s.x_msk is None and s.snr is None  # the authors' synth format
     o = fo.read("val")

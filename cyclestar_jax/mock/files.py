@@ -1,11 +1,14 @@
 """Writing the mock world to reference-format HDF5 files (`synth.h5`, `obs.h5`).
 
-The synthetic and observed files hold different, unpaired stars. Both keep the true labels
-(`labels_true <split>`); `labels <split>` holds the labels a user would have: the exact model
-inputs for the synthetic domain, survey-catalogue labels (truth + ASPCAP-like errors) for the
-observed one. The world's settings are stored as the JSON attribute `world`.
-Generation goes in fixed blocks whose random generators are seeded by (seed, domain, split,
-block), so the same seed gives identical files on any machine with the same software.
+The synthetic and observed files hold different, unpaired stars in `train` and `test`; the
+`val` split is paired (the same stars in both files, row for row), as the authors'
+validation compares T_synth->obs of a star's synthetic spectrum with its observed one. Both
+files keep the true labels (`labels_true <split>`); `labels <split>` holds the labels a user
+would have: the exact model inputs for the synthetic domain, survey-catalogue labels (truth +
+ASPCAP-like errors) for the observed one. The world's settings are stored as the JSON
+attribute `world`. Generation goes in fixed blocks whose random generators are seeded by
+(seed, domain, split, block), so the same seed gives identical files on any machine with the
+same software.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ def _block_rng(world: _world.WorldConfig, domain: str, split: str, block: int):
   return _world._rng(world, domain, split, block)
 
 
+PAIRED_SPLITS = ("val",)
+
+
 def _labels_for(world, domain, split, block, n) -> np.ndarray:
+  """True labels of a block; paired splits draw the observed domain's stars in both files."""
+  if split in PAIRED_SPLITS:
+    domain = "obs"
   return population.sample_labels(n, _block_rng(world, domain + "-labels", split, block))
 
 

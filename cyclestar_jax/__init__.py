@@ -12,7 +12,8 @@ _EXPORTS = {
     "Config": "config", "from_ini": "config", "get_config": "config",
     "make_networks": "networks", "TrainState": "train_step",
     "create_train_state": "train_step", "make_train_step": "train_step",
-    "load_emulator": "emulator", "save_emulator": "emulator",
+    "load_emulator": "emulator", "save_emulator": "emulator", "Emulator": "emulator",
+    "emulator_apply": "emulator",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -12,6 +12,7 @@ _EXPORTS = {
     "Config": "config", "from_ini": "config", "get_config": "config",
     "make_networks": "networks", "TrainState": "train_step",
     "create_train_state": "train_step", "make_train_step": "train_step",
+    "make_multi_step": "train_step", "load_torch_cycle_model": "torch_import",
     "load_emulator": "emulator", "save_emulator": "emulator", "Emulator": "emulator",
     "emulator_apply": "emulator",
 }  # fmt: skip

@@ -6,7 +6,8 @@ reference-format HDF5 files and writes into `out_dir`:
   - `metrics.jsonl`: one JSON line per log interval (`kind: "train"`: means of every loss term
     and critic accuracy over the interval, it/s, skipped steps) and per validation
     (`kind: "val"`: the loss terms on the first `val_rows` spectra of each val split, and the
-    authors' latent cycle scores `zsh_synth_val`, `zsh_obs_val`, `zsp_val`);
+    authors' latent cycle scores `zsh_synth_val`, `zsh_obs_val`, `zsp_val`; with a paired
+    val split, the paired transfer residuals `val_paired_*`, see `paired_metrics`);
   - `checkpoints/`: orbax checkpoints (last `keep`), see `checkpoint.py`;
   - `training_progress.png`: distances and adversarial losses against iterations (Fig. B1).
 
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from cyclestar_jax import checkpoint, data, losses, parallel
+from cyclestar_jax import checkpoint, data, h5io, losses, parallel, resources
 from cyclestar_jax.config import Config
 from cyclestar_jax.networks import make_networks
 from cyclestar_jax.train_step import create_train_state
@@ -42,12 +43,51 @@ from cyclestar_jax.train_step import create_train_state
 _BAR_KEYS = ("rec_synth", "rec_obs", "cc_synth", "cc_obs", "gen_synth", "gen_obs")
 
 
-def make_eval_fn(cfg: Config):
+def _half_width_16_84(r: jax.Array) -> jax.Array:
+  """Half the 16–84 percentile width of the finite values of r (NaN marks excluded ones)."""
+  lo, hi = jnp.nanpercentile(r, jnp.array([16.0, 84.0]))
+  return 0.5 * (hi - lo)
+
+
+def paired_metrics(out: dict, batch: dict) -> dict[str, jax.Array]:
+  """Transfer residuals on a paired batch (row i of both domains is the same star).
+
+  DESIGN.md §4. Observed domain: x_synth→obs = D_obs(D_sh(z_sh of the synthetic spectrum),
+  z_sp of its paired observed spectrum) against the observed spectrum, as normalized residuals
+  r = (pred − x)/err over unmasked pixels (standardization cancels in the ratio): `obs_bias`
+  (mean r), `obs_scatter` (half the 16–84 percentile width), `obs_chi2` (mean r² over pixels
+  with |r| ≤ 5) and `obs_chi2_all` (all unmasked pixels). Synthetic domain: x_obs→synth against
+  the synthetic spectrum, as relative residuals (pred − x)/x in raw flux: `synth_bias`,
+  `synth_scatter`.
+
+  Args:
+    out: `cycle_forward` outputs with the z_sp lent at the same batch position (the default),
+      so `x_synthobs[i]` uses z_sp of `x_obs[i]`.
+    batch: the paired batch (`losses.BATCH_KEYS`, [B, n_pix]).
+
+  Returns:
+    Dict of scalars, keys as above.
+  """
+  r = (out["x_synthobs"] - batch["x_obs"]) / batch["x_obs_err"]
+  r = jnp.where(batch["x_obs_msk"] > 0, r, jnp.nan)
+  chi2_all = jnp.nanmean(jnp.square(r))
+  chi2 = jnp.nanmean(jnp.where(jnp.abs(r) <= 5, jnp.square(r), jnp.nan))
+  mean, std = resources.spectra_mean_std()
+  raw_pred = out["x_obssynth"] * std + mean
+  raw_x = batch["x_synth"] * std + mean
+  rel = jnp.where(batch["x_synth_msk"] > 0, (raw_pred - raw_x) / raw_x, jnp.nan)
+  return {"obs_bias": jnp.nanmean(r), "obs_scatter": _half_width_16_84(r), "obs_chi2": chi2,
+          "obs_chi2_all": chi2_all, "synth_bias": jnp.nanmean(rel),
+          "synth_scatter": _half_width_16_84(rel)}
+
+
+def make_eval_fn(cfg: Config, paired: bool = False):
   """Jitted validation: (gen_params, critic_params, batch) → dict of scalar metrics `val_*`.
 
   The generator and critic loss terms on a fixed batch (no update), and the authors' latent
   cycle scores: mean |z − z_cycled| of latents scaled to [0, 1] per variable over the batch,
-  for z_sh of each domain (`zsh_synth_val`, `zsh_obs_val`) and z_sp (`zsp_val`).
+  for z_sh of each domain (`zsh_synth_val`, `zsh_obs_val`) and z_sp (`zsp_val`). With
+  `paired` (row i of both domains is the same star), also `val_paired_*` (`paired_metrics`).
   """
   nets = make_networks(cfg)
 
@@ -69,23 +109,36 @@ def make_eval_fn(cfg: Config):
       lo_p, hi_p = jnp.min(zsp, axis=0), jnp.max(zsp, axis=0)
       metrics["zsp_val"] = jnp.mean(jnp.abs(out["zsp_obs"] - out["zsp_synthobs"])
                                     / jnp.maximum(hi_p - lo_p, 1e-12))
+    if paired:
+      metrics.update({f"paired_{k}": v for k, v in paired_metrics(out, batch).items()})
     return {f"val_{k}" if not k.endswith("_val") else k: v for k, v in metrics.items()}
 
   return evaluate
 
 
-def _validation_batch(synth_path, obs_path, cfg: Config, rows: int) -> dict | None:
+def _validation_batch(synth_path, obs_path, cfg: Config, rows: int) -> tuple[dict | None, bool]:
+  """(The first `rows` val spectra of each domain, whether the val split is paired).
+
+  The split counts as paired when both files' val splits have the same number of rows: the
+  authors' files (and the mock's) hold the same stars in the same order in both val splits.
+  That identity cannot be checked in real files; files whose val rows are different stars
+  but equal in number would get meaningless `val_paired_*` metrics (pass `paired_val=False`).
+  """
   try:
     s = data.read_split(synth_path, "synth", cfg, "val", rows)
     o = data.read_split(obs_path, "obs", cfg, "val", rows)
+    with h5io.SpectraFile(synth_path, n_pix=None) as fs, h5io.SpectraFile(obs_path,
+                                                                           n_pix=None) as fo:
+      paired = fs.n("val") == fo.n("val")
   except (KeyError, ValueError) as e:
     warnings.warn(f"no validation: {e}", stacklevel=3)
-    return None
+    return None, False
   n = min(len(s["x"]), len(o["x"]))
   if n == 0:
-    return None
-  return {f"x_{d}{k[1:]}": v[:n] for d, arrs in (("synth", s), ("obs", o))
-          for k, v in arrs.items() if k != "y"}
+    return None, False
+  batch = {f"x_{d}{k[1:]}": v[:n] for d, arrs in (("synth", s), ("obs", o))
+           for k, v in arrs.items() if k != "y"}
+  return batch, paired
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:
@@ -108,7 +161,7 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
           n_iter: int | None = None, log_every: int = 100, val_every: int = 1000,
           val_rows: int = 64, ckpt_every: int = 1000, keep: int = 3, progress: bool = True,
-          mesh=None) -> dict:
+          mesh=None, paired_val: bool | None = None) -> dict:
   """Train Cycle-StarNet; see the module docstring for what is written.
 
   Args:
@@ -122,6 +175,8 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
     keep: checkpoints kept.
     progress: show a progress bar.
     mesh: device mesh (default: all devices).
+    paired_val: whether row i of the two val splits is the same star (adds `val_paired_*`);
+      default: when the two val splits have the same number of rows (see `_validation_batch`).
 
   Returns:
     {"step", "train": last interval's means, "val": last validation, "out_dir"}.
@@ -133,7 +188,8 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
   parallel.check_batch_size(cfg.batch_size, mesh)
   stream = data.BatchStream(synth_path, obs_path, cfg, process_index=jax.process_index(),
                             process_count=jax.process_count())
-  val_batch = _validation_batch(synth_path, obs_path, cfg, val_rows)
+  val_batch, paired = _validation_batch(synth_path, obs_path, cfg, val_rows)
+  paired = paired if paired_val is None else bool(paired_val)
 
   ckpt = checkpoint.Checkpointer(out / "checkpoints", cfg, max_to_keep=keep)
   key = jax.random.key(cfg.seed)
@@ -167,7 +223,7 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
   (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
   step_fn = parallel.make_parallel_train_step(cfg, mesh)
-  evaluate = make_eval_fn(cfg) if val_batch is not None else None
+  evaluate = make_eval_fn(cfg, paired=paired) if val_batch is not None else None
   rkey = parallel.replicate(key, mesh)
   history: list[dict] = []
   last_train, last_val = {}, {}
@@ -251,13 +307,16 @@ def plot_progress(metrics_path, png_path) -> str | None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  m = read_metrics(metrics_path)["train"]
+  metrics = read_metrics(metrics_path)
+  m = metrics["train"]
   if not m:
     return None
   steps = [d["step"] for d in m]
-  fig = Figure(figsize=(8, 6.5))
+  paired = [d for d in metrics["val"] if "val_paired_obs_bias" in d]
+  fig = Figure(figsize=(8, 9 if paired else 6.5))
   FigureCanvasAgg(fig)
-  top, bottom = fig.subplots(2, 1, sharex=True)
+  axes = fig.subplots(3 if paired else 2, 1, sharex=True)
+  top, bottom = axes[0], axes[1]
   for k, label in (("rec_synth", r"$X_{synth\to synth}$"),
                    ("cc_synth", r"$X_{synth\to obs\to synth}$"),
                    ("rec_obs", r"$X_{obs\to obs}$"), ("cc_obs", r"$X_{obs\to synth\to obs}$")):
@@ -272,8 +331,19 @@ def plot_progress(metrics_path, png_path) -> str | None:
                    ("dis_fake_obs", r"$C_{obs}(X_{fake})$")):
     bottom.plot(steps, [d[k] for d in m], label=label)
   bottom.set_ylabel("BCE (Eq. 4)")
-  bottom.set_xlabel("batch iterations")
   bottom.legend(fontsize=8, ncol=3)
+  if paired:  # paired validation: x_synth→obs vs x_obs (normalized), x_obs→synth vs x_synth (%)
+    ax, vs = axes[2], [d["step"] for d in paired]
+    ax.plot(vs, [d["val_paired_obs_bias"] for d in paired], "o-", label="obs: bias (σ)")
+    ax.plot(vs, [d["val_paired_obs_scatter"] for d in paired], "s-", label="obs: scatter (σ)")
+    ax.plot(vs, [100 * d["val_paired_synth_bias"] for d in paired], "o--",
+            label="synth: bias (%)")
+    ax.plot(vs, [100 * d["val_paired_synth_scatter"] for d in paired], "s--",
+            label="synth: scatter (%)")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_ylabel("paired val residuals")
+    ax.legend(fontsize=8, ncol=2)
+  axes[-1].set_xlabel("batch iterations")
   fig.tight_layout()
   png_path = os.fspath(png_path)
   fig.savefig(png_path, dpi=110)

@@ -95,6 +95,12 @@ def test_smoke_run_learns_and_resumes_exactly_after_sigkill(toy_files, tmp_path)
     assert last[k] < 0.7 * first[k], (k, first[k], last[k])
   for k in ("val_rec_synth", "val_rec_obs"):
     assert m["val"][-1][k] < m["val"][0][k]
+  # The toy val splits have equal row counts, so they count as paired (see trainer).
+  for k in ("obs_bias", "obs_scatter", "obs_chi2", "obs_chi2_all", "synth_bias",
+            "synth_scatter"):
+    assert all(np.isfinite(d[f"val_paired_{k}"]) for d in m["val"]), k
+  assert 0 < m["val"][-1]["val_paired_obs_scatter"] and m["val"][-1]["val_paired_obs_chi2"] <= (
+      m["val"][-1]["val_paired_obs_chi2_all"])
   assert (straight / "training_progress.png").stat().st_size > 10_000
 
   # The same run killed with SIGKILL once its step-20 checkpoint exists, then resumed.
@@ -143,3 +149,29 @@ def test_bad_inputs_stop_before_any_step(toy_files, tmp_path):
       trainer.train(cfg, synth, obs, tmp_path / "b", n_iter=5, resume=True)
   with pytest.raises(ValueError, match="does not split over 8 devices"):
     trainer.train(dataclasses.replace(cfg, batch_size=6), synth, obs, tmp_path / "c", n_iter=5)
+
+
+def test_paired_metrics_against_numpy():
+  from cyclestar_jax import resources
+  rng = np.random.default_rng(0)
+  mean, std = resources.spectra_mean_std()
+  b, p = 4, 50
+  x_obs, err = rng.normal(size=(b, p)), rng.uniform(0.5, 2, (b, p))
+  r = rng.normal(0.3, 1.5, (b, p))
+  r[0, :3] = 9.0  # outliers: in chi2_all and the percentiles, not in chi2
+  msk = np.ones((b, p))
+  msk[1, 10:20] = 0
+  raw_x = rng.uniform(0.6, 1.0, (b, p))
+  eps = rng.normal(0.001, 0.004, (b, p))
+  out = {"x_synthobs": x_obs + r * err, "x_obssynth": (raw_x * (1 + eps) - mean) / std}
+  batch = {"x_obs": x_obs, "x_obs_err": err, "x_obs_msk": msk, "x_synth": (raw_x - mean) / std,
+           "x_synth_msk": np.ones((b, p))}
+  got = trainer.paired_metrics(*[{k: np.asarray(v, np.float32) for k, v in d.items()}
+                                 for d in (out, batch)])
+  ru = r[msk > 0]
+  half = lambda v: 0.5 * np.subtract(*np.percentile(v, [84, 16]))  # noqa: E731
+  want = {"obs_bias": ru.mean(), "obs_scatter": half(ru), "obs_chi2_all": np.mean(ru**2),
+          "obs_chi2": np.mean(ru[np.abs(ru) <= 5] ** 2), "synth_bias": eps.mean(),
+          "synth_scatter": half(eps)}
+  for k, v in want.items():
+    np.testing.assert_allclose(got[k], v, rtol=2e-3, atol=2e-5, err_msg=k)

@@ -149,8 +149,12 @@ def _flatten(y):
   return y.reshape(-1, _labels.N_LABELS), y.shape[:-1]
 
 
+@jax.jit
 def truth_spectrum(labels) -> jax.Array:
-  """Nature's normalized flux [..., 7214] for physical labels [..., 25] (jit/vmap/grad-able)."""
+  """Nature's normalized flux [..., 7214] for physical labels [..., 25] (jit/vmap/grad-able).
+
+  Compiled on first use for each input shape (op-by-op execution would be far slower).
+  """
   y, lead = _flatten(labels)
   flux = _batched(lambda t: physics.synthesize(t, _truth_combs()), y)
   return flux.reshape(*lead, resources.N_PIX)
@@ -195,6 +199,7 @@ def masked_pixels(world: WorldConfig) -> np.ndarray:
   return pix
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def synthetic_spectrum(labels, world: WorldConfig) -> jax.Array:
   """The synthetic ("Kurucz") domain's flux [..., 7214] for labels [..., 25]; noise-free."""
   y, lead = _flatten(labels)
@@ -306,11 +311,6 @@ def _truth_at_resolution(y, resolution):
   return _batched(lambda t, r: physics.synthesize(t, _truth_combs(), r), y, resolution)
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_synthetic(world: WorldConfig):
-  return jax.jit(lambda y: synthetic_spectrum(y, world))
-
-
 def _on_host(fn, y: np.ndarray, *args: np.ndarray) -> np.ndarray:
   """fn over [n, ...] inputs in fixed HOST_CHUNK blocks (one compilation for any n) -> NumPy."""
   n = y.shape[0]
@@ -325,7 +325,7 @@ def _on_host(fn, y: np.ndarray, *args: np.ndarray) -> np.ndarray:
 
 def synthetic_spectra(labels: np.ndarray, world: WorldConfig) -> np.ndarray:
   """`synthetic_spectrum` for many stars [n, 25] on the host, in fixed blocks -> [n, 7214]."""
-  return _on_host(_jitted_synthetic(world), np.asarray(labels))
+  return _on_host(functools.partial(synthetic_spectrum, world=world), np.asarray(labels))
 
 
 def observe(labels: np.ndarray, world: WorldConfig, rng: np.random.Generator) -> Observation:

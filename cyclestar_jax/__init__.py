@@ -14,7 +14,8 @@ _EXPORTS = {
     "create_train_state": "train_step", "make_train_step": "train_step",
     "make_multi_step": "train_step", "load_torch_cycle_model": "torch_import",
     "load_emulator": "emulator", "save_emulator": "emulator", "Emulator": "emulator",
-    "emulator_apply": "emulator",
+    "emulator_apply": "emulator", "FitConfig": "fitting", "LabelFitter": "fitting",
+    "fit_spectra": "fitting",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

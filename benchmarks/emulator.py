@@ -18,7 +18,6 @@ depend on the values).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks._common import emit_json
 from cyclestar_jax.emulator import Emulator, count_params, create_emulator_params, load_emulator
 from cyclestar_jax.labels import N_LABELS
 
@@ -110,12 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
   em = load_emulator(args.emulator) if args.emulator else None
   res = run(n=args.n, batch=args.batch, jac_batch=args.jac_batch, repeats=args.repeats,
             emulator=em, skip_predict=args.skip_predict)
-  text = json.dumps(res, indent=1)
-  print(text)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
-  return res
+  return emit_json(res, args.out)
 
 
 if __name__ == "__main__":

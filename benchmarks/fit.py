@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks._common import emit_json
 from cyclestar_jax.emulator import (
     Emulator,
     create_emulator_params,
@@ -211,12 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
             config_name=args.config, emulator_path=args.emulator, model_dir=args.model,
             quality_n=args.quality_n, chunk_size=args.chunk_size, seed=args.seed,
             tol=args.tol, patience=args.patience)
-  text = json.dumps(res, indent=1)
-  print(text)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
-  return res
+  return emit_json(res, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ the largest absolute difference otherwise. tests/test_trainer.py does the same a
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import signal
@@ -36,17 +35,8 @@ def _command(args, out, *extra):
 
 
 def _final_state(cfg_name, out, step):
-  import jax
-
   from cyclestar_jax import checkpoint, config
-  from cyclestar_jax.train_step import create_train_state
-  cfg = config.get_config(cfg_name)
-  target = jax.eval_shape(functools.partial(create_train_state, cfg), jax.random.key(0))
-  ckpt = checkpoint.Checkpointer(Path(out) / "checkpoints", cfg)
-  try:
-    return ckpt.restore(step, target)
-  finally:
-    ckpt.close()
+  return checkpoint.restore_state(Path(out) / "checkpoints", config.get_config(cfg_name), step)
 
 
 def main(argv=None) -> dict:

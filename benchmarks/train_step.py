@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks._common import emit_json
 from cyclestar_jax import config, data, parallel, resources
 from cyclestar_jax import train_step as ts
 
@@ -251,12 +252,7 @@ def run(args) -> dict:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   out = run(args)
-  text = json.dumps(out, indent=1)
-  print(text)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
-  return out
+  return emit_json(out, args.out)
 
 
 if __name__ == "__main__":

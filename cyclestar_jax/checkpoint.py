@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cyclestar_jax.config import Config
+from cyclestar_jax.train_step import create_train_state
 
 FORMAT = "cyclestar_jax.TrainState/1"
 # Config fields that change the shapes of the state; a checkpoint with other values is foreign.
@@ -181,6 +182,27 @@ class Checkpointer:
     """Wait for pending writes and release the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def restore_state(ckpt_dir, cfg: Config, step: int | None = None):
+  """A training state from a checkpoint folder: the given step, or the newest valid one.
+
+  Builds the restore target with `jax.eval_shape` (nothing is allocated before reading).
+
+  Returns:
+    (state, meta).
+  Raises:
+    CheckpointError: the step is invalid, or (step None) no checkpoint is valid.
+  """
+  target = jax.eval_shape(lambda k: create_train_state(cfg, k), jax.random.key(0))
+  ckpt = Checkpointer(ckpt_dir, cfg)
+  try:
+    restored = ckpt.restore(step, target) if step is not None else ckpt.restore_latest(target)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise CheckpointError(f"{ckpt_dir}: no valid checkpoint (see the warnings above)")
+  return restored
 
 
 def _short(e: Exception, n: int = 300) -> str:

@@ -1135,7 +1135,6 @@ def load_cycle_model(run_dir: str | os.PathLike) -> CycleModel:
   from cyclestar_jax import checkpoint as ckpt
   from cyclestar_jax.config import Config
   from cyclestar_jax.networks import make_networks
-  from cyclestar_jax.train_step import create_train_state
 
   run_dir = Path(run_dir)
   if not run_dir.is_dir():
@@ -1173,15 +1172,10 @@ def load_cycle_model(run_dir: str | os.PathLike) -> CycleModel:
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items()})
   except Exception as e:  # noqa: BLE001 - ConfigError, TypeError: say which file
     raise ValueError(f"{what}: the config cannot be used ({e})") from None
-  target = jax.eval_shape(lambda k: create_train_state(cfg, k), jax.random.PRNGKey(0))
-  checkpointer = ckpt.Checkpointer(where, cfg)
   try:
-    restored = checkpointer.restore_latest(target)
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise ValueError(f"{where}: no valid checkpoint (see the warnings above)")
-  state, _ = restored
+    state, _ = ckpt.restore_state(where, cfg)
+  except ckpt.CheckpointError as e:
+    raise ValueError(str(e)) from None
   return CycleModel(nets=make_networks(cfg), gen_params=state.gen_params, source=str(where))
 
 

@@ -64,17 +64,7 @@ def _env(cache):
 
 def _final_state(out):
   cfg = config.get_config("smoke")
-  import functools
-
-  import jax
-
-  from cyclestar_jax.train_step import create_train_state
-  target = jax.eval_shape(functools.partial(create_train_state, cfg), jax.random.key(0))
-  ckpt = checkpoint.Checkpointer(Path(out) / "checkpoints", cfg)
-  try:
-    return ckpt.restore(N_ITER, target)
-  finally:
-    ckpt.close()
+  return checkpoint.restore_state(Path(out) / "checkpoints", cfg, N_ITER)
 
 
 def test_smoke_run_learns_and_resumes_exactly_after_sigkill(toy_files, tmp_path):

@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="new_lines: fraction of strong features removed (default: the paper's)")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
+  if args.masked_fraction is not None and args.experiment != "new_lines":
+    p.error("--masked-fraction applies to --experiment new_lines only")
   for k in ("n_train", "n_val", "n_test"):
     if getattr(args, k) < 1:
       p.error(f"--{k.replace('_', '-')} must be at least 1")

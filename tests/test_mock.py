@@ -201,6 +201,8 @@ def test_make_data_rejects_bad_sizes(tmp_path):
 
   with pytest.raises(SystemExit):
     make_data.main(["--out", str(tmp_path), "--n-train", "0"])
+  with pytest.raises(SystemExit):
+    make_data.main(["--out", str(tmp_path), "--masked-fraction", "0.5"])  # apogee experiment
 
 
 def test_shipped_linelist_matches_its_recipe():

@@ -53,6 +53,20 @@ def _labels_for(world, domain, split, block, n) -> np.ndarray:
   return population.sample_labels(n, _block_rng(world, domain + "-labels", split, block))
 
 
+def _write_domain(path, world: _world.WorldConfig, sizes: DataSizes, *, domain: str,
+                  fields: tuple[str, ...], extra: dict, progress: bool, rows) -> Path:
+  """Write one domain's file in blocks; rows(split, block, n) gives `SpectraWriter.write` kwargs."""
+  with h5io.SpectraWriter(path, sizes.as_dict(), fields=fields, extra_fields=extra,
+                          attrs={"world": dataclasses.asdict(world), "domain": domain}
+                          ) as w, _bar(sizes, progress, Path(path).name) as bar:
+    for split, n in sizes.as_dict().items():
+      for b, start in enumerate(range(0, n, BLOCK)):
+        m = min(BLOCK, n - start)
+        w.write(split, start, **rows(split, b, m))
+        bar.update(m)
+  return Path(path)
+
+
 def write_synthetic(path, world: _world.WorldConfig, sizes: DataSizes, *,
                     progress: bool = True) -> Path:
   """Write the synthetic domain's spectra to `path`, in the authors' synthetic format.
@@ -60,40 +74,29 @@ def write_synthetic(path, world: _world.WorldConfig, sizes: DataSizes, *,
   Noise-free: only `spectra` and `labels` (+ `labels_true`), no err/msk/snr, as the authors'
   `csn_kurucz.h5`; the data pipeline gives such spectra error 0.005 and mask 1 (DESIGN.md §2).
   """
-  extra = {"labels_true": ((25,), np.float64)}
-  with h5io.SpectraWriter(path, sizes.as_dict(), fields=("spectra", "labels"),
-                          extra_fields=extra,
-                          attrs={"world": dataclasses.asdict(world), "domain": "synthetic"}
-                          ) as w, _bar(sizes, progress, "synth.h5") as bar:
-    for split, n in sizes.as_dict().items():
-      for b, start in enumerate(range(0, n, BLOCK)):
-        m = min(BLOCK, n - start)
-        y = _labels_for(world, "synth", split, b, m)
-        x = _world.synthetic_spectra(y, world)
-        w.write(split, start, x=x, y=y, labels_true=y)
-        bar.update(m)
-  return Path(path)
+  def rows(split, b, m):
+    y = _labels_for(world, "synth", split, b, m)
+    return {"x": _world.synthetic_spectra(y, world), "y": y, "labels_true": y}
+
+  return _write_domain(path, world, sizes, domain="synthetic", fields=("spectra", "labels"),
+                       extra={"labels_true": ((25,), np.float64)}, progress=progress, rows=rows)
 
 
 def write_observed(path, world: _world.WorldConfig, sizes: DataSizes, *,
                    progress: bool = True) -> Path:
   """Write the observed domain's spectra (instrument + noise) to `path`."""
+  def rows(split, b, m):
+    y = _labels_for(world, "obs", split, b, m)
+    rng = _block_rng(world, "obs-instrument", split, b)
+    obs = _world.observe(y, world, rng)
+    return {"x": obs.x, "x_err": obs.x_err, "x_msk": obs.x_msk, "snr": obs.snr,
+            "y": _world.catalogue_labels(y, world, rng), "labels_true": y, "fiber": obs.fiber,
+            "resolution": obs.resolution}
+
   extra = {"labels_true": ((25,), np.float64), "fiber": ((), np.int32),
            "resolution": ((), np.float32)}
-  with h5io.SpectraWriter(path, sizes.as_dict(), extra_fields=extra,
-                          attrs={"world": dataclasses.asdict(world), "domain": "observed"}
-                          ) as w, _bar(sizes, progress, "obs.h5") as bar:
-    for split, n in sizes.as_dict().items():
-      for b, start in enumerate(range(0, n, BLOCK)):
-        m = min(BLOCK, n - start)
-        y = _labels_for(world, "obs", split, b, m)
-        rng = _block_rng(world, "obs-instrument", split, b)
-        obs = _world.observe(y, world, rng)
-        y_cat = _world.catalogue_labels(y, world, rng)
-        w.write(split, start, x=obs.x, x_err=obs.x_err, x_msk=obs.x_msk, y=y_cat, snr=obs.snr,
-                labels_true=y, fiber=obs.fiber, resolution=obs.resolution)
-        bar.update(m)
-  return Path(path)
+  return _write_domain(path, world, sizes, domain="observed", fields=h5io.FIELDS, extra=extra,
+                       progress=progress, rows=rows)
 
 
 def _bar(sizes: DataSizes, progress: bool, desc: str):

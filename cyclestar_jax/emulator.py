@@ -423,7 +423,8 @@ def _is_torch_zip(path: Path) -> bool:
 def load_emulator(path: str | os.PathLike) -> Emulator:
   """Load an emulator from any supported format (chosen by what `path` is).
 
-  - a directory: orbax checkpoint from `emulator_train`;
+  - a directory: the output folder of `experiments.train_emulator` (its `emulator.npz`, else
+    its `checkpoint/`), or an orbax checkpoint directory itself;
   - `.pt`, `.pth` or a PyTorch archive: the authors' PyTorch file (needs torch);
   - otherwise: The Payne's npz format (what `save_emulator` writes).
 
@@ -434,6 +435,10 @@ def load_emulator(path: str | os.PathLike) -> Emulator:
   if not path.exists():
     raise FileNotFoundError(f"emulator file {path} does not exist")
   if path.is_dir():
+    if (path / "emulator.npz").is_file():
+      return load_emulator(path / "emulator.npz")
+    if (path / "checkpoint").is_dir():
+      return load_orbax_emulator(path / "checkpoint")
     return load_orbax_emulator(path)
   if path.suffix.lower() in (".pt", ".pth") or _is_torch_zip(path):
     return load_torch_emulator(path)

@@ -295,6 +295,7 @@ def test_tiny_training_writes_outputs_and_checkpoint_reloads(synth_file, tmp_pat
   pred = from_npz.predict(y_test, check_box=False)
   np.testing.assert_array_equal(from_ckpt.predict(y_test, check_box=False), pred)
   np.testing.assert_array_equal(from_ckpt.y_min, from_npz.y_min)
+  np.testing.assert_array_equal(emu.load_emulator(out).predict(y_test, check_box=False), pred)
   # the reported metric is the metric of the saved emulator
   assert np.median(np.abs(pred - x_test)) == pytest.approx(held["median_abs"], rel=1e-5)
   # much better than the mean training spectrum

@@ -37,6 +37,26 @@ from cyclestar_jax.config import Config
 DOMAINS = ("synth", "obs")
 
 
+def observed_errors(x_err: np.ndarray, x_msk: np.ndarray | None, *, error_floor: float,
+                    error_mask_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+  """Which observed pixels count, and their floored errors (DESIGN.md §2), in raw flux units.
+
+  Args:
+    x_err: [B, P] raw 1σ errors.
+    x_msk: [B, P] file mask (True/1 = good) or None.
+    error_floor: errors are raised to at least this (0.005).
+    error_mask_threshold: pixels whose raw error exceeds this are bad (0.05).
+
+  Returns:
+    (err [B, P] float32 = max(x_err, error_floor), good [B, P] bool: flagged good, error
+    finite, positive and not above the threshold).
+  """
+  good = np.isfinite(x_err) & (x_err > 0) & (x_err <= error_mask_threshold)
+  if x_msk is not None:
+    good &= np.asarray(x_msk).astype(bool)
+  return np.maximum(x_err, error_floor).astype(np.float32), good
+
+
 def standardize(sp: h5io.Spectra, domain: str, cfg: Config) -> dict[str, np.ndarray]:
   """Turn raw rows of one domain into network inputs (module docstring).
 
@@ -68,9 +88,8 @@ def standardize(sp: h5io.Spectra, domain: str, cfg: Config) -> dict[str, np.ndar
   if domain == "synth" or sp.x_err is None:
     err = np.full(x.shape, cfg.error_floor, np.float32)
   else:
-    raw = sp.x_err[:, drop:]
-    msk = msk & (raw <= cfg.error_mask_threshold)
-    err = np.maximum(raw, cfg.error_floor)
+    err, msk = observed_errors(sp.x_err[:, drop:], msk, error_floor=cfg.error_floor,
+                               error_mask_threshold=cfg.error_mask_threshold)
   return {"x": ((x - mean) / std).astype(np.float32),
           "x_err": (err / std).astype(np.float32), "x_msk": msk.astype(np.float32)}
 

@@ -88,6 +88,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cyclestar_jax.data import observed_errors
 from cyclestar_jax.emulator import Emulator, atomic_write, emulator_apply, load_emulator
 from cyclestar_jax.labels import LABEL_NAMES, N_LABELS, label_index, scale_labels, unscale_labels
 from cyclestar_jax.resources import CHIP_EDGES, N_DROP, N_PIX, spectra_mean_std, wavelength
@@ -272,22 +273,20 @@ def prepare_observed(x, x_err=None, x_msk=None, *, error_floor: float = 0.005,
   x = np.array(x, dtype=np.float32, copy=True)
   if x.ndim != 2:
     raise ValueError(f"flux must have shape [N, n_pix], got {x.shape}")
-  good = np.isfinite(x)
+  if x_msk is not None and np.shape(x_msk) != x.shape:
+    raise ValueError(f"x_msk has shape {np.shape(x_msk)}, expected {x.shape} like the flux")
   if x_err is None:
     err = np.full(x.shape, error_floor, np.float32)
+    good = np.ones(x.shape, bool) if x_msk is None else np.asarray(x_msk).astype(bool)
   else:
-    err = np.asarray(x_err, dtype=np.float32)
-    if err.shape != x.shape:
-      raise ValueError(f"x_err has shape {err.shape}, expected {x.shape} like the flux")
-    good &= np.isfinite(err) & (err > 0) & (err <= error_mask_threshold)
-  if x_msk is not None:
-    msk = np.asarray(x_msk)
-    if msk.shape != x.shape:
-      raise ValueError(f"x_msk has shape {msk.shape}, expected {x.shape} like the flux")
-    good &= msk.astype(bool)
+    if np.shape(x_err) != x.shape:
+      raise ValueError(f"x_err has shape {np.shape(x_err)}, expected {x.shape} like the flux")
+    err, good = observed_errors(np.asarray(x_err, np.float32), x_msk, error_floor=error_floor,
+                                error_mask_threshold=error_mask_threshold)
+  good &= np.isfinite(x)
   x[~np.isfinite(x)] = 1.0
   with np.errstate(invalid="ignore", divide="ignore"):
-    w = np.where(good, 1.0 / np.maximum(np.where(good, err, 1.0), error_floor) ** 2, 0.0)
+    w = np.where(good, 1.0 / np.where(good, err, 1.0) ** 2, 0.0)
   return x, w.astype(np.float32)
 
 

@@ -40,7 +40,7 @@ class DataSizes:
 
 
 def _block_rng(world: _world.WorldConfig, domain: str, split: str, block: int):
-  return _world._rng(world, domain, split, block)
+  return _world.seeded_rng(world, domain, split, block)
 
 
 PAIRED_SPLITS = ("val",)

@@ -86,7 +86,9 @@ class WorldConfig:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def _rng(world: WorldConfig, *purpose) -> np.random.Generator:
+def seeded_rng(world: WorldConfig, *purpose) -> np.random.Generator:
+  """A generator seeded by the world's seed and a purpose (strings and ints), so each random
+  choice of the world is independent of the order in which the others are made."""
   tag = [hash_str(p) if isinstance(p, str) else int(p) for p in purpose]
   return np.random.default_rng([world.seed, *tag])
 
@@ -112,7 +114,7 @@ def synthetic_linelist(world: WorldConfig) -> physics.LineList:
   ll = _linelist.load_linelist()
   if world.experiment != "apogee":
     return ll
-  rng = _rng(world, "kurucz-gap")
+  rng = seeded_rng(world, "kurucz-gap")
   # One error and one drop decision per transition (a line and its broad twins together).
   transition = np.unique(np.stack([ll.center, ll.species], 1), axis=0, return_inverse=True)[1]
   transition = transition.reshape(-1)
@@ -177,7 +179,7 @@ def masked_features(world: WorldConfig) -> np.ndarray:
   resp = resources.kurucz_response()
   if world.masked_fraction is None:
     return resp["feature_masked"].astype(bool)
-  rng = _rng(world, "masked-features")
+  rng = seeded_rng(world, "masked-features")
   el = resp["feature_element"]
   out = np.zeros(len(el), bool)
   for e in np.unique(el):
@@ -222,14 +224,14 @@ def fiber_resolution(world: WorldConfig) -> np.ndarray:
   lo, hi = world.resolution_range
   f = np.arange(world.n_fibers) / max(world.n_fibers - 1, 1)
   trend = 0.5 * (lo + hi) + 0.35 * (hi - lo) * np.cos(np.pi * 1.3 * f)
-  return np.clip(trend + _rng(world, "fibres").normal(0, 0.05 * (hi - lo), world.n_fibers),
+  return np.clip(trend + seeded_rng(world, "fibres").normal(0, 0.05 * (hi - lo), world.n_fibers),
                  lo, hi)
 
 
 @functools.lru_cache(maxsize=4)
 def telluric_lines(world: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
   """Fixed telluric residual lines: centres [n] (native pixels) and typical depths [n]."""
-  rng = _rng(world, "tellurics")
+  rng = seeded_rng(world, "tellurics")
   # Denser at the blue and red ends of the band (water), a CO2 cluster near 16,000-16,100 Å.
   wl = resources.wavelength()
   edges = rng.choice([0, 1, 2], size=world.n_telluric, p=[0.35, 0.35, 0.3])

@@ -422,13 +422,16 @@ def make_objective(method: str, n_labels: int, emulator_n_pix: int, *, nets=None
   if method == "obs":
 
     def model(params, aux, theta):  # Eq. 11: T_synth→obs(Payne(θ)) with the star's z_sp
-      zsh = nets.encode_synth(params["gen"], payne_net(params, theta)[None])
-      x_so = nets.decode_obs(params["gen"], zsh, aux[None] if use_split else None)[0]
+      gen = params["gen"]
+      h_sh = nets.decode_shared(gen, nets.encode_synth(gen, payne_net(params, theta)[None]))
+      x_so = nets.decode_obs_from(gen, h_sh, aux[None] if use_split else None)[0]
       return x_so * std + mean
 
     def prepare(params, x, w):
+      # The star's z_sp is fixed during its fit: decode it once here (aux = D_sp(z_sp)).
       zsh, zsp = nets.encode_obs(params["gen"], standardize(x[:, N_DROP:]))
-      aux = zsp if use_split else jnp.zeros((x.shape[0], 1), x.dtype)
+      aux = (nets.decode_split(params["gen"], zsp) if use_split
+             else jnp.zeros((x.shape[0], 1), x.dtype))
       return x[:, N_DROP:], w[:, N_DROP:], aux
   elif method == "synth":
 

@@ -146,13 +146,13 @@ def critic_loss(critic_params: dict, outputs: dict, batch: dict, *, nets: CycleS
     x_real_synth, x_real_obs = batch["x_synth"], batch["x_obs"]
   else:
     x_real_synth, x_real_obs = out["x_synthsynth"], out["x_obsobs"]
-  logits = {
-      "real_synth": nets.critic_synth(critic_params, x_real_synth, out["zsh_synth"]),
-      "fake_synth": nets.critic_synth(critic_params, out["x_obssynth"], out["zsh_obs"]),
-      "real_obs": nets.critic_obs(critic_params, x_real_obs, out["zsh_obs"], zsp_obs),
-      "fake_obs": nets.critic_obs(critic_params, out["x_synthobs"], out["zsh_synth"],
-                                  zsp_synthobs),
-  }
+  # One critic application per domain on real and fake samples together (half the kernels).
+  logits = {}
+  logits["real_synth"], logits["fake_synth"] = nets.critic_synth_joint(
+      critic_params, (x_real_synth, out["zsh_synth"]), (out["x_obssynth"], out["zsh_obs"]))
+  logits["real_obs"], logits["fake_obs"] = nets.critic_obs_joint(
+      critic_params, (x_real_obs, out["zsh_obs"], zsp_obs),
+      (out["x_synthobs"], out["zsh_synth"], zsp_synthobs))
   metrics = {}
   for name, lg in logits.items():
     label = 1.0 if name.startswith("real") else 0.0

@@ -24,6 +24,7 @@ reference initialises them; the critics' dense layer keeps PyTorch's `Linear` de
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 
@@ -348,14 +349,39 @@ class CycleStarNet:
 
   def decode_synth(self, gen_params: dict, zsh: jax.Array) -> jax.Array:
     """D_synth(D_sh(z_sh)): z_sh [B, L_z, C_sh] → standardized synthetic spectra [B, n_pix]."""
-    return self._apply(gen_params, "dec_synth", self._apply(gen_params, "dec_sh", zsh))
+    return self._apply(gen_params, "dec_synth", self.decode_shared(gen_params, zsh))
 
   def decode_obs(self, gen_params: dict, zsh: jax.Array, zsp: jax.Array | None) -> jax.Array:
     """D_obs(concat(D_sh(z_sh), D_sp(z_sp))) → standardized observed spectra [B, n_pix]."""
-    h = self._apply(gen_params, "dec_sh", zsh)
-    if self.cfg.use_split:
-      h = jnp.concatenate([h, self._apply(gen_params, "dec_sp", zsp)], axis=-1)
+    h_sp = self.decode_split(gen_params, zsp) if self.cfg.use_split else None
+    return self.decode_obs_from(gen_params, self.decode_shared(gen_params, zsh), h_sp)
+
+  def decode_shared(self, gen_params: dict, zsh: jax.Array) -> jax.Array:
+    """D_sh(z_sh): shared latent [B, L_z, C_sh] → [B, L_interm, C] (input of D_synth, D_obs)."""
+    return self._apply(gen_params, "dec_sh", zsh)
+
+  def decode_split(self, gen_params: dict, zsp: jax.Array) -> jax.Array:
+    """D_sp(z_sp): split latent [B, L_z, C_sp] → its half of D_obs's input [B, L_interm, C]."""
+    return self._apply(gen_params, "dec_sp", zsp)
+
+  def decode_obs_from(self, gen_params: dict, h_sh: jax.Array, h_sp: jax.Array | None) -> jax.Array:
+    """D_obs(concat(h_sh, h_sp)) from decoded latents: D_sh(z_sh) [B, L_interm, C_sh] and
+    D_sp(z_sp) [B, L_interm, C_sp] (None without a split latent) → spectra [B, n_pix].
+
+    Lets a caller decode a fixed z_sp once (`decode_split`) and reuse it, as the label fit does.
+    """
+    h = h_sh if h_sp is None else jnp.concatenate([h_sh, h_sp], axis=-1)
     return self._apply(gen_params, "dec_obs", h)
+
+  def _apply_joint(self, params: dict, name: str, *inputs: jax.Array) -> list[jax.Array]:
+    """Module `name` applied once to several batches stacked along axis 0, split back.
+
+    Every network acts on each sample independently (instance norm included), so this equals
+    one application per batch, with half the kernels of two calls (what costs at batch 8 on a
+    GPU is the kernel count, DESIGN.md §7).
+    """
+    ends = list(itertools.accumulate(x.shape[0] for x in inputs))[:-1]
+    return jnp.split(self._apply(params, name, jnp.concatenate(inputs, axis=0)), ends, axis=0)
 
   def critic_synth(self, critic_params: dict, x: jax.Array, zsh: jax.Array) -> jax.Array:
     """C_synth logits [B] for spectra [B, n_pix] paired with z_sh [B, L_z, C_sh]."""
@@ -366,6 +392,23 @@ class CycleStarNet:
     """C_obs logits [B] for spectra [B, n_pix] paired with concat(z_sh, z_sp) along channels."""
     z = jnp.concatenate([zsh, zsp], axis=-1) if self.cfg.use_split else zsh
     return self._apply(critic_params, "critic_obs", x, z)
+
+  def critic_synth_joint(self, critic_params: dict,
+                         *pairs: tuple[jax.Array, jax.Array]) -> list[jax.Array]:
+    """C_synth logits for several (x [B_i, n_pix], z_sh [B_i, L_z, C_sh]) batches in one
+    application (see `_apply_joint`): a list of [B_i] logits."""
+    ends = list(itertools.accumulate(x.shape[0] for x, _ in pairs))[:-1]
+    x = jnp.concatenate([x for x, _ in pairs], axis=0)
+    z = jnp.concatenate([z for _, z in pairs], axis=0)
+    return jnp.split(self.critic_synth(critic_params, x, z), ends)
+
+  def critic_obs_joint(self, critic_params: dict,
+                       *triples: tuple[jax.Array, jax.Array, jax.Array | None]) -> list[jax.Array]:
+    """C_obs logits for several (x, z_sh, z_sp) batches in one application: a list of [B_i]."""
+    ends = list(itertools.accumulate(t[0].shape[0] for t in triples))[:-1]
+    x, zsh = (jnp.concatenate([t[i] for t in triples], axis=0) for i in (0, 1))
+    zsp = (jnp.concatenate([t[2] for t in triples], axis=0) if self.cfg.use_split else None)
+    return jnp.split(self.critic_obs(critic_params, x, zsh, zsp), ends)
 
   def cycle_forward(self, gen_params: dict, x_synth: jax.Array, x_obs: jax.Array,
                     zsp_perm: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -384,18 +427,35 @@ class CycleStarNet:
       `zsh_synthobs`, `zsp_synthobs`, `zsh_obssynth`, and `zsp_lent` (the z_sp used for
       x_synthobs). z_sp entries are absent without a split latent.
     """
-    zsh_synth = self.encode_synth(gen_params, x_synth)
-    zsh_obs, zsp_obs = self.encode_obs(gen_params, x_obs)
-    zsp_lent = zsp_obs if (zsp_perm is None or zsp_obs is None) else zsp_obs[zsp_perm]
-    x_synthsynth = self.decode_synth(gen_params, zsh_synth)
-    x_obsobs = self.decode_obs(gen_params, zsh_obs, zsp_obs)
-    x_synthobs = self.decode_obs(gen_params, zsh_synth, zsp_lent)
-    x_obssynth = self.decode_synth(gen_params, zsh_obs)
-    zsh_obssynth = self.encode_synth(gen_params, x_obssynth)
-    zsh_synthobs, zsp_synthobs = self.encode_obs(gen_params, x_synthobs)
-    # Cycle back to the observed domain with the original z_sp (paper §3.2.6).
-    x_obssynthobs = self.decode_obs(gen_params, zsh_obssynth, zsp_obs)
-    x_synthobssynth = self.decode_synth(gen_params, zsh_synthobs)
+    p, split = gen_params, self.cfg.use_split
+    # Every shared network runs once on the two domains' batches together (`_apply_joint`),
+    # and each D_sh / D_sp output is computed once and reused, as D_sh(z_sh_synth) feeds both
+    # x_synth→synth and x_synth→obs.
+    interm_synth = self._apply(p, "enc_synth", x_synth[..., None])
+    interm_obs = self._apply(p, "enc_obs", x_obs[..., None])
+    zsh_synth, zsh_obs = self._apply_joint(p, "enc_sh", interm_synth, interm_obs)
+    zsp_obs = self._apply(p, "enc_sp", interm_obs) if split else None
+    h_synth, h_obs = self._apply_joint(p, "dec_sh", zsh_synth, zsh_obs)
+    hsp_obs = hsp_lent = zsp_lent = None
+    if split:
+      hsp_obs = self.decode_split(p, zsp_obs)
+      zsp_lent, hsp_lent = ((zsp_obs, hsp_obs) if zsp_perm is None
+                            else (zsp_obs[zsp_perm], hsp_obs[zsp_perm]))
+    x_synthsynth, x_obssynth = self._apply_joint(p, "dec_synth", h_synth, h_obs)
+    def cat(h, hsp):  # D_obs's input: D_sh output, then D_sp output along channels
+      return h if hsp is None else jnp.concatenate([h, hsp], axis=-1)
+
+    x_obsobs, x_synthobs = self._apply_joint(p, "dec_obs", cat(h_obs, hsp_obs),
+                                             cat(h_synth, hsp_lent))
+    # Cycle: back through the other domain's encoder (Eq. 5, 6).
+    interm_obssynth = self._apply(p, "enc_synth", x_obssynth[..., None])
+    interm_synthobs = self._apply(p, "enc_obs", x_synthobs[..., None])
+    zsh_obssynth, zsh_synthobs = self._apply_joint(p, "enc_sh", interm_obssynth, interm_synthobs)
+    zsp_synthobs = self._apply(p, "enc_sp", interm_synthobs) if split else None
+    h_obssynth, h_synthobs = self._apply_joint(p, "dec_sh", zsh_obssynth, zsh_synthobs)
+    # Back to the observed domain with the original z_sp (paper §3.2.6).
+    x_obssynthobs = self.decode_obs_from(p, h_obssynth, hsp_obs)
+    x_synthobssynth = self._apply(p, "dec_synth", h_synthobs)
     out = {"x_synthsynth": x_synthsynth, "x_obsobs": x_obsobs, "x_synthobs": x_synthobs,
            "x_obssynth": x_obssynth, "x_synthobssynth": x_synthobssynth,
            "x_obssynthobs": x_obssynthobs, "zsh_synth": zsh_synth, "zsh_obs": zsh_obs,

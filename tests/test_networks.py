@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import math
 
 import jax
@@ -266,3 +267,45 @@ def test_incompatible_strides_are_refused_with_the_lengths(tmp_path):
   out = jax.eval_shape(nets.cycle_forward, gen, x, x)
   assert out["x_obssynthobs"].shape == (2, 7167)
   assert critic["critic_obs"]["fc"]["kernel"].shape[0] == 256 * 6 + 512 * 111
+
+
+def _cycle_forward_plain(nets, gen, xs, xo, perm):
+  """DESIGN.md §2's forward pass written one network call at a time (no shared batches)."""
+  zs = nets.encode_synth(gen, xs)
+  zo, zpo = nets.encode_obs(gen, xo)
+  lent = None if zpo is None else (zpo if perm is None else zpo[perm])
+  x_so = nets.decode_obs(gen, zs, lent)
+  x_os = nets.decode_synth(gen, zo)
+  zos = nets.encode_synth(gen, x_os)
+  zso, zpso = nets.encode_obs(gen, x_so)
+  out = {"x_synthsynth": nets.decode_synth(gen, zs), "x_obsobs": nets.decode_obs(gen, zo, zpo),
+         "x_synthobs": x_so, "x_obssynth": x_os, "x_synthobssynth": nets.decode_synth(gen, zso),
+         "x_obssynthobs": nets.decode_obs(gen, zos, zpo), "zsh_synth": zs, "zsh_obs": zo,
+         "zsh_synthobs": zso, "zsh_obssynth": zos}
+  if zpo is not None:
+    out.update(zsp_obs=zpo, zsp_synthobs=zpso, zsp_lent=lent)
+  return out
+
+
+@pytest.mark.parametrize("zsp_filters,perm", [(4, None), (4, [2, 0, 1]), (0, None)])
+def test_shared_batch_forward_equals_one_call_per_network(zsp_filters, perm):
+  """cycle_forward runs each shared network once on both domains' batches together and reuses
+  D_sh / D_sp outputs: the result equals the plain composition of single calls."""
+  cfg = dataclasses.replace(config.get_config("smoke"), zsp_filters=zsp_filters)
+  nets = networks.make_networks(cfg)
+  gen, _ = nets.init(jax.random.key(1))
+  rng = np.random.default_rng(0)
+  xs, xo = (jnp.asarray(rng.normal(size=(3, cfg.n_pix)), jnp.float32) for _ in range(2))
+  perm = None if perm is None else jnp.asarray(perm)
+  got = jax.jit(nets.cycle_forward)(gen, xs, xo, perm)
+  want = jax.jit(functools.partial(_cycle_forward_plain, nets))(gen, xs, xo, perm)
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  # The critics' joint calls split back in order.
+  _, critic = nets.init(jax.random.key(2))
+  real, fake = nets.critic_synth_joint(critic, (xs, got["zsh_synth"]), (xo, got["zsh_obs"]))
+  np.testing.assert_allclose(fake, nets.critic_synth(critic, xo, got["zsh_obs"]), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(real, nets.critic_synth(critic, xs, got["zsh_synth"]), rtol=1e-5,
+                             atol=1e-6)

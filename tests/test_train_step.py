@@ -1,3 +1,5 @@
+import collections
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -189,3 +191,20 @@ def test_multi_step_equals_single_steps(smoke):
     np.testing.assert_allclose(a, b, rtol=0, atol=cfg.lr_encoder)
   with pytest.raises(ValueError, match="leading"):
     multi(_copy(state), dict(stacked, x_obs=stacked["x_obs"][:2]), key)
+
+
+def test_step_applies_each_network_once_per_shared_batch():
+  """Kernel count (what costs on a GPU at batch 8, DESIGN.md §7): one iteration of the Table 2
+  config applies 19 networks (31 if each call took one domain's batch): enc_sh and dec_sh
+  twice on both domains' batches, D_sp once, the critic update one call per critic."""
+  from benchmarks.profile_step import applications
+  apps = applications(config.get_config("kurucz_to_apogee_1"))
+  per_module = collections.Counter(name for name, _, _ in apps)
+  assert per_module == {"enc_synth": 2, "enc_obs": 2, "enc_sh": 2, "enc_sp": 2, "dec_sh": 2,
+                        "dec_sp": 1, "dec_synth": 2, "dec_obs": 2, "critic_synth": 2,
+                        "critic_obs": 2}
+  batches = {name: sorted(shapes[0][0] for n, shapes, _ in apps if n == name)
+             for name in per_module}
+  assert batches["enc_sh"] == batches["dec_sh"] == [16, 16]  # batch 8 per domain
+  critic_update = [(n, s[0][0]) for n, s, gen_side in apps if not gen_side]
+  assert critic_update == [("critic_synth", 16), ("critic_obs", 16)]

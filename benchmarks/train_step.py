@@ -17,8 +17,12 @@ Each precision other than float32 is checked: from the same state, on the same b
 metrics of `--check-steps` iterations must agree with float32 to 1e-3 (relative), reported as
 `max_rel_diff_vs_float32` and `agrees_1e-3`.
 
-`--e2e` also measures end-to-end it/s from the HDF5 files (`data.BatchStream` with its reading
-thread and prefetch, transfer to the devices, the step) against the pre-staged figure.
+`--e2e` also measures, from the HDF5 files: the stream alone (`pipeline_alone`: batches/s of
+`data.BatchStream`'s reader thread, no device work: the ceiling of a streamed run); end to end
+through the stream (`e2e`: reading thread and prefetch, transfer to the devices, the step); and
+end to end with the training split held on the devices (`e2e_staged`: `data.stage_on_devices`
+once, then per call only row indices go to the devices, `train_step.make_staged_step`; what
+`trainer.train` does when the split fits), each against the pre-staged figure.
 Uses every device `jax.devices()` gives (data parallel over a one-axis mesh, the state
 replicated and the batch split); the batch must divide by the device count.
 """
@@ -203,6 +207,66 @@ def _time_e2e(runner: _Runner, cfg, state, key, args) -> dict:
           "files": [str(args.synth), str(args.obs)], "prefetch": args.prefetch}
 
 
+def _time_pipeline_alone(cfg, args) -> dict:
+  """Batches/s the HDF5 stream alone delivers (reader thread, no device work): the ceiling of
+  the streamed end-to-end rate."""
+  n = max(args.steps, 8)
+  with data.BatchStream(args.synth, args.obs, cfg) as stream:
+    it = stream.iterate(0, 4 + n * args.repeats, prefetch=args.prefetch)
+    try:
+      for _ in range(4):
+        next(it)
+      times = []
+      for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+          next(it)
+        times.append(time.perf_counter() - t0)
+    finally:
+      it.close()
+  med = statistics.median(times)
+  return {"batches_per_s": n / med, "ms_per_batch": 1e3 * med / n}
+
+
+def _time_e2e_staged(cfg, mesh, precision: str, state, key, args) -> dict:
+  """End-to-end it/s with the training split held on the devices (`data.stage_on_devices`):
+  per call, the host computes the row indices and sends them; the step gathers its batch."""
+  n = args.steps_per_call
+  rep = parallel.replicated_sharding(mesh)
+  rows_spec = (jax.sharding.PartitionSpec(parallel.DATA_AXIS) if n == 1
+               else jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
+  rows_sharding = jax.sharding.NamedSharding(mesh, rows_spec)
+  fn = jax.jit(ts.make_staged_step(cfg), in_shardings=(rep, rep, rows_sharding, rep),
+               out_shardings=(rep, rep), donate_argnums=(0,))
+  with data.BatchStream(args.synth, args.obs, cfg) as stream:
+    t0 = time.perf_counter()
+    staged = data.stage_on_devices(stream, rep)
+    jax.block_until_ready(staged)
+    stage_s = time.perf_counter() - t0
+    n_bytes = sum(a.nbytes for a in staged.values())
+
+    def rows_of(first: int):
+      steps = [stream.rows_at(s) for s in range(first, first + n)]
+      rows = {d: (steps[0][d] if n == 1 else np.stack([r[d] for r in steps])).astype(np.int32)
+              for d in data.DOMAINS}
+      return jax.device_put(rows, rows_sharding)
+
+    with _precision(precision):
+      state, _ = fn(state, staged, rows_of(0), key)
+      jax.block_until_ready(state)
+      times, step = [], n
+      for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.steps // n):
+          state, _ = fn(state, staged, rows_of(step), key)
+          step += n
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+  return {"it_per_s": args.steps / med, "ms_per_it": 1e3 * med / args.steps,
+          "stage_s": round(stage_s, 2), "staged_bytes_per_device": int(n_bytes)}
+
+
 def run(args) -> dict:
   base = config.get_config(args.config)
   devices = jax.devices()
@@ -236,8 +300,12 @@ def run(args) -> dict:
       row["prestaged"] = timing
       del staged
       if args.e2e:
+        row["pipeline_alone"] = _time_pipeline_alone(cfg, args)
         row["e2e"] = _time_e2e(runner, cfg, state, key, args)
         row["e2e_over_prestaged"] = row["e2e"]["it_per_s"] / timing["it_per_s"]
+        del state
+        row["e2e_staged"] = _time_e2e_staged(cfg, mesh, prec, _copy_state(state0), key, args)
+        row["e2e_staged_over_prestaged"] = row["e2e_staged"]["it_per_s"] / timing["it_per_s"]
       else:
         del state
       results.append(row)

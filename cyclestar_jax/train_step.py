@@ -193,3 +193,42 @@ def make_multi_step(cfg: Config, nets: CycleStarNet | None = None, train_step=No
     return jax.lax.scan(lambda s, b: step(s, b, key), state, batches)
 
   return multi_step
+
+
+def gather_batch(staged: dict, rows: dict) -> dict:
+  """One iteration's batch gathered from training data held on the device.
+
+  Args:
+    staged: `data.stage_on_devices` arrays: `x_synth`, `x_synth_err` float32 [N_synth, n_pix],
+      `x_synth_msk` uint8 [N_synth, n_pix], and the same for `obs` (standardized).
+    rows: {"synth": [B], "obs": [B]} int32 row indices of the iteration (`BatchStream.rows_at`).
+
+  Returns:
+    The train step's batch: `losses.BATCH_KEYS` → float32 [B, n_pix], equal to what
+    `data.BatchStream.batch_at` gives for the same rows.
+  """
+  return {k: jnp.take(staged[k], rows[k.split("_")[1]], axis=0).astype(jnp.float32)
+          for k in losses.BATCH_KEYS}
+
+
+def make_staged_step(cfg: Config, nets: CycleStarNet | None = None, train_step=None):
+  """The train step fed from device-held data by row indices: one or several iterations a call.
+
+  Returns:
+    `staged_step(state, staged, rows, key) -> (state, metrics)`: with rows {"synth", "obs"} of
+    shape [B] it is one train step on `gather_batch(staged, rows)`; with [N, B] it runs N
+    iterations in one call (a `lax.scan`, as `make_multi_step`) and the metrics are [N]. The
+    result equals the train step on the batches `data.BatchStream` reads for the same rows.
+  """
+  step = train_step if train_step is not None else make_train_step(cfg, nets)
+
+  def staged_step(state: TrainState, staged: dict, rows: dict, key: jax.Array):
+    ndim = {r.ndim for r in rows.values()}
+    if ndim == {1}:
+      return step(state, gather_batch(staged, rows), key)
+    if ndim != {2}:
+      raise ValueError(f"staged_step: rows must be [B] or [N, B] for both domains, got "
+                       f"{ {k: r.shape for k, r in rows.items()} }")
+    return jax.lax.scan(lambda s, r: step(s, gather_batch(staged, r), key), state, rows)
+
+  return staged_step

@@ -3,7 +3,7 @@
   python -m experiments.fit_labels --model DIR --obs FILE [--split test] \
       [--method obs|synth|emulator] --out FILE [--emulator PATH] [--start 0] [--stop N] \
       [--starts catalogue,median] [--n-grid 0] [--free-labels Teff,logg,Fe_H] [--fit-rv] \
-      [--batch-size 1024] [--chunk-size 16384] [--max-iter 200] [--tol 1e-6] [--no-progress]
+      [--batch-size 1024] [--chunk-size 16384] [--max-iter 1000] [--tol 1e-7] [--no-progress]
 
 `--model` is a trained Cycle-StarNet run directory for `obs` (Eq. 11, the default) and `synth`
 (Eq. 10), with the emulator found beside it (`emulator.npz` or `emulator/`) unless `--emulator`

@@ -11,6 +11,11 @@ that is incomplete (a leftover temporary directory), unreadable or corrupt (orba
 arrays do not match the saved checksum), or foreign (not written by this package, or for a
 different architecture); it returns the newest valid one, or None. It never returns a state
 that failed a check.
+
+With several processes (`jax.distributed`, see `parallel`), every process calls `save` and
+`restore*` with the same arguments, on a directory they all see: the state is the replicated
+global state, written once (orbax writes host arrays from process 0) and restored into global
+arrays with the target's sharding.
 """
 
 from __future__ import annotations
@@ -213,8 +218,8 @@ def _short(e: Exception, n: int = 300) -> str:
 def _abstract(x):
   if isinstance(x, jax.ShapeDtypeStruct):
     if x.sharding is None:
-      return jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                  sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+      return jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     return x
   x = jax.numpy.asarray(x) if not isinstance(x, jax.Array) else x
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)

@@ -1,4 +1,4 @@
-"""Data parallelism: the only module that knows about devices and meshes.
+"""Data parallelism: the only module that knows about devices, meshes and processes.
 
 The train step (`train_step.make_train_step`) is one pure function with no axis names. Here it
 is jitted over a one-axis device mesh ("data") with the state replicated and the batch split
@@ -6,11 +6,35 @@ along its first axis; XLA's SPMD partitioner turns the batch means inside the lo
 cross-device reductions, so gradients are averaged over the global batch and every device
 holds the same updated state. On one device this is the same code and the same numbers.
 
-Multi-host: call `jax.distributed.initialize()` (before any other JAX call) on every process;
-`make_mesh()` then spans the devices of all processes, and each process passes its own slice
-of the global batch to `shard_batch` (`global batch / jax.process_count()` rows, e.g. read
-from its own shard of the HDF5 files: `data.BatchStream(..., process_index=jax.process_index(),
-process_count=jax.process_count())`).
+Several processes (multi-host, or several processes on one machine): every process calls
+`initialize_distributed` before anything else uses JAX, then runs the same program. The mesh
+of `make_mesh()` spans the devices of all processes; each process reads only its own rows of
+every global batch (`data.BatchStream(..., process_index=jax.process_index(),
+process_count=jax.process_count())`, `global batch / jax.process_count()` rows) and
+`shard_batch` assembles the global array from the processes' rows. Arrays that every process
+holds whole (the initial state, the key, the validation batch) become global replicated arrays
+with `replicate`; replicated results come back to the host with `fetch`. Checkpoints need a
+directory that every process sees (a shared file system): `checkpoint.Checkpointer` is called
+by every process and orbax writes each array once. `trainer.train` does all this; only process
+0 writes the metrics, the config, the figure and the progress bar.
+
+Checked on the CPU (`tests/test_multiprocess.py`): two processes on one machine with two CPU
+devices each train, checkpoint, resume, validate and log like one process over four devices.
+Each step gives the one-process result to 1e-5 (measured: ≤ 8e-6), not bit for bit: the four
+devices' partial gradients are summed in another order (gloo's against the in-process
+all-reduce), and GAN training amplifies such differences over later steps. With one device per
+process, two processes reproduce one process with two devices bit for bit (checked by hand
+over 10 steps). Two processes on one machine, by hand:
+
+  for i in 0 1; do
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m experiments.train \\
+        --config smoke --synth S.h5 --obs O.h5 --out runs/mp --coordinator 127.0.0.1:12355 \\
+        --num-processes 2 --process-id $i &
+  done; wait
+
+Cross-process collectives on the CPU use gloo (`jax_cpu_collectives_implementation`, set by
+`initialize_distributed` if unset). On a cluster whose scheduler JAX detects (Slurm, Open MPI,
+Cloud TPU), `initialize_distributed()` with no arguments (`--distributed`) is enough.
 """
 
 from __future__ import annotations
@@ -52,9 +76,72 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
                      f"({n_proc} processes): choose a multiple of {n_dev}")
 
 
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Join this process to a multi-process JAX run; call it before anything else uses JAX.
+
+  Args:
+    coordinator: "HOST:PORT" of process 0's coordination service; None: let JAX detect the
+      cluster (Slurm, Open MPI, Cloud TPU), then `num_processes` and `process_id` must be None.
+    num_processes: number of processes in the run.
+    process_id: this process's index in [0, num_processes).
+
+  Raises:
+    ValueError: an incomplete or inconsistent set of arguments.
+  """
+  given = [v is not None for v in (coordinator, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise ValueError("initialize_distributed: give all of coordinator (HOST:PORT), "
+                     "num_processes and process_id, or none of them (cluster auto-detection)")
+  if coordinator is not None:
+    host, sep, port = coordinator.rpartition(":")
+    if not sep or not host or not port.isdigit():
+      raise ValueError(f"coordinator {coordinator!r}: expected HOST:PORT, e.g. 127.0.0.1:12355")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ValueError(f"process_id {process_id} must be in [0, num_processes={num_processes})")
+  # Cross-process collectives on the CPU backend need an implementation; gloo ships with
+  # jaxlib (the default in recent JAX; older JAX has none). Only the CPU backend reads it.
+  if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                             process_id=process_id)
+
+
 def replicate(tree, mesh: Mesh):
-  """Put a pytree of arrays (e.g. a TrainState or a key) on every device of the mesh."""
-  return jax.device_put(tree, replicated_sharding(mesh))
+  """Put a pytree of arrays (e.g. a TrainState, a key or a batch) on every device of the mesh.
+
+  With several processes, every process must pass the same values (the initial state from
+  the same seed, the same validation batch); JAX checks that they agree.
+  """
+  sharding = replicated_sharding(mesh)
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    return jax.device_put(np.asarray(x), sharding)  # host data, the same on every process
+
+  return jax.tree.map(put, tree)
+
+
+def fetch(tree):
+  """Host (NumPy) copies of a pytree of arrays; replicated global arrays are read locally.
+
+  Raises:
+    ValueError: a leaf spans other processes' devices and is not replicated.
+  """
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if not x.sharding.is_fully_replicated:
+        raise ValueError(f"fetch: array of shape {x.shape} is split over other processes' "
+                         f"devices ({x.sharding}); only replicated arrays can be read locally")
+      x = x.addressable_data(0)
+    return jax.device_get(x)
+
+  return jax.tree.map(get, tree)
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

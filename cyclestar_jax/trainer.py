@@ -16,6 +16,12 @@ against the devices, and, with `resume=True`, the checkpoints (a corrupt or fore
 is skipped with a warning; if none is valid the run stops with an error rather than start over).
 A resumed run continues the same data stream (batches are a function of (seed, step)) and
 gives the same parameters as an uninterrupted run.
+
+Several processes (`jax.distributed` initialized first, see `parallel` and `experiments/train.py`):
+every process calls `train` with the same arguments and an `out_dir` they all see. Each reads
+its own rows of every global batch, all take part in every step, validation and checkpoint,
+and process 0 alone writes config.json, metrics.jsonl and the figure and shows the progress
+bar; every process returns the same summary (but for the timings).
 """
 
 from __future__ import annotations
@@ -151,7 +157,7 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
-  fetched = jax.device_get(history)
+  fetched = parallel.fetch(history)
   keys = [k for k in fetched[0] if k not in ("step", "n_skipped")]
   out = {k: float(np.mean([m[k] for m in fetched])) for k in keys}
   out["n_skipped"] = int(fetched[-1]["n_skipped"])
@@ -190,6 +196,8 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
                             process_count=jax.process_count())
   val_batch, paired = _validation_batch(synth_path, obs_path, cfg, val_rows)
   paired = paired if paired_val is None else bool(paired_val)
+  # With several processes every one runs this loop; process 0 alone writes files and prints.
+  lead = jax.process_index() == 0
 
   ckpt = checkpoint.Checkpointer(out / "checkpoints", cfg, max_to_keep=keep)
   key = jax.random.key(cfg.seed)
@@ -216,11 +224,17 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
   if found is not None:
     state, meta = found
     start = int(meta["data_position"])
-    _truncate_metrics(metrics_path, start)
+    if lead:
+      _truncate_metrics(metrics_path, start)
   else:
     state = parallel.replicate(create_train_state(cfg, key), mesh)
-    metrics_path.write_text("")
-  (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if lead:
+      metrics_path.write_text("")
+  if lead:
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+  if val_batch is not None and jax.process_count() > 1:
+    val_batch = parallel.replicate(val_batch, mesh)  # every process holds the whole batch
+  log_path = metrics_path if lead else None
 
   step_fn = parallel.make_parallel_train_step(cfg, mesh)
   evaluate = make_eval_fn(cfg, paired=paired) if val_batch is not None else None
@@ -228,7 +242,7 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
   history: list[dict] = []
   last_train, last_val = {}, {}
   t_interval = time.perf_counter()
-  bar = tqdm(total=n_iter, initial=start, disable=not progress, desc=cfg.name,
+  bar = tqdm(total=n_iter, initial=start, disable=not (progress and lead), desc=cfg.name,
              dynamic_ncols=True)
   batches = stream.iterate(start, n_iter)
   done = start
@@ -241,17 +255,17 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
       done = step + 1
       bar.update(1)
       if done % log_every == 0:
-        last_train = _log_train(history, done, t_interval, metrics_path, bar)
+        last_train = _log_train(history, done, t_interval, log_path, bar)
         history, t_interval = [], time.perf_counter()
       if evaluate is not None and done % val_every == 0:
-        last_val = _log_val(evaluate, state, val_batch, done, metrics_path)
+        last_val = _log_val(evaluate, state, val_batch, done, log_path)
       if done % ckpt_every == 0:
         ckpt.save(state, data_position=done)
     if history:
-      last_train = _log_train(history, done, t_interval, metrics_path, bar)
+      last_train = _log_train(history, done, t_interval, log_path, bar)
     if done > start:
       if evaluate is not None and done % val_every:
-        last_val = _log_val(evaluate, state, val_batch, done, metrics_path)
+        last_val = _log_val(evaluate, state, val_batch, done, log_path)
       if done % ckpt_every:
         ckpt.save(state, data_position=done)
   finally:
@@ -259,17 +273,21 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
     batches.close()
     stream.close()
     ckpt.close()
-  plot_progress(metrics_path, out / "training_progress.png")
+  if lead:
+    plot_progress(metrics_path, out / "training_progress.png")
   return {"step": done, "train": last_train, "val": last_val, "out_dir": str(out)}
 
 
-def _log_train(history, step, t0, path: Path, bar) -> dict:
+def _log_train(history, step, t0, path: Path | None, bar) -> dict:
+  """Means over the interval; appended to `path` (None: another process writes them)."""
   means = _mean_metrics(history)
   dt = time.perf_counter() - t0
   means["it_per_s"] = len(history) / dt if dt > 0 else math.nan
   bad = [k for k, v in means.items() if isinstance(v, float) and not math.isfinite(v)
          and k != "it_per_s"]
   line = {"kind": "train", "step": step, **means}
+  if path is None:
+    return line
   with path.open("a") as f:
     f.write(json.dumps(line) + "\n")
   bar.set_postfix({k: f"{means[k]:.3g}" for k in _BAR_KEYS} | {"it/s": f"{means['it_per_s']:.1f}"},
@@ -280,10 +298,13 @@ def _log_train(history, step, t0, path: Path, bar) -> dict:
   return line
 
 
-def _log_val(evaluate, state, batch, step, path: Path) -> dict:
-  vals = {k: float(v) for k, v in jax.device_get(
+def _log_val(evaluate, state, batch, step, path: Path | None) -> dict:
+  """Validation metrics (every process evaluates); appended to `path` unless None."""
+  vals = {k: float(v) for k, v in parallel.fetch(
       evaluate(state.gen_params, state.critic_params, batch)).items()}
   line = {"kind": "val", "step": step, **vals}
+  if path is None:
+    return line
   with path.open("a") as f:
     f.write(json.dumps(line) + "\n")
   return line

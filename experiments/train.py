@@ -1,13 +1,28 @@
 """Train Cycle-StarNet on a synthetic and an observed reference-format HDF5 file.
 
-  python -m experiments.train --synth runs/mock/synth.h5 --obs runs/mock/obs.h5 \
+  python -m experiments.train --synth runs/mock/synth.h5 --obs runs/mock/obs.h5 \\
       --config kurucz_to_apogee_1 --out runs/k2a [--resume] [--n-iter N]
 
 `--config` is a preset (`smoke`: seconds on a CPU; `kurucz_to_apogee_1`, `new_lines_1`: the
 paper's two experiments) or the path of an authors'-format `.ini` file. Writes OUT/metrics.jsonl,
 OUT/checkpoints/, OUT/training_progress.png, OUT/config.json; the loop is
-`cyclestar_jax.trainer.train`. Uses every local device (data parallel); for several hosts run
-the same command on each after `jax.distributed.initialize()` (see `cyclestar_jax.parallel`).
+`cyclestar_jax.trainer.train`. Uses every local device (data parallel).
+
+Several processes (several hosts, or several processes on one host): run the same command in
+every process with `--coordinator HOST:PORT --num-processes N --process-id I` (I = 0 … N−1;
+HOST:PORT is where process 0 listens), or with `--distributed` alone where JAX detects the
+cluster (Slurm, Open MPI, Cloud TPU). Each process reads its share of every global batch; the
+devices of all processes form one data-parallel mesh; `--out` must be one directory that every
+process sees (checkpoints are written jointly); only process 0 writes metrics.jsonl,
+config.json, the figure and the progress bar, and prints the summary. `--resume` works the
+same way. Two processes with two CPU devices each on one machine (as `tests/test_multiprocess.py`
+checks; on the CPU the processes exchange data with gloo):
+
+  for i in 0 1; do
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m experiments.train \\
+        --config smoke --synth S.h5 --obs O.h5 --out runs/mp \\
+        --coordinator 127.0.0.1:12355 --num-processes 2 --process-id $i &
+  done; wait
 """
 
 from __future__ import annotations
@@ -16,7 +31,10 @@ import argparse
 import dataclasses
 import json
 
-from cyclestar_jax import config, trainer
+import jax
+
+# Importing these starts no JAX backend, so jax.distributed can still be initialized in main.
+from cyclestar_jax import config, parallel, trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,11 +53,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--ckpt-every", type=int, default=1000)
   p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  return p.parse_args(argv)
+  g = p.add_argument_group("several processes (see the module docstring)")
+  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                 help="address of process 0's coordination service")
+  g.add_argument("--num-processes", type=int, default=None, help="number of processes")
+  g.add_argument("--process-id", type=int, default=None, help="this process, 0 … N−1")
+  g.add_argument("--distributed", action="store_true",
+                 help="join a cluster that JAX detects by itself (Slurm, Open MPI, Cloud TPU)")
+  args = p.parse_args(argv)
+  explicit = [args.coordinator is not None, args.num_processes is not None,
+              args.process_id is not None]
+  if any(explicit) and not all(explicit):
+    p.error("--coordinator, --num-processes and --process-id go together")
+  if args.distributed and any(explicit):
+    p.error("--distributed (auto-detection) excludes --coordinator/--num-processes/--process-id")
+  if all(explicit) and (args.num_processes < 1
+                        or not 0 <= args.process_id < args.num_processes):
+    p.error(f"--process-id {args.process_id} must be in [0, --num-processes "
+            f"{args.num_processes})")
+  return args
 
 
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
+  if args.distributed or args.coordinator is not None:
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   cfg = config.get_config(args.config)
   overrides = {k: v for k, v in (("batch_size", args.batch_size), ("seed", args.seed))
                if v is not None}
@@ -48,9 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
                           n_iter=args.n_iter, log_every=args.log_every,
                           val_every=args.val_every, ckpt_every=args.ckpt_every,
                           keep=args.keep, progress=not args.no_progress)
-  print(json.dumps({"step": summary["step"], "out": summary["out_dir"],
-                    **{k: summary["train"].get(k) for k in ("rec_synth", "rec_obs", "cc_synth",
-                                                            "cc_obs", "it_per_s")}}))
+  if jax.process_index() == 0:
+    print(json.dumps({"step": summary["step"], "out": summary["out_dir"],
+                      **{k: summary["train"].get(k) for k in ("rec_synth", "rec_obs",
+                                                              "cc_synth", "cc_obs", "it_per_s")}}))
   return summary
 
 

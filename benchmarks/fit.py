@@ -13,7 +13,7 @@ device. Weights are random unless `--emulator` / `--model` name trained ones: a 
 emulator scaled to give flux 1 ± 0.05, and Table-2 networks (`--config`), randomly initialised.
 
 Quality: on the first `--quality-n` spectra, the same fits are compared with an unhurried fit
-(tol 1e-9, 1000 iterations) of the same model: Δχ² percentiles, the largest label difference in
+(tol 1e-9, 3000 iterations) of the same model: Δχ² percentiles, the largest label difference in
 units of the formal error, median χ²_R of both, and the widths of (fit − truth)/σ for Teff,
 log g and [Fe/H] of both (1 for fits that are as good as the data allow).
 
@@ -157,7 +157,7 @@ def run(methods=("obs", "synth", "emulator"), n: int = 32768, batches=(1024, 163
     qn = min(quality_n, n)
     ref = None
     if qn:
-      slow = FitConfig(method=method, starts=starts, tol=1e-9, max_iter=1000, max_evals=2000,
+      slow = FitConfig(method=method, starts=starts, tol=1e-9, max_iter=3000, max_evals=6000,
                        batch_size=min(batches), chunk_size=chunk_size)
       ref = LabelFitter(emulator, slow, cycle_model=cycle).fit(x[:qn], err[:qn],
                                                                y_start=y_cat[:qn])

@@ -45,7 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cyclestar_jax.config import Config
 from cyclestar_jax.networks import CycleStarNet
-from cyclestar_jax.train_step import make_train_step
+from cyclestar_jax.train_step import make_staged_step, make_train_step
 
 DATA_AXIS = "data"
 
@@ -162,6 +162,37 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     check_batch_size(v.shape[0] * jax.process_count(), mesh)
     out[k] = jax.make_array_from_process_local_data(sharding, v)
   return out
+
+
+def shard_rows(rows: dict, mesh: Mesh) -> dict:
+  """This process's row indices of one or several iterations → global arrays for the staged
+  step (`train_step.make_staged_step`): [B_local] → [B] split over the mesh, [n, B_local] →
+  [n, B] split along the batch axis."""
+  out = {}
+  for k, v in rows.items():
+    v = np.asarray(v)
+    spec = PartitionSpec(DATA_AXIS) if v.ndim == 1 else PartitionSpec(None, DATA_AXIS)
+    shape = v.shape[:-1] + (v.shape[-1] * jax.process_count(),)
+    check_batch_size(shape[-1], mesh)
+    out[k] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), v, shape)
+  return out
+
+
+def make_parallel_staged_step(cfg: Config, mesh: Mesh | None = None,
+                              nets: CycleStarNet | None = None):
+  """`train_step.make_staged_step` jitted over a data mesh (state argument donated).
+
+  Returns:
+    `step(state, staged, rows, key) -> (state, metrics)`: state and key replicated
+    (`replicate`), `staged` from `data.stage_on_devices` (replicated), rows from `shard_rows`
+    ([B] for one iteration, [n, B] for n in one call). The batch each device gathers is its
+    slice of the global batch, as with `make_parallel_train_step`.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  check_batch_size(cfg.batch_size, mesh)
+  rep = replicated_sharding(mesh)
+  # The rows keep the sharding `shard_rows` gave them (it depends on their rank).
+  return jax.jit(make_staged_step(cfg, nets), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 def make_parallel_train_step(cfg: Config, mesh: Mesh | None = None,

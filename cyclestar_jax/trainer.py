@@ -157,17 +157,60 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  """Means over an interval of step metrics (scalars, or [n] from a call of n iterations)."""
   fetched = parallel.fetch(history)
   keys = [k for k in fetched[0] if k not in ("step", "n_skipped")]
-  out = {k: float(np.mean([m[k] for m in fetched])) for k in keys}
-  out["n_skipped"] = int(fetched[-1]["n_skipped"])
+  out = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in fetched]))) for k in keys}
+  out["n_skipped"] = int(np.ravel(fetched[-1]["n_skipped"])[-1])
   return out
+
+
+def _iterations(history: list[dict]) -> int:
+  return int(sum(np.size(m["step"]) for m in history))
+
+
+def data_on_device_fits(n_spectra: int, cfg: Config, devices=None, *,
+                        fraction: float = 0.4) -> bool:
+  """Whether `n_spectra` standardized spectra fit on every local device (`data.staged_nbytes`).
+
+  Accelerators: at most `fraction` of a device's memory (`memory_stats()["bytes_limit"]`).
+  CPU devices share the host's memory: all their copies together at most half of `fraction`
+  of the physical memory.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  need = data.staged_nbytes(n_spectra, cfg.n_pix)
+  stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return need <= fraction * stats["bytes_limit"]
+  try:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return False
+  return need * len(devices) <= 0.5 * fraction * ram
+
+
+def _stacked_rows(stream: data.BatchStream, first: int, n: int) -> dict[str, np.ndarray]:
+  """Row indices of iterations [first, first + n): {"synth", "obs"} int32 [B_local] if n is 1,
+  else [n, B_local] (this process's rows, see `BatchStream.rows_at`)."""
+  steps = [stream.rows_at(s) for s in range(first, first + n)]
+  return {d: (steps[0][d] if n == 1 else np.stack([r[d] for r in steps])).astype(np.int32)
+          for d in data.DOMAINS}
+
+
+def _next_call(done: int, n_iter: int, steps_per_call: int, intervals: tuple[int, ...]) -> int:
+  """Iterations of the next call: up to the next multiple of `steps_per_call`, never past an
+  event (log, validation, checkpoint) or the end, so events land where a one-step loop puts
+  them and a resumed run groups its iterations as the straight run did."""
+  ends = [n_iter, (done // steps_per_call + 1) * steps_per_call]
+  ends += [(done // k + 1) * k for k in intervals if k > 0]
+  return min(ends) - done
 
 
 def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
           n_iter: int | None = None, log_every: int = 100, val_every: int = 1000,
           val_rows: int = 64, ckpt_every: int = 1000, keep: int = 3, progress: bool = True,
-          mesh=None, paired_val: bool | None = None) -> dict:
+          mesh=None, paired_val: bool | None = None, data_on_device: str = "auto",
+          steps_per_call: int | None = None) -> dict:
   """Train Cycle-StarNet; see the module docstring for what is written.
 
   Args:
@@ -183,6 +226,14 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
     mesh: device mesh (default: all devices).
     paired_val: whether row i of the two val splits is the same star (adds `val_paired_*`);
       default: when the two val splits have the same number of rows (see `_validation_batch`).
+    data_on_device: "yes": hold both training splits, standardized, on every device
+      (`data.stage_on_devices`; each step gathers its batch there from row indices, so no
+      spectrum crosses the host–device link during training); "no": stream the batches from
+      the HDF5 files (a reading thread, memory bounded, for files larger than memory); "auto"
+      (default): "yes" when `data_on_device_fits`. Both give the same batches.
+    steps_per_call: iterations per compiled call with data on the devices (a `lax.scan`:
+      one launch per call, the lever at batch 8 on a GPU, DESIGN.md §7); default 10 on
+      accelerators, 1 on the CPU (where launches cost nothing). Streamed data: always 1.
 
   Returns:
     {"step", "train": last interval's means, "val": last validation, "out_dir"}.
@@ -198,6 +249,15 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
   paired = paired if paired_val is None else bool(paired_val)
   # With several processes every one runs this loop; process 0 alone writes files and prints.
   lead = jax.process_index() == 0
+  if data_on_device not in ("auto", "yes", "no"):
+    raise ValueError(f"data_on_device must be 'auto', 'yes' or 'no', got {data_on_device!r}")
+  staged_mode = data_on_device == "yes" or (
+      data_on_device == "auto" and data_on_device_fits(sum(stream.sizes().values()), cfg))
+  if steps_per_call is None:
+    steps_per_call = 1 if mesh.devices.flat[0].platform == "cpu" else 10
+  if steps_per_call < 1:
+    raise ValueError(f"steps_per_call must be ≥ 1, got {steps_per_call}")
+  steps_per_call = steps_per_call if staged_mode else 1
 
   ckpt = checkpoint.Checkpointer(out / "checkpoints", cfg, max_to_keep=keep)
   key = jax.random.key(cfg.seed)
@@ -236,24 +296,42 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
     val_batch = parallel.replicate(val_batch, mesh)  # every process holds the whole batch
   log_path = metrics_path if lead else None
 
-  step_fn = parallel.make_parallel_train_step(cfg, mesh)
   evaluate = make_eval_fn(cfg, paired=paired) if val_batch is not None else None
   rkey = parallel.replicate(key, mesh)
   history: list[dict] = []
   last_train, last_val = {}, {}
+  batches = None
+  if staged_mode:
+    staged = data.stage_on_devices(stream, parallel.replicated_sharding(mesh))
+    staged_fn = parallel.make_parallel_staged_step(cfg, mesh)
+
+    def calls():  # (iterations, function of the state) per compiled call
+      done = start
+      while done < n_iter:
+        n = _next_call(done, n_iter, steps_per_call, (log_every, val_every, ckpt_every))
+        rows = _stacked_rows(stream, done, n)
+        yield n, lambda s, rows=rows: staged_fn(s, staged, parallel.shard_rows(rows, mesh), rkey)
+        done += n
+  else:
+    step_fn = parallel.make_parallel_train_step(cfg, mesh)
+    batches = stream.iterate(start, n_iter)
+
+    def calls():
+      for _, batch in batches:
+        yield 1, lambda s, batch=batch: step_fn(s, parallel.shard_batch(batch, mesh), rkey)
+
   t_interval = time.perf_counter()
   bar = tqdm(total=n_iter, initial=start, disable=not (progress and lead), desc=cfg.name,
              dynamic_ncols=True)
-  batches = stream.iterate(start, n_iter)
   done = start
   try:
-    for step, batch in batches:
-      # Dispatch is asynchronous: while the device runs this step, the loop already takes the
-      # next batch from the reader thread and starts its transfer.
-      state, m = step_fn(state, parallel.shard_batch(batch, mesh), rkey)
+    for n, run in calls():
+      # Dispatch is asynchronous: while the device runs this call, the loop already prepares
+      # the next one (the reader thread's batch and its transfer, or the next row indices).
+      state, m = run(state)
       history.append(m)
-      done = step + 1
-      bar.update(1)
+      done += n
+      bar.update(n)
       if done % log_every == 0:
         last_train = _log_train(history, done, t_interval, log_path, bar)
         history, t_interval = [], time.perf_counter()
@@ -270,7 +348,8 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
         ckpt.save(state, data_position=done)
   finally:
     bar.close()
-    batches.close()
+    if batches is not None:
+      batches.close()
     stream.close()
     ckpt.close()
   if lead:
@@ -282,7 +361,7 @@ def _log_train(history, step, t0, path: Path | None, bar) -> dict:
   """Means over the interval; appended to `path` (None: another process writes them)."""
   means = _mean_metrics(history)
   dt = time.perf_counter() - t0
-  means["it_per_s"] = len(history) / dt if dt > 0 else math.nan
+  means["it_per_s"] = _iterations(history) / dt if dt > 0 else math.nan
   bad = [k for k, v in means.items() if isinstance(v, float) and not math.isfinite(v)
          and k != "it_per_s"]
   line = {"kind": "train", "step": step, **means}

@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--ckpt-every", type=int, default=1000)
   p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
+                 help="hold the training splits on the devices (auto: when they fit) or stream "
+                      "them from the files")
+  p.add_argument("--steps-per-call", type=int, default=None,
+                 help="iterations per compiled call with data on the devices (default: 10 on "
+                      "a GPU, 1 on the CPU)")
   g = p.add_argument_group("several processes (see the module docstring)")
   g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                  help="address of process 0's coordination service")
@@ -85,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
   summary = trainer.train(cfg, args.synth, args.obs, args.out, resume=args.resume,
                           n_iter=args.n_iter, log_every=args.log_every,
                           val_every=args.val_every, ckpt_every=args.ckpt_every,
-                          keep=args.keep, progress=not args.no_progress)
+                          keep=args.keep, progress=not args.no_progress,
+                          data_on_device=args.data_on_device,
+                          steps_per_call=args.steps_per_call)
   if jax.process_index() == 0:
     print(json.dumps({"step": summary["step"], "out": summary["out_dir"],
                       **{k: summary["train"].get(k) for k in ("rec_synth", "rec_obs",

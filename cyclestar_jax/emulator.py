@@ -24,13 +24,11 @@ File formats read by `load_emulator`:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclestar_jax.fileio import atomic_write
 from cyclestar_jax.labels import LABEL_NAMES, N_LABELS, outside_box, scale_labels
 from cyclestar_jax.resources import N_PIX
 
@@ -449,32 +448,6 @@ def load_emulator(path: str | os.PathLike) -> Emulator:
 
 # ---------------------------------------------------------------------------------------------
 # Saving.
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-  """Write a file through `write(fileobj)` so that `path` is never left half-written.
-
-  The bytes go to a temporary file in the same directory, are flushed to disk, then renamed
-  over `path` (`os.replace` is atomic on POSIX and Windows). On any error the temporary file is
-  removed and a previous file at `path` is left untouched.
-  """
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
-  return path
 
 
 def save_emulator(path: str | os.PathLike, params: Params, y_min, y_max, *,

@@ -46,12 +46,12 @@ from cyclestar_jax.emulator import (
     LAYER_NAMES,
     Emulator,
     Params,
-    atomic_write,
     checkpoint_tree,
     create_emulator_params,
     emulator_apply,
     save_emulator,
 )
+from cyclestar_jax.fileio import atomic_write, save_figure
 from cyclestar_jax.labels import LABEL_NAMES, label_index, outside_box, scale_labels
 
 # Accuracy asked of the default recipe on held-out mock spectra (issue 3).
@@ -503,7 +503,7 @@ def plot_emulator_residuals(residual: np.ndarray, path: str | os.PathLike, *,
   axes[-1].set_xlabel("wavelength [Å]" if n_pix == resources.N_PIX else "pixel")
   fig.suptitle(title or f"|emulator − truth| over {len(abs_res)} held-out spectra")
   fig.tight_layout()
-  return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,7 +89,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cyclestar_jax.data import observed_errors
-from cyclestar_jax.emulator import Emulator, atomic_write, emulator_apply, load_emulator
+from cyclestar_jax.emulator import Emulator, emulator_apply, load_emulator
+from cyclestar_jax.fileio import atomic_write
 from cyclestar_jax.labels import LABEL_NAMES, N_LABELS, label_index, scale_labels, unscale_labels
 from cyclestar_jax.resources import CHIP_EDGES, N_DROP, N_PIX, spectra_mean_std, wavelength
 

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from cyclestar_jax import checkpoint, data, h5io, losses, parallel, resources
 from cyclestar_jax.config import Config
+from cyclestar_jax.fileio import atomic_write_text, save_figure
 from cyclestar_jax.networks import make_networks
 from cyclestar_jax.train_step import create_train_state
 
@@ -153,7 +154,7 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     return
   keep = [line for line in path.read_text().splitlines()
           if line.strip() and json.loads(line)["step"] <= after_step]
-  path.write_text("".join(line + "\n" for line in keep))
+  atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -289,9 +290,9 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
   else:
     state = parallel.replicate(create_train_state(cfg, key), mesh)
     if lead:
-      metrics_path.write_text("")
+      atomic_write_text(metrics_path, "")
   if lead:
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
   if val_batch is not None and jax.process_count() > 1:
     val_batch = parallel.replicate(val_batch, mesh)  # every process holds the whole batch
   log_path = metrics_path if lead else None
@@ -446,5 +447,5 @@ def plot_progress(metrics_path, png_path) -> str | None:
   axes[-1].set_xlabel("batch iterations")
   fig.tight_layout()
   png_path = os.fspath(png_path)
-  fig.savefig(png_path, dpi=110)
+  save_figure(fig, png_path, dpi=110)
   return png_path

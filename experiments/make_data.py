@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from cyclestar_jax import mock
+from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.mock import figures
 
 
@@ -41,7 +42,7 @@ def main(argv=None) -> dict:
   sizes = mock.DataSizes(args.n_train, args.n_val, args.n_test)
   summary = mock.make_data(args.out, world, sizes, progress=not args.no_progress)
   figures.plot_examples(args.out / "synth.h5", args.out / "obs.h5", args.out / "examples.png")
-  (args.out / "make_data.json").write_text(json.dumps(summary, indent=2))
+  atomic_write_text(args.out / "make_data.json", json.dumps(summary, indent=2))
   print(f"wrote {args.out}/synth.h5 ({summary['synth_mb']:.0f} MB) and obs.h5 "
         f"({summary['obs_mb']:.0f} MB): {args.experiment}, {sizes.n_train}/{sizes.n_val}/"
         f"{sizes.n_test} train/val/test stars per domain, seed {args.seed}, in "

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cyclestar_jax import h5io, resources  # noqa: E402
+from cyclestar_jax.fileio import save_figure  # noqa: E402
 from cyclestar_jax.mock import world as _world  # noqa: E402
 
 ZOOMS = ((15_330.0, 15_400.0), (15_950.0, 16_020.0), (16_700.0, 16_770.0))  # Å
@@ -86,6 +87,6 @@ def plot_examples(synth_path, obs_path, out_png, *, split: str = "test") -> Path
       ax.legend(fontsize=7, loc="lower left")
   fig.suptitle(f"mock world ({world.experiment}): the synthetic gap", fontsize=12)
   out_png = Path(out_png)
-  fig.savefig(out_png, dpi=110, bbox_inches="tight")
+  save_figure(fig, out_png, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return out_png

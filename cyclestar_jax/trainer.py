@@ -148,12 +148,32 @@ def _validation_batch(synth_path, obs_path, cfg: Config, rows: int) -> tuple[dic
   return batch, paired
 
 
+def _metric_lines(path: Path) -> list[tuple[str, dict]]:
+  """(text, parsed) of each line of a metrics.jsonl file.
+
+  A last line that does not parse is a write torn by a kill (lines are appended whole, so only
+  the last one can be cut short): it is dropped. Any other bad line is an error naming the
+  file and the line number.
+  """
+  lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      out.append((line, json.loads(line)))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        break
+      raise ValueError(f"{path}: line {i + 1} is not JSON ({e.msg}); expected one JSON object "
+                       f"per line") from e
+  return out
+
+
 def _truncate_metrics(path: Path, after_step: int) -> None:
-  """Drop metric lines past the resumed step (written after the last checkpoint)."""
+  """Drop metric lines past the resumed step (written after the last checkpoint), and a last
+  line torn by the kill."""
   if not path.exists():
     return
-  keep = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line)["step"] <= after_step]
+  keep = [text for text, d in _metric_lines(path) if d["step"] <= after_step]
   atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -391,12 +411,10 @@ def _log_val(evaluate, state, batch, step, path: Path | None) -> dict:
 
 
 def read_metrics(path) -> dict[str, list[dict]]:
-  """metrics.jsonl → {"train": [lines], "val": [lines]}."""
+  """metrics.jsonl → {"train": [lines], "val": [lines]} (a torn last line is skipped)."""
   out: dict[str, list[dict]] = {"train": [], "val": []}
-  for line in Path(path).read_text().splitlines():
-    if line.strip():
-      d = json.loads(line)
-      out.setdefault(d.get("kind", "train"), []).append(d)
+  for _, d in _metric_lines(path):
+    out.setdefault(d.get("kind", "train"), []).append(d)
   return out
 
 

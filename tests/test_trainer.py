@@ -211,3 +211,17 @@ def test_next_call_stops_at_every_event():
   assert ends == [10, 15, 20, 25, 30, 40, 45, 47]
   assert trainer.data_on_device_fits(1000, config.get_config("smoke"))
   assert not trainer.data_on_device_fits(10**12, config.get_config("smoke"))
+
+
+def test_metrics_file_with_a_torn_last_line(tmp_path):
+  """A kill during an append leaves a partial last line: resume drops it; a bad line elsewhere
+  is an error naming the file and the line."""
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"kind": "train", "step": s, "rec_obs": 1.0 / s}) for s in (10, 20, 30)]
+  path.write_text("\n".join(lines) + "\n" + lines[0][:17])
+  assert [d["step"] for d in trainer.read_metrics(path)["train"]] == [10, 20, 30]
+  trainer._truncate_metrics(path, 20)
+  assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+  path.write_text(lines[0] + "\n{broken\n" + lines[1] + "\n")
+  with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
+    trainer.read_metrics(path)

@@ -8,7 +8,8 @@ For each per-domain batch size and precision: iterations/s and ms/iteration, the
 `--repeats` timed runs of `--steps` iterations each, after a warm-up call that compiles; every
 run ends with `block_until_ready` on the state. Batches are random standardized spectra staged
 on the devices beforehand (the pure compute figure). With `--steps-per-call N` each call runs N
-iterations as one `lax.scan` (`train_step.make_multi_step`), which pays the launch once per N.
+iterations as one `lax.scan` (`parallel.make_parallel_multi_step`), which pays the launch once
+per N.
 
 Precisions: `float32` (float32 arrays, the backend's default matmul/conv precision: TF32 on an
 H100, as PyTorch's cuDNN default), `highest` (true float32 passes), `bf16` (float32 arrays and
@@ -113,16 +114,13 @@ class _Runner:
 
   def __init__(self, cfg, mesh, precision: str, steps_per_call: int):
     self.mesh, self.precision, self.n = mesh, precision, steps_per_call
-    rep = parallel.replicated_sharding(mesh)
     if steps_per_call == 1:
       self.data_sharding = parallel.batch_sharding(mesh)
-      fn = ts.make_train_step(cfg)
+      self.fn = parallel.make_parallel_train_step(cfg, mesh)
     else:  # stacked batches [N, B, n_pix]: split the batch axis, not the iteration axis
       self.data_sharding = jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
-      fn = ts.make_multi_step(cfg)
-    self.fn = jax.jit(fn, in_shardings=(rep, self.data_sharding, rep),
-                      out_shardings=(rep, rep), donate_argnums=(0,))
+      self.fn = parallel.make_parallel_multi_step(cfg, mesh)
 
   def stage(self, batches: list[dict]) -> list[dict]:
     """Host batches → device arrays, grouped by steps_per_call."""
@@ -236,8 +234,7 @@ def _time_e2e_staged(cfg, mesh, precision: str, state, key, args) -> dict:
   rows_spec = (jax.sharding.PartitionSpec(parallel.DATA_AXIS) if n == 1
                else jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
   rows_sharding = jax.sharding.NamedSharding(mesh, rows_spec)
-  fn = jax.jit(ts.make_staged_step(cfg), in_shardings=(rep, rep, rows_sharding, rep),
-               out_shardings=(rep, rep), donate_argnums=(0,))
+  fn = parallel.make_parallel_staged_step(cfg, mesh)
   with data.BatchStream(args.synth, args.obs, cfg) as stream:
     t0 = time.perf_counter()
     staged = data.stage_on_devices(stream, rep)

@@ -115,6 +115,8 @@ _GRID = ((-0.25, 0.25, 0.0), (0.25, -0.25, 0.0), (-0.25, -0.25, 0.0), (0.25, 0.2
          (0.0, 0.0, -0.25), (0.0, 0.0, 0.25), (-0.25, 0.25, -0.25), (0.25, -0.25, 0.25))
 _N_FALLBACK = 5  # retries of a non-finite start: the median, then four grid points
 _START_CLIP = 0.49  # starts are clipped to |θ| ≤ this (sin' vanishes at ±0.5)
+_FINALIZE_BYTES = 1 << 30  # memory bound of one block of final Jacobians (bytes)
+_JACOBIAN_OVERHEAD = 8  # forward-mode intermediates per Jacobian byte (allowance)
 
 
 class PixelCountError(ValueError):
@@ -652,6 +654,11 @@ def _make_chunk_fit(obj: Objective, cfg: FitConfig, n_slots: int, n_starts: int)
   """
   queue = _make_queue_fit(obj, cfg, n_slots, n_starts)
   K, B = n_starts, n_slots
+  # Preparation and the Jacobians at the optimum run in blocks of at most `block` spectra: a
+  # [block, n_par, n_pix] Jacobian plus its forward-mode intermediates stays within
+  # _FINALIZE_BYTES whatever the number of slots (16,384 slots at once would need ~36 GB).
+  per_spectrum = _JACOBIAN_OVERHEAD * 4 * obj.n_par * obj.n_pix
+  block = int(max(1, min(B, _FINALIZE_BYTES // per_spectrum)))
 
   def finalize_one(params, x, w, aux, theta, free):
     """χ², residual statistics and the Gauss–Newton JᵀWJ of one spectrum at theta."""
@@ -677,7 +684,7 @@ def _make_chunk_fit(obj: Objective, cfg: FitConfig, n_slots: int, n_starts: int)
     like = tuple(jnp.zeros((C,) + t.shape[1:], t.dtype) for t in (x1, w1, aux1))
     x_f, w_f, aux = _blockwise(
         lambda a, b: jax.tree.map(lambda t: t[0], obj.prepare(params, a[None], b[None])),
-        n_valid, B, (x, w), like)
+        n_valid, block, (x, w), like)
     res = queue(params, x_f, w_f, aux, u0, job_ids, n_jobs, u_fallback, free)
     # Best start per spectrum: lowest finite χ² among its jobs.
     f = res["f"].reshape(C, K)
@@ -693,7 +700,7 @@ def _make_chunk_fit(obj: Objective, cfg: FitConfig, n_slots: int, n_starts: int)
     like = (jnp.zeros((C,), x.dtype), jnp.zeros((C,), x.dtype), jnp.zeros((C,), jnp.int32),
             jnp.zeros((C, n, n), x.dtype))
     chi2, mnr, n_fit, hess = _blockwise(
-        lambda a, b, c, d: finalize_one(params, a, b, c, d, free), n_valid, B,
+        lambda a, b, c, d: finalize_one(params, a, b, c, d, free), n_valid, block,
         (x_f, w_f, aux, theta), like)
     status = res["status"].reshape(C, K)
     return {"theta": theta, "f": jnp.where(has_fit, f[rows, best], jnp.nan),

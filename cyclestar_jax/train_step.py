@@ -97,8 +97,16 @@ def _opt_count(opt_state) -> jax.Array:
   return counts[0]
 
 
-def make_train_step(cfg: Config, nets: CycleStarNet | None = None):
+def make_train_step(cfg: Config, nets: CycleStarNet | None = None, *,
+                    axis_name: str | None = None):
   """Build the pure train step of a config.
+
+  With `axis_name`, the step is written for `jax.shard_map` over a data axis of that name:
+  each device computes losses and gradients on its own slice of the batch, and the gradients,
+  losses and metrics are averaged over the axis (`lax.pmean`, one all-reduce) before the
+  updates, which equals the step on the whole batch (every loss is a mean over samples and the
+  slices are equal). Without it, the step sees the whole batch (`parallel` may still partition
+  it with XLA's SPMD partitioner).
 
   Returns:
     `train_step(state, batch, key) -> (state, metrics)`:
@@ -119,6 +127,9 @@ def make_train_step(cfg: Config, nets: CycleStarNet | None = None):
   gen_loss = functools.partial(losses.generator_loss, nets=nets)
   critic_loss = functools.partial(losses.critic_loss, nets=nets)
 
+  def _mean_over_devices(tree):
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
   def train_step(state: TrainState, batch: dict, key: jax.Array):
     key = jax.random.fold_in(key, state.step)
     zsp_perm = None
@@ -128,12 +139,14 @@ def make_train_step(cfg: Config, nets: CycleStarNet | None = None):
     # Generator update (critics fixed).
     (g_loss, (g_terms, outputs)), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
         state.gen_params, state.critic_params, batch, zsp_perm=zsp_perm)
+    g_loss, g_terms, g_grads = _mean_over_devices((g_loss, g_terms, g_grads))
     g_updates, gen_opt = gen_tx.update(g_grads, state.gen_opt, state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, g_updates)
 
     # Critic update on the outputs of the same forward pass, held fixed.
     (c_loss, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(
         state.critic_params, outputs, batch)
+    c_loss, c_metrics, c_grads = _mean_over_devices((c_loss, c_metrics, c_grads))
     c_updates, critic_opt = critic_tx.update(c_grads, state.critic_opt, state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, c_updates)
 

@@ -143,6 +143,25 @@ def test_one_device_equals_eight(emu, sample, fitted):
   assert np.max(np.abs(res.y - fitted.y[:12]) / fitted.y_err[:12]) < 0.1
 
 
+def test_final_jacobians_in_bounded_blocks(emu, sample, monkeypatch):
+  """However many slots, the Jacobians at the optimum are taken a few spectra at a time
+  (memory); blocks that do not divide the rows give the same answers."""
+  x, err, _, y_cat = sample
+  cfg = F.FitConfig(method="emulator", batch_size=64, starts=("catalogue", "median"))
+
+  def fit():
+    return F.LabelFitter(emu, cfg, devices=jax.local_devices()[:1]).fit(
+        x[:23], err[:23], y_start=y_cat[:23], y_median=np.median(y_cat, axis=0))
+
+  whole = fit()
+  per_spectrum = F._JACOBIAN_OVERHEAD * 4 * emu.n_labels * emu.n_pix
+  monkeypatch.setattr(F, "_FINALIZE_BYTES", 5 * per_spectrum)  # blocks of 5 rows
+  blocked = fit()
+  np.testing.assert_array_equal(blocked.y, whole.y)
+  np.testing.assert_allclose(blocked.chi2, whole.chi2, rtol=1e-6)
+  np.testing.assert_allclose(blocked.y_err, whole.y_err, rtol=1e-4)
+
+
 def _tame(em: Emulator, seed: int = 0) -> Emulator:
   """The emulator with hidden biases moved so that most units stay on one side of their kink
   over the box: χ² is then nearly quadratic with one minimum (a random LeakyReLU network has

@@ -140,7 +140,8 @@ def test_data_parallel_step_equals_single_device(smoke):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # Same parameters, except where the gradient is rounding noise: a channel that stays in one
   # linear regime of LeakyReLU before an instance norm has a gradient that is exactly zero in
-  # exact arithmetic, and Adam's first step turns its noise into ±lr in either layout.
+  # exact arithmetic, and Adam's first step turns its noise into ±lr in either layout (noise: a
+  # gradient below 1e-5 of the largest, where the per-device sums round differently).
   grads = jax.tree.leaves(_gradients_from_first_step(want_state))
   new = jax.tree.leaves((got_state.gen_params, got_state.critic_params))
   ref = jax.tree.leaves((want_state.gen_params, want_state.critic_params))
@@ -148,7 +149,7 @@ def test_data_parallel_step_equals_single_device(smoke):
   n_noise = 0
   for a, b, o, g in zip(new, ref, old, grads, strict=True):
     a, b, o, g = map(np.asarray, (a, b, o, g))
-    noise = np.abs(g) < 1e-6 * np.abs(g).max()
+    noise = np.abs(g) < 1e-5 * np.abs(g).max()
     n_noise += int(noise.sum())
     np.testing.assert_allclose(a[~noise], b[~noise], rtol=1e-5, atol=1e-5)
     assert np.all(np.abs(a - o)[noise] <= 1.001 * cfg.lr_encoder)
@@ -208,3 +209,18 @@ def test_step_applies_each_network_once_per_shared_batch():
   assert batches["enc_sh"] == batches["dec_sh"] == [16, 16]  # batch 8 per domain
   critic_update = [(n, s[0][0]) for n, s, gen_side in apps if not gen_side]
   assert critic_update == [("critic_synth", 16), ("critic_obs", 16)]
+
+
+def test_data_parallel_step_only_averages_gradients(smoke):
+  """Over 8 devices the compiled step communicates by all-reduce alone (each device works on
+  its slice; XLA's partitioner left to itself had resharded activations with all-to-alls,
+  collective permutes and all-gathers)."""
+  cfg, state, pool, _ = smoke
+  mesh = parallel.make_mesh()
+  batch = parallel.shard_batch(_batch(pool, np.random.default_rng(0), cfg.batch_size), mesh)
+  hlo = parallel.make_parallel_train_step(cfg, mesh).lower(
+      parallel.replicate(state, mesh), batch, parallel.replicate(jax.random.key(0), mesh)
+  ).compile().as_text()
+  assert "all-reduce" in hlo
+  for op in ("all-to-all", "collective-permute", "all-gather"):
+    assert op not in hlo, op

@@ -191,6 +191,33 @@ def _local_steps(cfg: Config) -> bool:
   return not (cfg.zsp_pairing == "random" and cfg.use_split)
 
 
+def _data_parallel(cfg: Config, mesh: Mesh, nets: CycleStarNet | None, wrap,
+                   input_specs: tuple[PartitionSpec, ...]):
+  """`wrap(train_step)` jitted data parallel over `mesh`, called as fn(state, *inputs, key).
+
+  Args:
+    wrap: turns a train step into the function to run (the step itself, a scan of it, ...).
+    input_specs: how each input between state and key is split over the mesh.
+
+  The state and key are replicated and the state is donated. Where `_local_steps(cfg)`, each
+  device runs `wrap(make_train_step(cfg, axis_name="data"))` on its slice under `shard_map`,
+  and the step averages gradients, losses and metrics by one all-reduce (check_vma=False: it
+  averages explicitly; with the check on, JAX would also sum the gradients of the replicated
+  parameters over the devices by itself). Left to XLA's SPMD partitioner, the same step
+  compiled to 35 all-to-alls, 56 collective permutes and 12 all-gathers of activations besides
+  the gradient all-reduce; that path is kept only where the step needs the global batch.
+  """
+  rep = replicated_sharding(mesh)
+  in_shardings = (rep, *(NamedSharding(mesh, spec) for spec in input_specs), rep)
+  if not _local_steps(cfg):
+    fn = wrap(make_train_step(cfg, nets))
+  else:
+    fn = jax.shard_map(wrap(make_train_step(cfg, nets, axis_name=DATA_AXIS)), mesh=mesh,
+                       in_specs=(PartitionSpec(), *input_specs, PartitionSpec()),
+                       out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
+  return jax.jit(fn, in_shardings=in_shardings, out_shardings=(rep, rep), donate_argnums=(0,))
+
+
 def make_parallel_multi_step(cfg: Config, mesh: Mesh | None = None,
                              nets: CycleStarNet | None = None):
   """`train_step.make_multi_step` (N iterations a call) data parallel over a mesh.
@@ -202,17 +229,8 @@ def make_parallel_multi_step(cfg: Config, mesh: Mesh | None = None,
   """
   mesh = make_mesh() if mesh is None else mesh
   check_batch_size(cfg.batch_size, mesh)
-  rep = replicated_sharding(mesh)
-  split = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
-  if not _local_steps(cfg):
-    return jax.jit(make_multi_step(cfg, nets), in_shardings=(rep, split, rep),
-                   out_shardings=(rep, rep), donate_argnums=(0,))
-  step = make_multi_step(cfg, train_step=make_train_step(cfg, nets, axis_name=DATA_AXIS))
-  step = jax.shard_map(step, mesh=mesh,
-                       in_specs=(PartitionSpec(), split.spec, PartitionSpec()),
-                       out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
-  return jax.jit(step, in_shardings=(rep, split, rep), out_shardings=(rep, rep),
-                 donate_argnums=(0,))
+  return _data_parallel(cfg, mesh, nets, lambda step: make_multi_step(cfg, train_step=step),
+                        (PartitionSpec(None, DATA_AXIS),))
 
 
 def make_parallel_staged_step(cfg: Config, mesh: Mesh | None = None,
@@ -227,10 +245,6 @@ def make_parallel_staged_step(cfg: Config, mesh: Mesh | None = None,
   """
   mesh = make_mesh() if mesh is None else mesh
   check_batch_size(cfg.batch_size, mesh)
-  rep = replicated_sharding(mesh)
-  if not _local_steps(cfg):  # the rows keep the sharding `shard_rows` gave them
-    return jax.jit(make_staged_step(cfg, nets), out_shardings=(rep, rep), donate_argnums=(0,))
-  step = make_staged_step(cfg, train_step=make_train_step(cfg, nets, axis_name=DATA_AXIS))
   compiled = {}
 
   def staged_step(state, staged, rows, key):
@@ -240,10 +254,10 @@ def make_parallel_staged_step(cfg: Config, mesh: Mesh | None = None,
                        f"{ {k: r.shape for k, r in rows.items()} }")
     (nd,) = rank
     if nd not in compiled:
-      spec = PartitionSpec(DATA_AXIS) if nd == 1 else PartitionSpec(None, DATA_AXIS)
-      compiled[nd] = jax.jit(jax.shard_map(
-          step, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), spec, PartitionSpec()),
-          out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False), donate_argnums=(0,))
+      rows_spec = PartitionSpec(DATA_AXIS) if nd == 1 else PartitionSpec(None, DATA_AXIS)
+      compiled[nd] = _data_parallel(cfg, mesh, nets,
+                                    lambda step: make_staged_step(cfg, train_step=step),
+                                    (PartitionSpec(), rows_spec))
     return compiled[nd](state, staged, rows, key)
 
   return staged_step
@@ -265,17 +279,4 @@ def make_parallel_train_step(cfg: Config, mesh: Mesh | None = None,
   """
   mesh = make_mesh() if mesh is None else mesh
   check_batch_size(cfg.batch_size, mesh)
-  rep, data = replicated_sharding(mesh), batch_sharding(mesh)
-  if not _local_steps(cfg):
-    return jax.jit(make_train_step(cfg, nets), in_shardings=(rep, data, rep),
-                   out_shardings=(rep, rep), donate_argnums=(0,))
-  # Each device runs the step on its slice and the gradients are averaged by one all-reduce.
-  # check_vma=False: the step averages explicitly (`axis_name`); with the check on, JAX would
-  # also sum the gradients of the replicated parameters over the devices by itself.
-  # (Left to XLA's SPMD partitioner, the same step compiled to 35 all-to-alls, 56 collective
-  # permutes and 12 all-gathers of activations besides the gradient all-reduce.)
-  step = jax.shard_map(make_train_step(cfg, nets, axis_name=DATA_AXIS), mesh=mesh,
-                       in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS), PartitionSpec()),
-                       out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
-  return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                 donate_argnums=(0,))
+  return _data_parallel(cfg, mesh, nets, lambda step: step, (PartitionSpec(DATA_AXIS),))

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import emit_json
+from benchmarks._common import emit_json, random_batches
 from cyclestar_jax import config, losses, networks
 from cyclestar_jax import train_step as ts
 
@@ -72,22 +72,12 @@ def applications(cfg: config.Config) -> list[tuple[str, tuple, bool]]:
   base = networks.make_networks(cfg)
   rec = _Recording(cfg=base.cfg, modules=base.modules)
   gen, critic = jax.eval_shape(rec.init, jax.random.key(0))
-  batch = _batch(cfg, np.random.default_rng(0))
+  batch = random_batches(1, cfg.batch_size, cfg.n_pix, seed=0)[0]
   out = jax.eval_shape(
       lambda g, c, b: losses.generator_loss(g, c, b, nets=rec)[1][1], gen, critic, batch)
   n_gen = len(rec.log)
   jax.eval_shape(lambda c, o, b: losses.critic_loss(c, o, b, nets=rec), critic, out, batch)
   return [(name, shapes, i < n_gen) for i, (name, shapes) in enumerate(rec.log)]
-
-
-def _batch(cfg: config.Config, rng: np.random.Generator) -> dict[str, jax.Array]:
-  b, n = cfg.batch_size, cfg.n_pix
-  out = {}
-  for d in ("synth", "obs"):
-    out[f"x_{d}"] = jnp.asarray(rng.normal(size=(b, n)), jnp.float32)
-    out[f"x_{d}_err"] = jnp.full((b, n), 0.2, jnp.float32)
-    out[f"x_{d}_msk"] = jnp.asarray(rng.random((b, n)) > 0.02, jnp.float32)
-  return out
 
 
 def _time(fn: Callable, args: tuple, calls: int, repeats: int) -> float:
@@ -168,7 +158,7 @@ def run(args) -> dict:
                "ms_each": round(adam_ms, 4), "ms_per_iteration": round(adam_ms, 4)})
 
   step = jax.jit(ts.make_train_step(cfg))
-  batch, key = _batch(cfg, rng), jax.random.key(1)
+  batch, key = random_batches(1, cfg.batch_size, cfg.n_pix, seed=1)[0], jax.random.key(1)
   compiled = step.lower(state, batch, key).compile()
   step_ms = 1e3 * _time(lambda s: step(s, batch, key)[1]["loss_gen"], (state,), args.calls,
                         args.repeats)

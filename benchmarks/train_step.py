@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import emit_json
-from cyclestar_jax import config, data, parallel, resources
+from benchmarks._common import emit_json, random_batches
+from cyclestar_jax import config, data, parallel
 from cyclestar_jax import train_step as ts
 
 PRECISIONS = {"float32": None, "highest": "highest", "bf16": "bfloat16"}
@@ -87,22 +87,6 @@ def _precision(name: str):
   """Context manager setting the matmul/conv precision of a precision mode (while tracing)."""
   value = PRECISIONS[name]
   return contextlib.nullcontext() if value is None else jax.default_matmul_precision(value)
-
-
-def _random_batches(n: int, b: int, n_pix: int, seed: int) -> list[dict[str, np.ndarray]]:
-  """n batches of b random standardized spectra per domain (timing does not depend on values)."""
-  rng = np.random.default_rng(seed)
-  _, std = resources.spectra_mean_std()
-  out = []
-  for _ in range(n):
-    batch = {}
-    for d in data.DOMAINS:
-      raw = 1.0 - 0.1 * rng.random((b, n_pix), np.float32)  # flux below the continuum
-      batch[f"x_{d}"] = (raw - 0.97746492) / std
-      batch[f"x_{d}_err"] = np.full((b, n_pix), 0.01 / std, np.float32)
-      batch[f"x_{d}_msk"] = (rng.random((b, n_pix)) > 0.02).astype(np.float32)
-    out.append({k: v.astype(np.float32) for k, v in batch.items()})
-  return out
 
 
 def _stack(batches: list[dict]) -> dict[str, np.ndarray]:
@@ -231,9 +215,6 @@ def _time_e2e_staged(cfg, mesh, precision: str, state, key, args) -> dict:
   per call, the host computes the row indices and sends them; the step gathers its batch."""
   n = args.steps_per_call
   rep = parallel.replicated_sharding(mesh)
-  rows_spec = (jax.sharding.PartitionSpec(parallel.DATA_AXIS) if n == 1
-               else jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
-  rows_sharding = jax.sharding.NamedSharding(mesh, rows_spec)
   fn = parallel.make_parallel_staged_step(cfg, mesh)
   with data.BatchStream(args.synth, args.obs, cfg) as stream:
     t0 = time.perf_counter()
@@ -243,10 +224,7 @@ def _time_e2e_staged(cfg, mesh, precision: str, state, key, args) -> dict:
     n_bytes = sum(a.nbytes for a in staged.values())
 
     def rows_of(first: int):
-      steps = [stream.rows_at(s) for s in range(first, first + n)]
-      rows = {d: (steps[0][d] if n == 1 else np.stack([r[d] for r in steps])).astype(np.int32)
-              for d in data.DOMAINS}
-      return jax.device_put(rows, rows_sharding)
+      return parallel.shard_rows(stream.rows_of_steps(first, n), mesh)
 
     with _precision(precision):
       state, _ = fn(state, staged, rows_of(0), key)
@@ -277,7 +255,7 @@ def run(args) -> dict:
     parallel.check_batch_size(b, mesh)
     n_stage = max(args.steps_per_call, min(args.steps, 8 if b <= 64 else 4))
     n_stage = -(-n_stage // args.steps_per_call) * args.steps_per_call
-    host = _random_batches(max(n_stage, args.check_steps), b, cfg.n_pix, seed=b)
+    host = random_batches(max(n_stage, args.check_steps), b, cfg.n_pix, seed=b)
     reference = None
     for prec in precisions:
       row = {"batch": b, "precision": prec, "steps_per_call": args.steps_per_call}

@@ -184,6 +184,14 @@ class BatchStream:
     positions = np.arange(step * b, (step + 1) * b, dtype=np.int64)[self._local]
     return {k: d.rows(self.cfg.seed, positions) for k, d in self._domains.items()}
 
+  def rows_of_steps(self, first: int, n: int) -> dict[str, np.ndarray]:
+    """Row indices of global steps [first, first + n) for this process, as the staged step
+    takes them (`train_step.make_staged_step`): {"synth", "obs"} int32 [local batch] when n is
+    1, else [n, local batch]."""
+    steps = [self.rows_at(s) for s in range(first, first + n)]
+    return {d: (steps[0][d] if n == 1 else np.stack([r[d] for r in steps])).astype(np.int32)
+            for d in self._domains}
+
   def batch_at(self, step: int) -> dict[str, np.ndarray]:
     """The batch of a global step: `x_synth`, `x_synth_err`, `x_synth_msk`, `x_obs`, ... as
     float32 [local batch, n_pix] (see `standardize`)."""

@@ -210,14 +210,6 @@ def data_on_device_fits(n_spectra: int, cfg: Config, devices=None, *,
   return need * len(devices) <= 0.5 * fraction * ram
 
 
-def _stacked_rows(stream: data.BatchStream, first: int, n: int) -> dict[str, np.ndarray]:
-  """Row indices of iterations [first, first + n): {"synth", "obs"} int32 [B_local] if n is 1,
-  else [n, B_local] (this process's rows, see `BatchStream.rows_at`)."""
-  steps = [stream.rows_at(s) for s in range(first, first + n)]
-  return {d: (steps[0][d] if n == 1 else np.stack([r[d] for r in steps])).astype(np.int32)
-          for d in data.DOMAINS}
-
-
 def _next_call(done: int, n_iter: int, steps_per_call: int, intervals: tuple[int, ...]) -> int:
   """Iterations of the next call: up to the next multiple of `steps_per_call`, never past an
   event (log, validation, checkpoint) or the end, so events land where a one-step loop puts
@@ -330,7 +322,7 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
       done = start
       while done < n_iter:
         n = _next_call(done, n_iter, steps_per_call, (log_every, val_every, ckpt_every))
-        rows = _stacked_rows(stream, done, n)
+        rows = stream.rows_of_steps(done, n)
         yield n, lambda s, rows=rows: staged_fn(s, staged, parallel.shard_rows(rows, mesh), rkey)
         done += n
   else:

@@ -154,14 +154,15 @@ def test_staged_batches_equal_streamed_batches(files):
       return state + 1, {k: v for k, v in batch.items()}
 
     staged_step = jax.jit(ts.make_staged_step(cfg, train_step=record))
-    rows = {d: np.stack([stream.rows_at(s)[d] for s in range(3)]).astype(np.int32)
-            for d in data.DOMAINS}
+    rows = stream.rows_of_steps(0, 3)
+    assert rows["obs"].shape == (3, 8) and rows["obs"].dtype == np.int32
     n_done, seen = staged_step(0, staged, rows, None)
     assert int(n_done) == 3
     for step in range(3):
       for k, v in stream.batch_at(step).items():
         np.testing.assert_array_equal(np.asarray(seen[k][step]), v, err_msg=k)
-    one_done, one = staged_step(0, staged, {d: r[1] for d, r in rows.items()}, None)
+    np.testing.assert_array_equal(stream.rows_of_steps(1, 1)["synth"], rows["synth"][1])
+    one_done, one = staged_step(0, staged, stream.rows_of_steps(1, 1), None)
     assert int(one_done) == 1 and one["x_obs"].shape == (8, cfg.n_pix)
     with pytest.raises(ValueError, match="rows must be"):
       staged_step(0, staged, {d: r[None] for d, r in rows.items()}, None)

@@ -56,18 +56,15 @@ def _layer_map(name: str, tree: dict) -> dict[str, tuple[str, str]]:
   """
   t = TORCH_NAMES[name]
   out: dict[str, tuple[str, str]] = {}
-  if name.startswith("enc"):
-    n = sum(1 for k in tree if k.startswith("conv"))
+  if name.startswith(("enc", "dec")):
+    # Sequential(layer, activation, ...) then the optional k1 conv: our names and kinds.
+    layer, kind, last = (("conv", "conv", "z") if name.startswith("enc")
+                         else ("dconv", "deconv", "out"))
+    n = sum(1 for k in tree if k.startswith(layer))
     for i in range(n):
-      out[f"{t}.{2 * i}"] = (f"conv{i}", "conv")
-    if "z" in tree:
-      out[f"{t}.{2 * n}"] = ("z", "conv")
-  elif name.startswith("dec"):
-    n = sum(1 for k in tree if k.startswith("dconv"))
-    for i in range(n):
-      out[f"{t}.{2 * i}"] = (f"dconv{i}", "deconv")
-    if "out" in tree:
-      out[f"{t}.{2 * n}"] = ("out", "conv")
+      out[f"{t}.{2 * i}"] = (f"{layer}{i}", kind)
+    if last in tree:
+      out[f"{t}.{2 * n}"] = (last, "conv")
   else:
     for branch in ("x", "z"):
       n = sum(1 for k in tree if k[0] == branch and k[1:].isdigit())

@@ -26,8 +26,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from toy_files import write_toy_domain
 
-from cyclestar_jax import checkpoint, config, data, h5io, parallel, resources, trainer
+from cyclestar_jax import checkpoint, config, data, parallel, trainer
 from cyclestar_jax.train_step import create_train_state
 
 N_A, N_B = 3, 6  # the first launch trains steps [0, N_A), the resumed one [N_A, N_B)
@@ -47,26 +48,6 @@ def _gloo_unavailable() -> str | None:
   if ext is None or not hasattr(ext, "make_gloo_tcp_collectives"):
     return f"jaxlib {lib.version_str} was built without gloo CPU collectives"
   return None
-
-
-def _write_domain(path, n, observed, seed):
-  """Toy spectra in raw flux: shared absorption lines with per-star depths; the observed
-  domain adds noise, errors and a few bad pixels."""
-  rng, n_pix = np.random.default_rng(seed), resources.N_PIX
-  lines = np.random.default_rng(5)
-  centers, depth = lines.uniform(0, n_pix, 60), lines.uniform(0.05, 0.5, 60)
-  profile = np.exp(-0.5 * ((np.arange(n_pix)[None, :] - centers[:, None]) / 2.5) ** 2)
-  sizes = {"train": n, "val": 16}
-  fields = ("spectra", "spectra_err", "spectra_msk") if observed else ("spectra",)
-  with h5io.SpectraWriter(path, sizes, fields=fields) as w:
-    for split, m in sizes.items():
-      x = np.exp(-(depth * np.exp(0.3 * rng.normal(size=(m, 1)))) @ profile)
-      kw = {}
-      if observed:
-        err = np.full_like(x, 0.01)
-        kw = dict(x_err=err.astype(np.float32), x_msk=rng.random(x.shape) > 0.02)
-        x = x + err * rng.normal(size=x.shape)
-      w.write(split, 0, x=x.astype(np.float32), **kw)
 
 
 def _free_port() -> int:
@@ -150,8 +131,8 @@ def test_two_processes_train_resume_and_log_like_one(tmp_path):
   if len(jax.devices()) < N_PROC * DEV_PER_PROC:
     pytest.skip(f"the single-process replay needs {N_PROC * DEV_PER_PROC} devices")
   synth, obs = tmp_path / "synth.h5", tmp_path / "obs.h5"
-  _write_domain(synth, 32, False, 0)
-  _write_domain(obs, 32, True, 1)
+  write_toy_domain(synth, 32, False, 0)
+  write_toy_domain(obs, 32, True, 1)
   out, cache = tmp_path / "run", tmp_path / "xla_cache"
   cfg = config.get_config("smoke")
   mesh = parallel.make_mesh(jax.devices()[:N_PROC * DEV_PER_PROC])

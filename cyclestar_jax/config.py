@@ -107,6 +107,11 @@ class Config:
   # reference; the two batches are shuffled independently, so this is a random pairing).
   # "random": a fresh permutation of the observed batch's z_sp per step, from the step's key.
   zsp_pairing: str = "batch"
+  # Exponential moving average of the generator's weights, kept in the train state as
+  # `gen_ema` and used for validation, fitting and derivatives (a common GAN practice that
+  # averages out the oscillation of the adversarial game). 0 (the paper): gen_ema = gen_params.
+  # The average's decay at update t is min(gen_ema_decay, (1 + t) / (10 + t)).
+  gen_ema_decay: float = 0.0
   seed: int = 0  # initialisation and data order
   # --- data (DESIGN.md §2) ---
   error_floor: float = 0.005  # raw-flux floor of error spectra (and synthetic error)
@@ -193,6 +198,8 @@ def _validate(cfg: Config) -> None:
                       f"≥ 1")
   if not cfg.filters_dom:
     raise ConfigError(f"{where}: filters_dom must have at least one layer")
+  if not 0.0 <= cfg.gen_ema_decay < 1.0:
+    raise ConfigError(f"{where}: gen_ema_decay must be in [0, 1), got {cfg.gen_ema_decay}")
   if cfg.zsh_filters < 1 or cfg.zsp_filters < 0:
     raise ConfigError(f"{where}: zsh_filters must be ≥ 1 and zsp_filters ≥ 0, got "
                       f"{cfg.zsh_filters}, {cfg.zsp_filters}")

@@ -1194,7 +1194,7 @@ def load_cycle_model(run_dir: str | os.PathLike) -> CycleModel:
     state, _ = ckpt.restore_state(where, cfg)
   except ckpt.CheckpointError as e:
     raise ValueError(str(e)) from None
-  return CycleModel(nets=make_networks(cfg), gen_params=state.gen_params, source=str(where))
+  return CycleModel(nets=make_networks(cfg), gen_params=state.gen_ema, source=str(where))
 
 
 def find_emulator(model_dir: str | os.PathLike) -> Path:

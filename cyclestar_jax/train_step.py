@@ -36,6 +36,8 @@ class TrainState:
     gen_opt: generator optimizer state (Adam for encoders and for decoders).
     critic_opt: critic optimizer state (Adam).
     n_skipped: int32 [] iterations skipped because their loss or gradients were not finite.
+    gen_ema: the moving average of gen_params (`Config.gen_ema_decay`; equal to gen_params
+      when the decay is 0): the generator that evaluation, fitting and derivatives use.
   """
 
   step: jax.Array
@@ -44,6 +46,7 @@ class TrainState:
   gen_opt: optax.OptState
   critic_opt: optax.OptState
   n_skipped: jax.Array
+  gen_ema: dict
 
 
 def lr_schedules(cfg: Config) -> dict[str, optax.Schedule]:
@@ -88,13 +91,26 @@ def create_train_state(cfg: Config, key: jax.Array) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), gen_params=gen_params,
                     critic_params=critic_params, gen_opt=gen_tx.init(gen_params),
                     critic_opt=critic_tx.init(critic_params),
-                    n_skipped=jnp.zeros((), jnp.int32))
+                    n_skipped=jnp.zeros((), jnp.int32), gen_ema=gen_params)
 
 
 def _opt_count(opt_state) -> jax.Array:
   """Number of updates applied so far, read from the first Adam count in the state."""
   counts = [x for x in jax.tree.leaves(opt_state) if jnp.issubdtype(x.dtype, jnp.integer)]
   return counts[0]
+
+
+def update_ema(ema: dict, params: dict, count: jax.Array, decay: float) -> dict:
+  """The moving average after update number `count` (0-based) of the new params.
+
+  Decay min(decay, (1 + count) / (10 + count)), so early averages are not dominated by the
+  initial weights; decay 0 returns params itself.
+  """
+  if decay == 0.0:
+    return params
+  c = count.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + c) / (10.0 + c))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
 def make_train_step(cfg: Config, nets: CycleStarNet | None = None, *,
@@ -155,13 +171,15 @@ def make_train_step(cfg: Config, nets: CycleStarNet | None = None, *,
     g_norm, c_norm = optax.tree.norm(g_grads), optax.tree.norm(c_grads)
     ok = jnp.isfinite(g_loss) & jnp.isfinite(c_loss) & jnp.isfinite(g_norm) & jnp.isfinite(c_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+    gen_ema = update_ema(state.gen_ema, gen_params, _opt_count(state.gen_opt), cfg.gen_ema_decay)
     new_state = TrainState(
         step=state.step + 1,
         gen_params=keep(gen_params, state.gen_params),
         critic_params=keep(critic_params, state.critic_params),
         gen_opt=keep(gen_opt, state.gen_opt),
         critic_opt=keep(critic_opt, state.critic_opt),
-        n_skipped=state.n_skipped + jnp.where(ok, 0, 1).astype(jnp.int32))
+        n_skipped=state.n_skipped + jnp.where(ok, 0, 1).astype(jnp.int32),
+        gen_ema=keep(gen_ema, state.gen_ema))
 
     gen_count = _opt_count(state.gen_opt)
     critic_count = _opt_count(state.critic_opt)

@@ -393,7 +393,7 @@ def _log_train(history, step, t0, path: Path | None, bar) -> dict:
 def _log_val(evaluate, state, batch, step, path: Path | None) -> dict:
   """Validation metrics (every process evaluates); appended to `path` unless None."""
   vals = {k: float(v) for k, v in parallel.fetch(
-      evaluate(state.gen_params, state.critic_params, batch)).items()}
+      evaluate(state.gen_ema, state.critic_params, batch)).items()}
   line = {"kind": "val", "step": step, **vals}
   if path is None:
     return line

@@ -91,7 +91,8 @@ def create_train_state(cfg: Config, key: jax.Array) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), gen_params=gen_params,
                     critic_params=critic_params, gen_opt=gen_tx.init(gen_params),
                     critic_opt=critic_tx.init(critic_params),
-                    n_skipped=jnp.zeros((), jnp.int32), gen_ema=gen_params)
+                    n_skipped=jnp.zeros((), jnp.int32),
+                    gen_ema=jax.tree.map(jnp.copy, gen_params))  # own buffers (donation)
 
 
 def _opt_count(opt_state) -> jax.Array:

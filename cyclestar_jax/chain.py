@@ -22,7 +22,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cyclestar_jax.emulator import Emulator, emulator_apply

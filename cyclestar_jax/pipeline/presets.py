@@ -1,0 +1,99 @@
+"""Presets of the main job (paper §4.1): data sizes, emulator recipe, Cycle-StarNet, fits.
+
+- `smoke`: every stage on tiny sizes (≤ 3 min on a 2-core CPU); the tests run it.
+- `cpu`: every stage in ≤ 25 min on a 2-core CPU (data ≤ 1, emulator ≤ 3, Cycle-StarNet ≤ 15,
+  fits and report ≤ 6); networks between `smoke` and Table 2, found by the probes in
+  benchmarks/README.md ("cpu preset research").
+- `paper`: Table 2, the paper's schedule (350k iterations at batch 8, lr × 0.7 every 50k), the
+  authors' data sizes of the mock world (20k train stars per domain), a GPU job. `--n-iter N`
+  shortens it with the learning-rate boundaries scaled in proportion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cyclestar_jax import config as _config
+from cyclestar_jax.emulator_train import EmulatorTrainConfig
+from cyclestar_jax.mock import DataSizes
+
+PRESET_NAMES = ("smoke", "cpu", "paper")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Everything a preset fixes.
+
+  Attributes:
+    name: "smoke", "cpu" or "paper".
+    sizes: mock-world stars per split and domain (ignored for the user's own files).
+    emulator: the emulator's training recipe.
+    cycle: the Cycle-StarNet config (architecture, schedule, n_iter).
+    n_fit: test stars fitted by each method.
+    n_eval: test spectra per domain for the reconstruction statistics and t-SNE.
+    fit_batch: fit slots (spectra × starts side by side).
+    fit_max_iter: accepted L-BFGS steps per start.
+    val_every: iterations between validations during training (the training curve).
+    ckpt_every: iterations between checkpoints (what a kill can lose).
+  """
+
+  name: str
+  sizes: DataSizes
+  emulator: EmulatorTrainConfig
+  cycle: _config.Config
+  n_fit: int
+  n_eval: int
+  fit_batch: int = 256
+  fit_max_iter: int = 1000
+  val_every: int = 250
+  ckpt_every: int = 250
+
+
+_TABLE2 = _config.get_config("kurucz_to_apogee_1")
+
+# cpu: widths between smoke and Table 2, batch 32 (CPU throughput per spectrum rises with the
+# batch), lr 1e-3 × 0.7 at 2,000, generator weights averaged (EMA) for evaluation and fits.
+_CPU_CYCLE = dataclasses.replace(
+    _TABLE2, name="cpu", filters_dom=(16, 32), filters_sh=(32, 64, 64), zsh_filters=12,
+    filters_sp=(16, 16, 16), critic_filters_x=(8, 16, 16, 32, 32),
+    critic_filters_z=(16, 16, 32, 32, 32), batch_size=32, lr_encoder=1e-3, lr_decoder=1e-3,
+    lr_critic=1e-3, lr_boundaries_gen=(2000,), lr_boundaries_critic=(2000,),
+    gen_ema_decay=0.999, n_iter=2400)
+
+_SMOKE_CYCLE = dataclasses.replace(_config.get_config("smoke"), n_iter=60)
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        "smoke", DataSizes(256, 64, 32),
+        EmulatorTrainConfig(max_epochs=20, time_limit_s=20.0, batch_size=64, patience=20,
+                            checkpoint_every_s=1e9),
+        _SMOKE_CYCLE, n_fit=8, n_eval=32, fit_batch=16, fit_max_iter=60, val_every=30,
+        ckpt_every=30),
+    "cpu": Preset(
+        "cpu", DataSizes(6000, 512, 512),
+        EmulatorTrainConfig(max_epochs=300, time_limit_s=150.0, batch_size=256),
+        _CPU_CYCLE, n_fit=200, n_eval=256, fit_batch=256),
+    "paper": Preset(
+        "paper", DataSizes(20000, 2000, 2000), EmulatorTrainConfig(), _TABLE2, n_fit=2000,
+        n_eval=1000, fit_batch=4096, val_every=5000, ckpt_every=5000),
+}
+
+
+def get_preset(name: str, n_iter: int | None = None) -> Preset:
+  """A preset, optionally shortened to n_iter iterations with the learning-rate boundaries
+  scaled in proportion (boundary b → round(b · n_iter / n_iter_preset))."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}: expected one of {PRESET_NAMES}")
+  p = PRESETS[name]
+  if n_iter is None or n_iter == p.cycle.n_iter:
+    return p
+  if n_iter < 1:
+    raise ValueError(f"--n-iter must be ≥ 1, got {n_iter}")
+  f = n_iter / p.cycle.n_iter
+  cyc = dataclasses.replace(
+      p.cycle, n_iter=int(n_iter),
+      lr_boundaries_gen=tuple(max(1, round(b * f)) for b in p.cycle.lr_boundaries_gen),
+      lr_boundaries_critic=tuple(max(1, round(b * f)) for b in p.cycle.lr_boundaries_critic))
+  every = max(1, min(p.val_every, n_iter // 10 or 1))
+  return dataclasses.replace(p, cycle=cyc, val_every=every,
+                             ckpt_every=max(1, min(p.ckpt_every, n_iter // 10 or 1)))

@@ -1,0 +1,144 @@
+"""report.md of the main job: each metric beside the paper's number and the target, and, on the
+mock world, the labels against the truth; where a target is missed, it says so."""
+
+from __future__ import annotations
+
+from cyclestar_jax.pipeline.stages import FIT_METHODS, FIT_TITLES
+
+# (key in metrics.json, description, paper on real APOGEE, target check or None, format)
+_ROWS = (
+    ("synth_rec_bias", "synthetic reconstruction: bias (relative)", "< 0.1 %",
+     lambda v, p: abs(v) < 1e-3, "{:+.3%}"),
+    ("synth_rec_scatter", "synthetic reconstruction: scatter", "≈ 0.4 %",
+     lambda v, p: v <= (0.004 if p == "paper" else 0.01), "{:.3%}"),
+    ("synth_cycle_bias", "synthetic cycle: bias", "< 0.1 %", lambda v, p: abs(v) < 1e-3,
+     "{:+.3%}"),
+    ("synth_cycle_scatter", "synthetic cycle: scatter", "≈ 0.4 %",
+     lambda v, p: v <= (0.004 if p == "paper" else 0.01), "{:.3%}"),
+    ("obs_rec_norm_bias", "observed reconstruction: normalized bias", "≈ 0", None, "{:+.3f}"),
+    ("obs_rec_norm_scatter", "observed reconstruction: normalized scatter", "≈ 1",
+     lambda v, p: 0.9 <= v <= 1.1 if p == "paper" else None, "{:.3f}"),
+    ("obs_cycle_norm_bias", "observed cycle: normalized bias", "≈ 0", None, "{:+.3f}"),
+    ("obs_cycle_norm_scatter", "observed cycle: normalized scatter", "≈ 1", None, "{:.3f}"),
+    ("fit_emulator_mask_chi2r", "Eq. 9 fit with The Payne's mask: median χ²_R (|r| ≤ 5)", "—",
+     None, "{:.3f}"),
+    ("fit_emulator_chi2r", "Eq. 9 fit (Payne): median χ²_R (|r| ≤ 5)", "1.97", None, "{:.3f}"),
+    ("fit_synth_chi2r", "Eq. 10 fit: median χ²_R, synthetic domain (error 0.005)", "—", None,
+     "{:.3f}"),
+    ("fit_csn_chi2r", "Eq. 11 fit (Cycle-StarNet): median χ²_R (|r| ≤ 5)", "1.22",
+     lambda v, p: v <= 1.40 if p == "paper" else None, "{:.3f}"),
+    ("chi2r_ratio_eq9_over_eq11", "χ²_R ratio Eq. 9 / Eq. 11", "1.6",
+     lambda v, p: v >= (1.8 if p == "paper" else 1.3), "{:.2f}"),
+    ("fit_emulator_mean_norm_resid", "Eq. 9 fit: mean normalized residual", "0.16", None,
+     "{:+.3f}"),
+    ("fit_csn_mean_norm_resid", "Eq. 11 fit: mean normalized residual", "−0.01",
+     lambda v, p: abs(v) <= 0.05, "{:+.3f}"),
+    ("paired_untransferred_chi2r", "paired val: x_synth vs x_obs, median χ²_R (no transfer)",
+     "—", None, "{:.3f}"),
+    ("paired_transfer_chi2r", "paired val: x_synth→obs vs x_obs, median χ²_R", "—",
+     None, "{:.3f}"),
+)
+
+
+def _fmt(fmt: str, v) -> str:
+  try:
+    return fmt.format(v)
+  except (TypeError, ValueError):
+    return str(v)
+
+
+def _check(fn, v, preset) -> str:
+  if fn is None or v is None:
+    return ""
+  ok = fn(v, preset)
+  return "" if ok is None else ("yes" if ok else "**no**")
+
+
+def label_table(m: dict) -> list[str]:
+  """Fitted − true of Teff, log g, [Fe/H] per method (bias ± scatter), and the box edge."""
+  lines = ["| method | Teff (K) | log g (dex) | [Fe/H] (dex) | at box edge | converged |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  for stem in FIT_METHODS:
+    f = m["fits"][stem]
+    e = f.get("label_errors", {})
+    cells = []
+    for k, fmt in (("Teff", "{:+.0f} ± {:.0f}"), ("logg", "{:+.2f} ± {:.2f}"),
+                   ("Fe_H", "{:+.3f} ± {:.3f}")):
+      cells.append(fmt.format(e[k]["bias"], e[k]["scatter"]) if k in e else "—")
+    lines.append(f"| {FIT_TITLES[stem]} | " + " | ".join(cells)
+                 + f" | {f['at_box_edge_fraction']:.0%} | {f['converged_fraction']:.0%} |")
+  return lines
+
+
+def _gap_sentence(untransferred: float, transferred: float, floor: float) -> str:
+  """How much of the gap between no transfer and the floor the transfer closes."""
+  if untransferred <= floor:
+    return "no gap to close."
+  f = (untransferred - transferred) / (untransferred - floor)
+  return (f"the transfer closes {f:.0%} of the gap." if f >= 0 else
+          f"**the transfer is worse than no transfer** (by {-f:.0%} of the gap).")
+
+
+def verdicts(m: dict) -> list[str]:
+  """Plain sentences: where the run meets the issue's targets and where it falls short."""
+  out = []
+  preset = m.get("preset")
+  ratio = m.get("chi2r_ratio_eq9_over_eq11")
+  want = 1.8 if preset == "paper" else 1.3
+  if ratio is not None:
+    out.append(f"- χ²_R ratio Eq. 9 / Eq. 11 = {ratio:.2f} (target ≥ {want}): "
+               + ("met." if ratio >= want else "**not met**."))
+  pt, p0 = m.get("paired_transfer_chi2r"), m.get("paired_untransferred_chi2r")
+  if pt is not None and p0 is not None:
+    out.append(f"- On the paired validation stars the transfer gives χ²_R {pt:.2f} against "
+               f"{p0:.2f} for no transfer and {m.get('mock_floor_chi2r', 1.24):.2f} for the "
+               "instrument's own noise-free spectrum (the mock's floor): "
+               + _gap_sentence(p0, pt, m.get("mock_floor_chi2r", 1.24)))
+  le = m.get("label_errors")
+  if le:
+    a, b = le[FIT_TITLES["eq9"]], le[FIT_TITLES["eq11"]]
+    better = [k for k in ("Teff", "logg", "Fe_H") if b[k]["scatter"] < a[k]["scatter"]]
+    out.append("- Labels against the truth (scatter, Eq. 11 vs Eq. 9): "
+               + ", ".join(f"{k} {b[k]['scatter']:.3g} vs {a[k]['scatter']:.3g}"
+                           for k in ("Teff", "logg", "Fe_H"))
+               + (": Eq. 11 closer for all three." if len(better) == 3 else
+                  f": **Eq. 11 closer only for {better or 'none'}**."))
+    edge = m["fits"]["eq11"]["at_box_edge_fraction"]
+    out.append(f"- Eq. 11 fits ending at the emulator's box edge: {edge:.0%} (target < 10 %): "
+               + ("met." if edge < 0.1 else "**not met**."))
+  return out
+
+
+def render(m: dict) -> str:
+  """The report's markdown text from metrics.json's dict."""
+  preset = m.get("preset")
+  lines = [f"# Cycle-StarNet main job (paper §4.1): preset `{preset}`", "",
+           f"Data: {m.get('data_description')}. Device: {m.get('device')}. "
+           f"Cycle-StarNet: {m.get('train_iterations')} iterations in "
+           f"{m.get('train_seconds', 0) / 60:.1f} min"
+           + (f" ({m['schedule_note']})" if m.get("schedule_note") else "") + f"; "
+           f"{m.get('n_test')} test stars fitted by each method; reconstruction statistics "
+           f"on {m.get('n_eval')} test spectra per domain.", ""]
+  if m.get("mock"):
+    lines += ["The data is the mock APOGEE world (README): numbers show whether the method "
+              "works, not what real stars are. The paper's numbers are on real APOGEE; the "
+              "mock's own floor of χ²_R is 1.24 (the reported errors are ~10 % too small), "
+              "so absolute χ²_R values cannot match the paper's.", ""]
+  lines += ["## Summary", ""] + verdicts(m) + ["", "## Metrics", "",
+                                               "| metric | this run | paper (APOGEE) | "
+                                               "target met |", "| --- | --- | --- | --- |"]
+  for key, desc, paper, check, fmt in _ROWS:
+    if key in m:
+      lines.append(f"| {desc} (`{key}`) | {_fmt(fmt, m[key])} | {paper} | "
+                   f"{_check(check, m[key], preset)} |")
+  if m.get("label_errors"):
+    lines += ["", "## Labels against the truth (fitted − true: bias ± scatter)", ""]
+    lines += label_table(m)
+  lines += ["", "χ²_R: per star, the mean of squared normalized residuals over its unmasked "
+            "network pixels (7167) with |r| > 5 left out; the table gives the median over the "
+            "test stars (`*_chi2r_all` in metrics.json: all pixels). Eq. 10 is compared in the "
+            "synthetic domain with error 0.005.", "", "## Figures", ""]
+  lines += [f"- [{p}]({p})" for p in m.get("figures", [])]
+  if m.get("notes"):
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in m["notes"]]
+  return "\n".join(lines) + "\n"

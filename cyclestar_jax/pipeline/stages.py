@@ -1,0 +1,222 @@
+"""The main job's stages (paper §4.1), one function each, every one kept in the run folder.
+
+    OUT/run.json            preset, data identity, stage times (checked on every re-run)
+    OUT/data/               synth.h5, obs.h5 (the mock world; absent with --synth/--obs)
+    OUT/emulator/           emulator.npz, metrics.json, residuals.png (or --emulator PATH)
+    OUT/model/              the Cycle-StarNet run: checkpoints/, metrics.jsonl, done.json
+    OUT/fits/               eq9_mask.h5, eq9.h5, eq10.h5, eq11.h5 (+ .csv): the test fits
+    OUT/metrics.json, OUT/report.md, OUT/figures/*.png
+
+A stage is done when its final file exists (written last, atomically); a re-run skips it. An
+interrupted Cycle-StarNet training resumes from its newest checkpoint (`trainer.train(resume=
+True)`); an interrupted emulator training or fit starts that stage again (minutes at most).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cyclestar_jax.fileio import atomic_write_text
+from cyclestar_jax.pipeline.presets import Preset
+
+# Fit methods of the report: file stem → (FitConfig.method, Payne's spectroscopic mask?).
+FIT_METHODS = {"eq9_mask": ("emulator", True), "eq9": ("emulator", False),
+               "eq10": ("synth", False), "eq11": ("obs", False)}
+FIT_TITLES = {"eq9_mask": "Eq. 9, The Payne's mask", "eq9": "Eq. 9 (Payne)",
+              "eq10": "Eq. 10 (obs→synth, Payne)", "eq11": "Eq. 11 (Cycle-StarNet)"}
+
+
+class RunFolderError(ValueError):
+  """The output folder holds a run of another preset or other data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+  """Where each stage of a run writes (see the module docstring)."""
+
+  out: Path
+
+  @property
+  def run_json(self) -> Path:
+    return self.out / "run.json"
+
+  @property
+  def data(self) -> Path:
+    return self.out / "data"
+
+  @property
+  def emulator(self) -> Path:
+    return self.out / "emulator"
+
+  @property
+  def model(self) -> Path:
+    return self.out / "model"
+
+  @property
+  def fits(self) -> Path:
+    return self.out / "fits"
+
+  @property
+  def figures(self) -> Path:
+    return self.out / "figures"
+
+  def fit_file(self, stem: str) -> Path:
+    return self.fits / f"{stem}.h5"
+
+
+def _write_json(path: Path, obj) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(path, json.dumps(obj, indent=1, default=str))
+
+
+def read_json(path: Path) -> dict:
+  return json.loads(Path(path).read_text())
+
+
+def check_run_folder(paths: RunPaths, identity: dict) -> dict:
+  """Create run.json, or check that the folder's run has the same identity (preset, data,
+  schedule); raise `RunFolderError` naming the first difference otherwise."""
+  if paths.run_json.is_file():
+    old = read_json(paths.run_json)
+    for key, value in identity.items():
+      if json.dumps(old.get("identity", {}).get(key), default=str) != json.dumps(
+          value, default=str):
+        raise RunFolderError(
+            f"{paths.run_json}: this folder holds a run with {key} = "
+            f"{old.get('identity', {}).get(key)!r}, not {value!r}; choose another --out or "
+            f"pass --overwrite to start this folder again")
+    return old
+  if paths.out.exists() and any(paths.out.iterdir()):
+    raise RunFolderError(f"{paths.out}: not empty and not a run folder (no run.json); choose "
+                         f"another --out or pass --overwrite")
+  run = {"identity": identity, "stages": {}}
+  _write_json(paths.run_json, run)
+  return run
+
+
+def record_stage(paths: RunPaths, stage: str, info: dict) -> None:
+  """Add a stage's summary (seconds, what it did) to run.json."""
+  run = read_json(paths.run_json)
+  run.setdefault("stages", {})[stage] = info
+  _write_json(paths.run_json, run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages.
+
+
+def stage_data(paths: RunPaths, preset: Preset, *, seed: int = 0,
+               progress: bool = True) -> tuple[Path, Path, dict]:
+  """The mock world's files for the preset's sizes (skipped when made already).
+
+  Returns:
+    (synth.h5, obs.h5, info {"skipped", "seconds", sizes}).
+  """
+  from cyclestar_jax import mock
+
+  synth, obs, done = paths.data / "synth.h5", paths.data / "obs.h5", paths.data / "make_data.json"
+  if done.is_file() and synth.is_file() and obs.is_file():
+    return synth, obs, {"skipped": True, **read_json(done)}
+  t0 = time.perf_counter()
+  summary = mock.make_data(paths.data, mock.WorldConfig(seed=seed), preset.sizes,
+                           progress=progress)
+  _write_json(done, summary)
+  return synth, obs, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
+
+
+def stage_emulator(paths: RunPaths, preset: Preset, synth_path: Path, *,
+                   progress: bool = True) -> tuple[Path, dict]:
+  """The Payne trained on the synthetic domain's train split (skipped when trained already).
+
+  Returns:
+    (emulator.npz, its metrics dict).
+  """
+  from cyclestar_jax.emulator_train import train_emulator
+
+  npz, done = paths.emulator / "emulator.npz", paths.emulator / "metrics.json"
+  if npz.is_file() and done.is_file():
+    return npz, {"skipped": True, **read_json(done)}
+  t0 = time.perf_counter()
+  summary = train_emulator(synth_path, paths.emulator, preset.emulator, progress=progress)
+  return npz, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
+
+
+def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_path: Path, *,
+                       progress: bool = True) -> tuple[Path, dict]:
+  """Cycle-StarNet trained to the preset's n_iter, resuming an interrupted run (skipped when
+  done.json says it finished).
+
+  Returns:
+    (the run directory, {"iterations", "seconds", "val", ...}).
+  """
+  from cyclestar_jax import trainer
+
+  done = paths.model / "done.json"
+  if done.is_file():
+    return paths.model, {"skipped": True, **read_json(done)}
+  resume = (paths.model / "checkpoints").is_dir()
+  before = _train_seconds(paths.model)
+  t0 = time.perf_counter()
+  cfg = preset.cycle
+  result = trainer.train(cfg, synth_path, obs_path, paths.model, resume=resume,
+                         val_every=preset.val_every, ckpt_every=preset.ckpt_every,
+                         log_every=min(100, preset.val_every), val_rows=256,
+                         progress=progress)
+  seconds = before + time.perf_counter() - t0
+  info = {"iterations": int(result["step"]), "seconds": seconds, "resumed": resume,
+          "val": result.get("val", {}), "config": dataclasses.asdict(cfg)}
+  _write_json(paths.model / "train_seconds.json", {"seconds": seconds})
+  _write_json(done, info)
+  return paths.model, {"skipped": False, **info}
+
+
+def _train_seconds(model_dir: Path) -> float:
+  """Training seconds spent by earlier (interrupted) attempts, as far as recorded."""
+  p = model_dir / "train_seconds.json"
+  return float(read_json(p)["seconds"]) if p.is_file() else 0.0
+
+
+def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: Path,
+               model_dir: Path, *, progress: bool = True) -> dict:
+  """Fits of the first `n_fit` test stars by Eq. 9 (with and without The Payne's mask),
+  Eq. 10 and Eq. 11, one results file each (a finished file is kept, the others fitted).
+
+  Returns:
+    {stem: {"skipped", "seconds", "n"}}.
+  """
+  from cyclestar_jax import fitting, h5io
+  from cyclestar_jax.emulator import load_emulator
+  from cyclestar_jax.resources import payne_mask
+
+  paths.fits.mkdir(parents=True, exist_ok=True)
+  todo = [s for s in FIT_METHODS if not paths.fit_file(s).is_file()]
+  info = {s: {"skipped": True} for s in FIT_METHODS if s not in todo}
+  if not todo:
+    return info
+  em = load_emulator(emulator_path)
+  cycle = fitting.load_cycle_model(model_dir)
+  with h5io.SpectraFile(obs_path) as f:
+    n = min(preset.n_fit, f.n("test"))
+    sp = f.read("test", 0, n)
+  for stem in todo:
+    method, use_mask = FIT_METHODS[stem]
+    msk = sp.x_msk
+    if use_mask:  # The Payne's spectroscopic mask: True = masked (Kurucz deviates > 2 %)
+      msk = msk & ~payne_mask()[None, :]
+    cfg = fitting.FitConfig(method=method, batch_size=preset.fit_batch,
+                            max_iter=preset.fit_max_iter)
+    fitter = fitting.LabelFitter(em, cfg, cycle_model=None if method == "emulator" else cycle)
+    t0 = time.perf_counter()
+    res = fitter.fit(sp.x, sp.x_err, msk, y_start=sp.y, progress=progress,
+                     desc=f"fit {FIT_TITLES[stem]}")
+    seconds = time.perf_counter() - t0
+    fitting.save_results(paths.fit_file(stem), res, rows=np.arange(n), attrs={
+        "obs_file": str(obs_path), "split": "test", "method_title": FIT_TITLES[stem],
+        "payne_mask": use_mask, "seconds": seconds})
+    info[stem] = {"skipped": False, "seconds": seconds, "n": n}
+  return info

@@ -1,0 +1,71 @@
+"""The main job (paper §4.1): mock world (or your files) → emulator → Cycle-StarNet → label fits
+by Eq. 9, 10 and 11 → evaluation → OUT/report.md, OUT/metrics.json, OUT/figures/.
+
+  python -m experiments.apogee [--preset smoke|cpu|paper] [--out runs/apogee] [--n-iter N]
+      [--synth S.h5 --obs O.h5] [--emulator PATH] [--model RUN_DIR] [--overwrite]
+
+Every stage is kept in OUT; running the same command again skips the stages already done and
+resumes an interrupted training. With no --preset: `paper` on a GPU, `cpu` on a CPU.
+The logic is in `cyclestar_jax.pipeline`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--preset", choices=("smoke", "cpu", "paper"), default=None,
+                 help="smoke: minutes, for tests; cpu: ≤ 25 min on 2 CPU cores; paper: Table 2 "
+                      "and the paper's schedule (GPU). Default: paper on a GPU, cpu on a CPU")
+  p.add_argument("--out", default=None, help="run folder (default: runs/apogee_<preset>)")
+  p.add_argument("--n-iter", type=int, default=None,
+                 help="training iterations (default: the preset's); learning-rate boundaries "
+                      "are scaled in proportion")
+  p.add_argument("--synth", default=None, help="your synthetic-domain HDF5 file (with --obs)")
+  p.add_argument("--obs", default=None, help="your observed-domain HDF5 file (with --synth)")
+  p.add_argument("--emulator", default=None, help="a trained emulator instead of training one")
+  p.add_argument("--model", default=None,
+                 help="a trained Cycle-StarNet run directory instead of training one")
+  p.add_argument("--seed", type=int, default=0, help="the mock world's seed")
+  p.add_argument("--overwrite", action="store_true",
+                 help="start again in an --out folder that holds another run")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  from cyclestar_jax import pipeline
+
+  preset = args.preset or pipeline.default_preset()
+  out = args.out or f"runs/apogee_{preset}"
+  if args.preset is None:
+    print(f"preset: {preset} (no --preset given; {'a GPU' if preset == 'paper' else 'a CPU'} "
+          f"was found)")
+  return pipeline.run(out, preset=preset, n_iter=args.n_iter, synth=args.synth, obs=args.obs,
+                      emulator=args.emulator, model=args.model, seed=args.seed,
+                      overwrite=args.overwrite, progress=not args.no_progress)
+
+
+def cli(argv=None) -> int:
+  """`main` with user errors as one line (exit 2); --debug or CYCLESTAR_DEBUG=1 re-raises."""
+  argv = sys.argv[1:] if argv is None else argv
+  debug = "--debug" in argv or os.environ.get("CYCLESTAR_DEBUG") == "1"
+  try:
+    main(argv)
+  except (FileNotFoundError, ValueError, OSError, KeyError) as e:
+    if debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli())

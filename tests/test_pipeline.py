@@ -1,0 +1,76 @@
+"""The main job (`experiments.apogee`) end to end on the smoke preset, and its refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cyclestar_jax import pipeline
+from experiments import apogee
+
+METRIC_KEYS = (
+    "synth_rec_bias", "synth_rec_scatter", "synth_cycle_bias", "synth_cycle_scatter",
+    "obs_rec_norm_bias", "obs_rec_norm_scatter", "obs_cycle_norm_bias",
+    "obs_cycle_norm_scatter", "fit_emulator_chi2r", "fit_synth_chi2r", "fit_csn_chi2r",
+    "fit_emulator_mean_norm_resid", "fit_csn_mean_norm_resid", "label_errors",
+    "train_iterations", "train_seconds", "device", "preset", "n_test")
+FIGURES = ("fig5_synthetic_residuals.png", "fig6_observed_residuals.png", "fig7_fit_example.png",
+           "fig8_fit_residuals.png", "fig9_kiel_chi2.png", "fig10_tsne.png",
+           "fig11_kiel_methods.png", "label_errors.png", "training_curve.png")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("apogee") / "run"
+  lines = []
+  m = pipeline.run(out, preset="smoke", progress=False, log=lines.append)
+  return out, m, lines
+
+
+def test_smoke_writes_every_key_and_file(smoke_run):
+  out, m, lines = smoke_run
+  on_disk = json.loads((out / "metrics.json").read_text())
+  for k in METRIC_KEYS:
+    assert k in on_disk, k
+  assert on_disk["preset"] == "smoke" and on_disk["n_test"] == 8
+  assert on_disk["train_iterations"] == pipeline.PRESETS["smoke"].cycle.n_iter
+  for method in ("Eq. 9 (Payne)", "Eq. 11 (Cycle-StarNet)"):
+    assert set(on_disk["label_errors"][method]["Teff"]) == {"bias", "scatter", "n"}
+  for f in FIGURES:
+    p = out / "figures" / f
+    assert p.is_file() and p.stat().st_size > 10_000, f
+  report = (out / "report.md").read_text()
+  assert "Eq. 11" in report and "paper" in report and "fig7_fit_example.png" in report
+  for stem in ("eq9_mask", "eq9", "eq10", "eq11"):
+    assert (out / "fits" / f"{stem}.h5").is_file() and (out / "fits" / f"{stem}.csv").is_file()
+  assert any("report.md" in line for line in lines)
+
+
+def test_rerun_skips_the_stages_done(smoke_run):
+  out, m, _ = smoke_run
+  lines = []
+  m2 = pipeline.run(out, preset="smoke", progress=False, log=lines.append)
+  kept = [line for line in lines if "kept from an earlier run" in line]
+  assert len(kept) == 4, lines  # data, emulator, Cycle-StarNet, fits
+  assert m2["fit_csn_chi2r"] == pytest.approx(m["fit_csn_chi2r"])
+
+
+def test_other_preset_in_the_same_folder_is_refused(smoke_run):
+  out, _, _ = smoke_run
+  with pytest.raises(pipeline.RunFolderError, match="preset"):
+    pipeline.run(out, preset="smoke", n_iter=7, progress=False, log=lambda s: None)
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path, capsys):
+  assert apogee.cli(["--preset", "smoke", "--out", str(tmp_path / "r"), "--obs", "x.h5"]) == 2
+  assert "--synth and --obs go together" in capsys.readouterr().err
+  assert apogee.cli(["--preset", "smoke", "--out", str(tmp_path / "r"), "--synth", "a.h5",
+                     "--obs", "b.h5"]) == 2
+  assert "a.h5: no such file" in capsys.readouterr().err
+  assert not Path(tmp_path / "r").exists()
+
+
+def test_n_iter_scales_the_learning_rate_boundaries():
+  p = pipeline.get_preset("paper", n_iter=35_000)
+  assert p.cycle.n_iter == 35_000
+  assert p.cycle.lr_boundaries_gen == (5_000, 10_000, 15_000, 20_000)

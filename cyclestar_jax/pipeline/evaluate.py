@@ -47,10 +47,28 @@ def _observed_weights(sp) -> tuple[np.ndarray, np.ndarray]:
   return err[:, N_DROP:], good[:, N_DROP:]
 
 
+_JIT_CACHE: dict = {}
+
+
+def _cached(key, build):
+  """One jitted function per (kind, model objects): a chunk shape compiles once per run."""
+  k = (key[0],) + tuple(id(o) for o in key[1:])
+  if k not in _JIT_CACHE:
+    _JIT_CACHE.clear() if len(_JIT_CACHE) > 16 else None
+    _JIT_CACHE[k] = (build(), key[1:])  # keep the objects alive with their function
+  return _JIT_CACHE[k][0]
+
+
 def reconstructions(cycle, x_synth: np.ndarray, x_obs: np.ndarray) -> dict[str, np.ndarray]:
   """Raw-flux reconstructions [N, 7167] of paired-in-position test batches of both domains:
   `synth_rec` (x_synth→synth), `synth_cycle` (x_synth→obs→synth), `obs_rec`, `obs_cycle`,
   `synth_to_obs`, `obs_to_synth`; latents `zsh_synth`, `zsh_obs` [N, L, C]."""
+  n = min(len(x_synth), len(x_obs))
+  return _chunked(_cached(("rec", cycle), lambda: _build_reconstruct(cycle)), x_synth[:n],
+                  x_obs[:n])
+
+
+def _build_reconstruct(cycle):
   nets, gen = cycle.nets, cycle.gen_params
 
   @jax.jit
@@ -63,8 +81,7 @@ def reconstructions(cycle, x_synth: np.ndarray, x_obs: np.ndarray) -> dict[str, 
         ("synth_to_obs", "x_synthobs"), ("obs_to_synth", "x_obssynth"))}
     return {**raw, "zsh_synth": out["zsh_synth"], "zsh_obs": out["zsh_obs"]}
 
-  n = min(len(x_synth), len(x_obs))
-  return _chunked(run, x_synth[:n], x_obs[:n])
+  return run
 
 
 def domain_metrics(rec: dict, sp_synth, sp_obs) -> dict[str, float]:
@@ -108,13 +125,12 @@ def fit_models(stem: str, y: np.ndarray, x_obs: np.ndarray, em, cycle) -> np.nda
   y_safe = np.where(ok[:, None], y, 0.5 * (np.asarray(em.y_min) + np.asarray(em.y_max)))
   method = FIT_METHODS[stem][0]
   if method == "obs":
-    @jax.jit
-    def f(yb, xb):
-      return mc.synth_to_obs(yb, mc.encode_split(xb))
-
+    f = _cached(("eq11", em, cycle), lambda: jax.jit(
+        lambda yb, xb: mc.synth_to_obs(yb, mc.encode_split(xb))))
     model = _chunked(f, y_safe.astype(np.float32), x_obs)
   else:
-    model = _chunked(jax.jit(lambda yb: mc.payne(yb)[:, N_DROP:]), y_safe.astype(np.float32))
+    f = _cached(("payne", em), lambda: jax.jit(lambda yb: mc.payne(yb)[:, N_DROP:]))
+    model = _chunked(f, y_safe.astype(np.float32))
   return np.where(ok[:, None], model, np.nan)
 
 
@@ -122,12 +138,14 @@ def obs_to_synth(cycle, x_obs: np.ndarray) -> np.ndarray:
   """x_obs→synth [N, 7167] raw flux (Eq. 10's data)."""
   nets, gen = cycle.nets, cycle.gen_params
 
-  @jax.jit
-  def f(xb):
-    zsh, _ = nets.encode_obs(gen, chain.standardize(xb[:, N_DROP:]))
-    return chain.unstandardize(nets.decode_synth(gen, zsh))
+  def build():
+    @jax.jit
+    def f(xb):
+      zsh, _ = nets.encode_obs(gen, chain.standardize(xb[:, N_DROP:]))
+      return chain.unstandardize(nets.decode_synth(gen, zsh))
+    return f
 
-  return _chunked(f, x_obs)
+  return _chunked(_cached(("os", cycle), build), x_obs)
 
 
 def fit_metrics(paths: RunPaths, sp_test, em, cycle, y_true: np.ndarray | None

@@ -33,6 +33,8 @@ class Preset:
     n_eval: test spectra per domain for the reconstruction statistics and t-SNE.
     fit_batch: fit slots (spectra × starts side by side).
     fit_max_iter: accepted L-BFGS steps per start.
+    csn_starts: starts of the Eq. 11 fits (each costs a Cycle-StarNet pass per iteration; the
+      cheap Eq. 9/10 fits always use the catalogue labels and the population median).
     val_every: iterations between validations during training (the training curve).
     ckpt_every: iterations between checkpoints (what a kill can lose).
   """
@@ -45,6 +47,7 @@ class Preset:
   n_eval: int
   fit_batch: int = 256
   fit_max_iter: int = 1000
+  csn_starts: tuple[str, ...] = ("catalogue", "median")
   val_every: int = 250
   ckpt_every: int = 250
 
@@ -72,7 +75,8 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         "cpu", DataSizes(6000, 512, 512),
         EmulatorTrainConfig(max_epochs=300, time_limit_s=150.0, batch_size=256),
-        _CPU_CYCLE, n_fit=200, n_eval=256, fit_batch=256),
+        _CPU_CYCLE, n_fit=200, n_eval=256, fit_batch=256, fit_max_iter=300,
+        csn_starts=("catalogue",)),
     "paper": Preset(
         "paper", DataSizes(20000, 2000, 2000), EmulatorTrainConfig(), _TABLE2, n_fit=2000,
         n_eval=1000, fit_batch=4096, val_every=5000, ckpt_every=5000),

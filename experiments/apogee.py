@@ -53,8 +53,9 @@ def main(argv=None) -> dict:
                       overwrite=args.overwrite, progress=not args.no_progress)
 
 
-def cli(argv=None) -> int:
-  """`main` with user errors as one line (exit 2); --debug or CYCLESTAR_DEBUG=1 re-raises."""
+def run_cli(main, argv=None) -> int:
+  """`main(argv)` with user errors as one line (exit 2); --debug or CYCLESTAR_DEBUG=1
+  re-raises."""
   argv = sys.argv[1:] if argv is None else argv
   debug = "--debug" in argv or os.environ.get("CYCLESTAR_DEBUG") == "1"
   try:
@@ -65,6 +66,11 @@ def cli(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def cli(argv=None) -> int:
+  """The main job's command line (`run_cli(main)`)."""
+  return run_cli(main, argv)
 
 
 if __name__ == "__main__":

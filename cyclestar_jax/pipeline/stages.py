@@ -110,9 +110,10 @@ def record_stage(paths: RunPaths, stage: str, info: dict) -> None:
 # Stages.
 
 
-def stage_data(paths: RunPaths, preset: Preset, *, seed: int = 0,
+def stage_data(paths: RunPaths, preset: Preset, *, seed: int = 0, world=None,
                progress: bool = True) -> tuple[Path, Path, dict]:
-  """The mock world's files for the preset's sizes (skipped when made already).
+  """The mock world's files for the preset's sizes (skipped when made already); `world` a
+  `mock.WorldConfig` (default: the APOGEE experiment's, with `seed`).
 
   Returns:
     (synth.h5, obs.h5, info {"skipped", "seconds", sizes}).
@@ -123,8 +124,8 @@ def stage_data(paths: RunPaths, preset: Preset, *, seed: int = 0,
   if done.is_file() and synth.is_file() and obs.is_file():
     return synth, obs, {"skipped": True, **read_json(done)}
   t0 = time.perf_counter()
-  summary = mock.make_data(paths.data, mock.WorldConfig(seed=seed), preset.sizes,
-                           progress=progress)
+  world = mock.WorldConfig(seed=seed) if world is None else world
+  summary = mock.make_data(paths.data, world, preset.sizes, progress=progress)
   _write_json(done, summary)
   return synth, obs, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
 

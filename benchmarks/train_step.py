@@ -21,7 +21,7 @@ metrics of `--check-steps` iterations must agree with float32 to 1e-3 (relative)
 `--e2e` also measures, from the HDF5 files: the stream alone (`pipeline_alone`: batches/s of
 `data.BatchStream`'s reader thread, no device work: the ceiling of a streamed run); end to end
 through the stream (`e2e`: reading thread and prefetch, transfer to the devices, the step); and
-end to end with the training split held on the devices (`e2e_staged`: `data.stage_on_devices`
+end to end with the training split held on the devices (`e2e_staged`: `parallel.stage_on_devices`
 once, then per call only row indices go to the devices, `train_step.make_staged_step`; what
 `trainer.train` does when the split fits), each against the pre-staged figure.
 Uses every device `jax.devices()` gives (data parallel over a one-axis mesh, the state
@@ -211,14 +211,14 @@ def _time_pipeline_alone(cfg, args) -> dict:
 
 
 def _time_e2e_staged(cfg, mesh, precision: str, state, key, args) -> dict:
-  """End-to-end it/s with the training split held on the devices (`data.stage_on_devices`):
+  """End-to-end it/s with the training split held on the devices (`parallel.stage_on_devices`):
   per call, the host computes the row indices and sends them; the step gathers its batch."""
   n = args.steps_per_call
   rep = parallel.replicated_sharding(mesh)
   fn = parallel.make_parallel_staged_step(cfg, mesh)
   with data.BatchStream(args.synth, args.obs, cfg) as stream:
     t0 = time.perf_counter()
-    staged = data.stage_on_devices(stream, rep)
+    staged = parallel.stage_on_devices(stream, rep)
     jax.block_until_ready(staged)
     stage_s = time.perf_counter() - t0
     n_bytes = sum(a.nbytes for a in staged.values())

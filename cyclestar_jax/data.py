@@ -3,7 +3,8 @@
 Standardization (DESIGN.md §2), applied to raw rows of `h5io.SpectraFile`:
   - keep the last `cfg.n_pix` pixels (drop the first 47 of the 7214-pixel grid);
   - flux x' = (x − 0.97746492) / 0.05180881 (`resources.spectra_mean_std()`);
-  - errors: floored at `cfg.error_floor` (0.005, raw flux) then divided by the same std;
+  - errors: floored at `cfg.error_floor` (`resources.ERROR_FLOOR`, 0.005 raw flux) then divided
+    by the same std;
     synthetic spectra get the floor everywhere, whatever the file holds;
   - masks (float 0/1): the file's mask (h5io already masks NaN/inf flux and bad errors) and,
     for observed spectra, 0 where the raw error exceeds `cfg.error_mask_threshold` (0.05);
@@ -11,6 +12,16 @@ Standardization (DESIGN.md §2), applied to raw rows of `h5io.SpectraFile`:
   - `cfg.mask_synth_lines` (paper §4.2): synthetic flux set to the continuum (1.0) over the
     masked features (`resources.kurucz_response()["total_mask"]`) before standardizing, as the
     reference does; a no-op on files already written that way.
+
+Pixel count (one rule for training): the files' spectra must have exactly `cfg.n_pix + 47`
+pixels (7214, the APOGEE grid, for the default 7167-pixel networks; DESIGN.md §2), both files
+the same (`check_pixel_count`).
+
+Usable pixels: a training split must have something to learn from (`BatchStream.check_usable`):
+at least `MIN_USABLE_FRACTION` (1%) of its network pixels unmasked and at least `batch_size`
+spectra (every one, in a smaller split) with `MIN_PIXELS_PER_SPECTRUM` (100) unmasked pixels,
+counted on up to
+`USABLE_SAMPLE_ROWS` (2,048) rows spread evenly over the split (all rows of a smaller split).
 
 Batches: each domain is read in its own shuffled order (unpaired), epoch by epoch; the rows of
 global step s are positions [s·B, (s+1)·B) of an endless stream whose epoch e is a permutation
@@ -26,9 +37,9 @@ import dataclasses
 import functools
 import queue
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -36,6 +47,28 @@ from cyclestar_jax import h5io, resources
 from cyclestar_jax.config import Config
 
 DOMAINS = ("synth", "obs")
+MIN_USABLE_FRACTION = 0.01  # a training split needs at least 1% of its network pixels unmasked
+MIN_PIXELS_PER_SPECTRUM = 100  # unmasked pixels that make a spectrum count as usable
+USABLE_SAMPLE_ROWS = 2048  # rows checked by `usable_pixels` (spread evenly over the split)
+
+
+def check_pixel_count(n_pix_file: int, cfg: Config, where: str) -> None:
+  """The one pixel-count rule of training: spectra on disk have exactly `cfg.n_pix + N_DROP`
+  pixels (7214 = the APOGEE grid for the default 7167-pixel networks, DESIGN.md §2).
+
+  Args:
+    n_pix_file: pixels per spectrum in the file(s).
+    cfg: config (n_pix: pixels the networks see).
+    where: the file(s), for the message.
+
+  Raises:
+    ValueError: naming the file(s), the count found and the count the config needs.
+  """
+  want = cfg.n_pix + resources.N_DROP
+  if n_pix_file != want:
+    raise ValueError(f"{where}: {n_pix_file} pixels per spectrum; config {cfg.name!r} needs "
+                     f"exactly {want} (n_pix {cfg.n_pix} + the {resources.N_DROP} leading pixels "
+                     f"the networks drop; {resources.N_PIX} is the APOGEE grid)")
 
 
 def observed_errors(x_err: np.ndarray, x_msk: np.ndarray | None, *, error_floor: float,
@@ -45,7 +78,7 @@ def observed_errors(x_err: np.ndarray, x_msk: np.ndarray | None, *, error_floor:
   Args:
     x_err: [B, P] raw 1σ errors.
     x_msk: [B, P] file mask (True/1 = good) or None.
-    error_floor: errors are raised to at least this (0.005).
+    error_floor: errors are raised to at least this (`resources.ERROR_FLOOR`, 0.005).
     error_mask_threshold: pixels whose raw error exceeds this are bad (0.05).
 
   Returns:
@@ -138,8 +171,8 @@ class BatchStream:
     process_index, process_count: this process's slice of every global batch (multi-host).
 
   Raises:
-    ValueError: the two files have different pixel counts, or too few for cfg.n_pix, or a
-      split is empty (naming the files).
+    ValueError: the two files have different pixel counts, or not `cfg.n_pix + 47`
+      (`check_pixel_count`), or a split is empty (naming the files).
   """
 
   def __init__(self, synth_path, obs_path, cfg: Config, *, split: str = "train",
@@ -157,9 +190,7 @@ class BatchStream:
       if p_s != p_o:
         raise ValueError(f"pixel counts differ: {synth_path} has {p_s} pixels per spectrum, "
                          f"{obs_path} has {p_o}; both domains must share one grid")
-      if p_s < cfg.n_pix:
-        raise ValueError(f"{synth_path}, {obs_path}: {p_s} pixels per spectrum, fewer than "
-                         f"the {cfg.n_pix} of config {cfg.name!r}")
+      check_pixel_count(p_s, cfg, f"{synth_path}, {obs_path}")
       self._domains = {}
       for i, (name, f) in enumerate(files.items()):
         if split not in f.splits:
@@ -177,6 +208,43 @@ class BatchStream:
   def sizes(self) -> dict[str, int]:
     """Spectra per domain in the split."""
     return {k: d.n for k, d in self._domains.items()}
+
+  def paths(self) -> dict[str, Path]:
+    """The file of each domain."""
+    return {k: d.file.path for k, d in self._domains.items()}
+
+  def standardized_split(self, domain: str, *, block: int = 4096) -> dict[str, np.ndarray]:
+    """The whole split of one domain standardized in host memory (what staging copies to the
+    devices), read block by block: {"x", "x_err"} float32 and {"x_msk"} uint8 [N, n_pix]."""
+    return _standardized_split(self._domains[domain].file, domain, self.cfg, self.split, block)
+
+  def check_usable(self, *, max_rows: int = USABLE_SAMPLE_ROWS) -> dict[str, dict]:
+    """Refuse a split with too little to learn from (module docstring), before any compilation.
+
+    Returns:
+      {domain: `usable_pixels` counts}.
+
+    Raises:
+      ValueError: naming the file, the split, the counts and the threshold.
+    """
+    out = {}
+    for name, d in self._domains.items():
+      u = usable_pixels(d.file, name, self.cfg, self.split, max_rows=max_rows)
+      what = (f"{d.file.path}: split {self.split!r} ({'observed' if name == 'obs' else 'synthetic'}"
+              f" domain, {u['rows_checked']} of {d.n} spectra checked)")
+      why = (f"(mask 0 in the file, raw error > {self.cfg.error_mask_threshold} or not finite, "
+             "or NaN/inf flux)")
+      if u["pixels_usable"] == 0:
+        raise ValueError(f"{what}: every pixel is masked {why}; nothing to train on")
+      if u["fraction"] < MIN_USABLE_FRACTION:
+        raise ValueError(f"{what}: only {u['fraction']:.3%} of the pixels are usable, fewer than "
+                         f"the {MIN_USABLE_FRACTION:.0%} training needs {why}")
+      if u["spectra_usable"] < min(self.cfg.batch_size, u["rows_checked"]):
+        raise ValueError(f"{what}: only {u['spectra_usable']} spectra have at least "
+                         f"{MIN_PIXELS_PER_SPECTRUM} usable pixels, fewer than the batch size "
+                         f"{self.cfg.batch_size} {why}")
+      out[name] = u
+    return out
 
   def rows_at(self, step: int) -> dict[str, np.ndarray]:
     """Row indices [local batch] of each domain used at a global step (for this process)."""
@@ -256,16 +324,16 @@ class BatchStream:
     self.close()
 
 
-def read_split(path: str | Path, domain: str, cfg: Config, split: str = "val",
-               max_rows: int | None = None) -> dict[str, np.ndarray]:
-  """The first `max_rows` rows of a split, standardized (e.g. a validation set).
+def read_standardized(path: str | Path, domain: str, cfg: Config, split: str = "val",
+                      max_rows: int | None = None) -> dict[str, np.ndarray]:
+  """The first `max_rows` rows of a split (`h5io.read_split`), standardized (e.g. a validation
+  set); the file must pass `check_pixel_count`.
 
   Returns:
     {"x", "x_err", "x_msk"} float32 [N, n_pix], plus "y" [N, 25] labels when the file has them.
   """
-  with h5io.SpectraFile(path, n_pix=None) as f:
-    n = f.n(split) if max_rows is None else min(max_rows, f.n(split))
-    sp = f.read(split, 0, n)
+  sp = h5io.read_split(path, split, stop=max_rows, n_pix=None)
+  check_pixel_count(sp.x.shape[1], cfg, str(path))
   out = standardize(sp, domain, cfg)
   if sp.y is not None:
     out["y"] = sp.y
@@ -273,7 +341,8 @@ def read_split(path: str | Path, domain: str, cfg: Config, split: str = "val",
 
 
 # ---------------------------------------------------------------------------------------------
-# Training data held on the devices (the fast path when the training splits fit).
+# Whole splits in host memory: what `parallel.stage_on_devices` copies to the devices (the fast
+# path when the training splits fit).
 
 STAGED_BYTES_PER_PIXEL = 9  # float32 flux + float32 error + uint8 mask
 
@@ -297,6 +366,7 @@ def load_standardized(path, domain: str, cfg: Config, split: str = "train", *,
 
 def _standardized_split(f: h5io.SpectraFile, domain: str, cfg: Config, split: str,
                         block: int = 4096) -> dict[str, np.ndarray]:
+  """`load_standardized` of an open file."""
   n = f.n(split)
   out = {"x": np.empty((n, cfg.n_pix), np.float32),
          "x_err": np.empty((n, cfg.n_pix), np.float32),
@@ -308,30 +378,24 @@ def _standardized_split(f: h5io.SpectraFile, domain: str, cfg: Config, split: st
   return out
 
 
-def stage_on_devices(stream: BatchStream, sharding) -> dict[str, Any]:
-  """Copy the standardized training split of both domains of a `BatchStream` to the devices.
-
-  Every device gets the whole split (a replicated sharding); a train step then gathers its
-  batch on the device from row indices (`train_step.gather_batch`), so no spectrum crosses the
-  host–device link during training and the accelerator never waits on the disk. Memory:
-  `staged_nbytes(N_synth + N_obs, n_pix)` per device (9 bytes per pixel).
-
-  Args:
-    stream: the run's `BatchStream` (its files, split and config).
-    sharding: a replicated `jax.sharding.Sharding` over the run's mesh (every process passes
-      the same values; each process reads the files itself).
+def usable_pixels(f: h5io.SpectraFile, domain: str, cfg: Config, split: str = "train", *,
+                  max_rows: int = USABLE_SAMPLE_ROWS, block: int = 512) -> dict[str, float]:
+  """Unmasked network pixels of a split (the mask `standardize` gives), on up to `max_rows`
+  rows spread evenly over it (all rows when the split is smaller).
 
   Returns:
-    {"x_synth", "x_synth_err", "x_synth_msk", "x_obs", ...}: global `jax.Array`s [N_domain,
-    n_pix] (masks uint8).
+    {"rows_checked", "pixels_usable" (count), "fraction" (of the checked pixels),
+    "spectra_usable" (checked rows with ≥ `MIN_PIXELS_PER_SPECTRUM` usable pixels)}.
   """
-  import jax  # the data module is NumPy-only unless data are staged
-
-  staged = {}
-  for name, d in stream._domains.items():
-    host = _standardized_split(d.file, name, stream.cfg, stream.split)
-    for k, v in host.items():
-      key = k.replace("x", f"x_{name}", 1)
-      staged[key] = jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
-    del host
-  return staged
+  n = f.n(split)
+  rows = np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(np.int64))
+  per_row = np.empty(len(rows), np.int64)
+  with warnings.catch_warnings():  # bad pixels are reported when the batches are read
+    warnings.simplefilter("ignore", h5io.BadPixelWarning)
+    for i in range(0, len(rows), block):
+      msk = standardize(f.read(split, rows=rows[i:i + block]), domain, cfg)["x_msk"]
+      per_row[i:i + block] = np.count_nonzero(msk, axis=1)
+  total = int(per_row.sum())
+  return {"rows_checked": int(len(rows)), "pixels_usable": total,
+          "fraction": total / max(len(rows) * cfg.n_pix, 1),
+          "spectra_usable": int(np.count_nonzero(per_row >= MIN_PIXELS_PER_SPECTRUM))}

@@ -24,6 +24,7 @@ File formats read by `load_emulator`:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -38,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclestar_jax.chunks import map_chunks
 from cyclestar_jax.fileio import atomic_write
 from cyclestar_jax.labels import LABEL_NAMES, N_LABELS, outside_box, scale_labels
 from cyclestar_jax.resources import N_PIX
@@ -198,7 +200,8 @@ class Emulator:
     Args:
       labels: physical labels [N, n_labels] or [n_labels].
       chunk_size: label sets per device call. Inputs are zero-padded to a power of two (if
-        N <= chunk_size) or to whole chunks, so that repeated calls compile only a few shapes.
+        N <= chunk_size) or to whole chunks (`chunks.map_chunks`), so that repeated calls
+        compile only a few shapes.
       check_box: warn (`OutsideTrainingBoxWarning`) about label sets outside the box.
 
     Returns:
@@ -218,15 +221,7 @@ class Emulator:
     if check_box:
       check_training_box(y, np.asarray(self.y_min), np.asarray(self.y_max), source=self.source)
     y_scaled = scale_labels(y, np.asarray(self.y_min), np.asarray(self.y_max)).astype(np.float32)
-    n = len(y_scaled)
-    size = chunk_size if n > chunk_size else min(chunk_size, 1 << max(n - 1, 0).bit_length())
-    flux = np.empty((n, self.n_pix), np.float32)
-    for start in range(0, n, size):
-      chunk = y_scaled[start:start + size]
-      m = len(chunk)
-      if m < size:
-        chunk = np.concatenate([chunk, np.zeros((size - m, chunk.shape[1]), np.float32)])
-      flux[start:start + m] = np.asarray(_apply_jit(self.params, chunk))[:m]
+    flux = map_chunks(functools.partial(_apply_jit, self.params), [y_scaled], chunk_size)
     return flux[0] if single else flux
 
 

@@ -20,12 +20,17 @@ Two details that make it converge fast without changing the network:
 
 Data: the synthetic-domain spectra of a reference-format HDF5 file (`h5io`); its `train` split
 trains, `val` early-stops (carved from `train` if absent) and `test` gives the held-out metrics
-(`val` if there is no `test`).
+(`val` if there is no `test`). Masked pixels (the file's mask, and the NaN/inf flux that h5io
+sets to 1.0 and masks) are no training target: the squared error is weighted by the mask (the
+loss is the mean over unmasked pixels), the per-pixel output scaling uses unmasked values
+only, and the validation and held-out metrics skip them. A file with no masked pixel trains
+exactly as before (the unweighted loss).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -42,6 +47,7 @@ import numpy as np
 import optax
 
 from cyclestar_jax import resources
+from cyclestar_jax.chunks import map_chunks
 from cyclestar_jax.emulator import (
     LAYER_NAMES,
     Emulator,
@@ -52,6 +58,7 @@ from cyclestar_jax.emulator import (
     save_emulator,
 )
 from cyclestar_jax.fileio import atomic_write, save_figure
+from cyclestar_jax.h5io import SpectraFile, read_split
 from cyclestar_jax.labels import LABEL_NAMES, label_index, outside_box, scale_labels
 
 # Accuracy asked of the default recipe on held-out mock spectra (issue 3).
@@ -172,29 +179,35 @@ def fold_output_scaling(params: Params, x_mean, x_std) -> Params:
   return out
 
 
-def _loss(params, y_scaled, dx, x_std, loss_scale):
-  """Mean squared flux error / loss_scale²; dx = x - x_mean [B, n_pix]."""
-  return jnp.mean(jnp.square((emulator_apply(params, y_scaled) * x_std - dx) / loss_scale))
+def _loss(params, y_scaled, dx, x_std, loss_scale, msk=None):
+  """Mean squared flux error / loss_scale²; dx = x - x_mean [B, n_pix]. With `msk` [B, n_pix]
+  (True/1 = good), the mean over the good pixels only (masked pixels are no target)."""
+  sq = jnp.square((emulator_apply(params, y_scaled) * x_std - dx) / loss_scale)
+  if msk is None:
+    return jnp.mean(sq)
+  m = msk.astype(sq.dtype)
+  return jnp.sum(sq * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 def make_train_epoch(tx: optax.GradientTransformation) -> Callable:
   """A jitted pure function running one epoch of optimizer steps.
 
   Returns:
-    `train_epoch(state, x, y_scaled, norm, batch_idx, lrs) -> (state, mean_loss)` with x
-    [N, n_pix] flux, y_scaled [N, n_labels], norm = (x_mean [n_pix], x_std [n_pix],
-    loss_scale []), batch_idx [n_steps, B] int32 row indices, lrs [n_steps] learning rates;
-    mean_loss is the epoch's mean training loss (flux mse / loss_scale²). `state` is
-    donated.
+    `train_epoch(state, x, y_scaled, norm, batch_idx, lrs, msk=None) -> (state, mean_loss)`
+    with x [N, n_pix] flux, y_scaled [N, n_labels], norm = (x_mean [n_pix], x_std [n_pix],
+    loss_scale []), batch_idx [n_steps, B] int32 row indices, lrs [n_steps] learning rates,
+    msk [N, n_pix] bool good pixels or None (all good); mean_loss is the epoch's mean training
+    loss (flux mse / loss_scale²). `state` is donated.
   """
 
-  def train_epoch(state: TrainState, x, y_scaled, norm, batch_idx, lrs):
+  def train_epoch(state: TrainState, x, y_scaled, norm, batch_idx, lrs, msk=None):
     x_mean, x_std, loss_scale = norm
 
     def one_step(state, inputs):
       idx, lr = inputs
       loss, grads = jax.value_and_grad(_loss)(state.params, y_scaled[idx], x[idx] - x_mean,
-                                              x_std, loss_scale)
+                                              x_std, loss_scale,
+                                              None if msk is None else msk[idx])
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
       return TrainState(step=state.step + 1, params=params, opt_state=opt_state), loss
@@ -207,29 +220,57 @@ def make_train_epoch(tx: optax.GradientTransformation) -> Callable:
 
 @jax.jit
 def _row_sq_err(params, y_scaled, x, x_mean, x_std):
+  """Per-row sum of squared flux errors [B]."""
   return jnp.sum(jnp.square(emulator_apply(params, y_scaled) * x_std - (x - x_mean)), axis=-1)
 
 
-def evaluate_mse(params: Params, x, y_scaled, x_mean, x_std, *, batch_size: int = 2048
-                 ) -> float:
+@jax.jit
+def _row_sq_err_masked(params, y_scaled, x, msk, x_mean, x_std):
+  """Per-row (sum of squared flux errors over good pixels, good pixels) [B, 2]."""
+  m = msk.astype(jnp.float32)
+  sq = jnp.square(emulator_apply(params, y_scaled) * x_std - (x - x_mean)) * m
+  return jnp.stack([jnp.sum(sq, axis=-1), jnp.sum(m, axis=-1)], axis=-1)
+
+
+def evaluate_mse(params: Params, x, y_scaled, x_mean, x_std, *, batch_size: int = 2048,
+                 msk=None) -> float:
   """Mean squared flux error (flux², not normalized) of normalized-space weights on a set.
 
   Args:
     params: weights in normalized-output space.
     x: [N, n_pix] flux. y_scaled: [N, n_labels] scaled labels. x_mean, x_std: [n_pix].
-    batch_size: spectra per device call; a short last batch is zero-padded to this size (when
-      N > batch_size) so that one shape is compiled.
+    batch_size: spectra per device call (`chunks.map_chunks`: one padded shape compiled).
+    msk: [N, n_pix] bool good pixels, or None (all good): the mean is over good pixels.
   """
-  n = len(x)
-  total = 0.0
-  for start in range(0, n, batch_size):
-    xb, yb = x[start:start + batch_size], y_scaled[start:start + batch_size]
-    m = len(xb)
-    if m < batch_size and n > batch_size:
-      xb = jnp.pad(xb, ((0, batch_size - m), (0, 0)))
-      yb = jnp.pad(yb, ((0, batch_size - m), (0, 0)))
-    total += float(jnp.sum(_row_sq_err(params, yb, xb, x_mean, x_std)[:m]))
-  return total / (n * x.shape[1])
+  if msk is None:
+    rows = map_chunks(functools.partial(_row_sq_err, params, x_mean=x_mean, x_std=x_std),
+                      [y_scaled, x], batch_size)
+    return float(np.sum(rows, dtype=np.float64)) / (len(x) * x.shape[1])
+  rows = map_chunks(functools.partial(_row_sq_err_masked, params, x_mean=x_mean, x_std=x_std),
+                    [y_scaled, x, msk], batch_size).astype(np.float64)
+  return float(rows[:, 0].sum() / max(rows[:, 1].sum(), 1.0))
+
+
+def _pixel_mean_std(x: np.ndarray, msk: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+  """Per-pixel mean and standard deviation [n_pix] (float64) of spectra x [N, n_pix], over the
+  good pixels when `msk` is given (a pixel masked in every spectrum: mean 1, std 0)."""
+  if msk is None:
+    return x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64)
+  count = msk.sum(axis=0, dtype=np.float64)
+  mean = np.where(msk, x, 0).sum(axis=0, dtype=np.float64) / np.maximum(count, 1)
+  mean = np.where(count > 0, mean, 1.0)
+  var = np.where(msk, np.square(x - mean), 0).sum(axis=0, dtype=np.float64) / np.maximum(count, 1)
+  return mean, np.sqrt(var)
+
+
+def _good_mask(msk, x: np.ndarray, name: str) -> np.ndarray | None:
+  """A mask [N, n_pix] as bool, or None when it is None or all True (the unweighted path)."""
+  if msk is None:
+    return None
+  msk = np.asarray(msk).astype(bool)
+  if msk.shape != x.shape:
+    raise ValueError(f"{name} set: mask has shape {msk.shape}, expected {x.shape}")
+  return None if msk.all() else msk
 
 
 def _box_with_margin(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +292,9 @@ def _box_with_margin(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def fit_emulator(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                  cfg: EmulatorTrainConfig = EmulatorTrainConfig(), *,
                  checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
-                 y_min: np.ndarray | None = None, y_max: np.ndarray | None = None) -> TrainResult:
+                 y_min: np.ndarray | None = None, y_max: np.ndarray | None = None,
+                 msk_train: np.ndarray | None = None,
+                 msk_val: np.ndarray | None = None) -> TrainResult:
   """Trains an emulator on (labels → flux) pairs, keeping the weights of the best validation loss.
 
   Args:
@@ -263,6 +306,8 @@ def fit_emulator(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
       checkpoints already there (a previous run's) are deleted first.
     progress: show a tqdm progress bar.
     y_min, y_max: training box [n_labels]; default: the range of y_train.
+    msk_train, msk_val: [N, n_pix] / [M, n_pix] bool good pixels (None: all good). Masked
+      pixels are left out of the loss, the output scaling and the validation loss.
 
   Returns:
     `TrainResult`.
@@ -289,13 +334,15 @@ def fit_emulator(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
   y_min, y_max = np.asarray(y_min, np.float64), np.asarray(y_max, np.float64)
 
   # Normalized-output space (module docstring): flux = net * x_std + x_mean.
-  x_mean_np = x_train.mean(axis=0, dtype=np.float64)
-  x_std_np = x_train.std(axis=0, dtype=np.float64)
+  msk_train, msk_val = _good_mask(msk_train, x_train, "train"), _good_mask(msk_val, x_val, "val")
+  x_mean_np, x_std_np = _pixel_mean_std(x_train, msk_train)
   loss_scale = max(float(np.sqrt(np.mean(np.square(x_std_np)))), 1e-6)
   x_mean = jnp.asarray(x_mean_np, jnp.float32)
   x_std = jnp.asarray(np.maximum(x_std_np, 0.01 * loss_scale), jnp.float32)
   norm = (x_mean, x_std, jnp.asarray(loss_scale, jnp.float32))
   x_dev, x_val_dev = jnp.asarray(x_train), jnp.asarray(x_val)
+  msk_dev = None if msk_train is None else jnp.asarray(msk_train)
+  msk_val_dev = None if msk_val is None else jnp.asarray(msk_val)
   ys_dev = jnp.asarray(scale_labels(y_train, y_min, y_max), jnp.float32)
   ys_val_dev = jnp.asarray(scale_labels(y_val, y_min, y_max), jnp.float32)
 
@@ -343,9 +390,10 @@ def fit_emulator(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
       perm = rng.permutation(n)[:n_steps * batch_size].reshape(n_steps, batch_size)
       t_epoch = time.perf_counter()
       state, train_mse = train_epoch(state, x_dev, ys_dev, norm,
-                                     jnp.asarray(perm, jnp.int32), jnp.asarray(lrs, jnp.float32))
+                                     jnp.asarray(perm, jnp.int32), jnp.asarray(lrs, jnp.float32),
+                                     msk_dev)
       val_mse = evaluate_mse(state.params, x_val_dev, ys_val_dev, x_mean, x_std,
-                             batch_size=cfg.eval_batch_size)
+                             batch_size=cfg.eval_batch_size, msk=msk_val_dev)
       train_mse = float(train_mse) * loss_scale**2
       now = time.perf_counter()
       epoch_time = now - t_epoch if epoch > 1 else None  # the first one includes compilation
@@ -407,14 +455,20 @@ def _save_checkpoint(manager, epoch: int, params: Params, y_min, y_max) -> None:
 
 
 def _stats(abs_res: np.ndarray) -> dict[str, float]:
+  """median, 99th percentile, mean and max of |residual|; NaN (masked) values left out."""
+  nan = np.isnan(abs_res)
+  if nan.any():
+    abs_res = abs_res[~nan]
+  if abs_res.size == 0:
+    return {k: math.nan for k in ("median_abs", "p99_abs", "mean_abs", "max_abs")}
   q = np.percentile(abs_res, [50, 99])
   return {"median_abs": float(q[0]), "p99_abs": float(q[1]), "mean_abs": float(abs_res.mean()),
           "max_abs": float(abs_res.max())}
 
 
 def emulator_metrics(emulator: Emulator, x: np.ndarray, y: np.ndarray, *,
-                     teff_bin_width: float = 500.0, batch_size: int = 2048
-                     ) -> tuple[dict[str, Any], np.ndarray]:
+                     teff_bin_width: float = 500.0, batch_size: int = 2048,
+                     x_msk: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
   """Held-out accuracy of an emulator against the true spectra.
 
   Args:
@@ -422,18 +476,22 @@ def emulator_metrics(emulator: Emulator, x: np.ndarray, y: np.ndarray, *,
     x: [N, n_pix] true normalized flux. y: [N, n_labels] physical labels.
     teff_bin_width: K, width of the Teff bins (bins start at a multiple of the width).
     batch_size: spectra per device call.
+    x_msk: [N, n_pix] bool good pixels, or None (all good): masked pixels are left out.
 
   Returns:
     (metrics, residual): metrics holds `n`, overall `median_abs`, `p99_abs`, `mean_abs`,
-    `max_abs` of |emulator − truth| over all spectra and pixels, the relative residual
+    `max_abs` of |emulator − truth| over all spectra and (good) pixels, the relative residual
     (x_pred − x)/x `rel_bias` and `rel_scatter` (half the 16–84 width, DESIGN.md §4),
-    `per_chip` and `per_teff_bin` statistics, and `n_outside_box`; residual is
-    x_pred − x [N, n_pix] float32.
+    `per_chip` and `per_teff_bin` statistics, `n_outside_box`, and `n_masked_pixels` when
+    pixels were masked; residual is x_pred − x [N, n_pix] float32 (NaN at masked pixels).
   """
   x = np.asarray(x, np.float32)
   y = np.asarray(y, np.float64)
+  good = _good_mask(x_msk, x, "held-out")
   pred = emulator.predict(y, chunk_size=batch_size, check_box=False)
   residual = pred - x
+  if good is not None:
+    residual[~good] = np.nan
   abs_res = np.abs(residual)
   rel = residual / np.where(np.abs(x) > 1e-6, x, np.nan)
   q16, q84 = np.nanpercentile(rel, [16, 84])
@@ -442,6 +500,8 @@ def emulator_metrics(emulator: Emulator, x: np.ndarray, y: np.ndarray, *,
                              "rel_scatter": float(0.5 * (q84 - q16)),
                              "n_outside_box": int(outside_box(y, emulator.y_min,
                                                               emulator.y_max).sum())}
+  if good is not None:
+    metrics["n_masked_pixels"] = int(good.size - np.count_nonzero(good))
   if x.shape[1] == resources.N_PIX:
     metrics["per_chip"] = {
         name: _stats(abs_res[:, lo:hi])
@@ -510,18 +570,18 @@ def plot_emulator_residuals(residual: np.ndarray, path: str | os.PathLike, *,
 # End to end, from a data file.
 
 
-def _read(path: Path, split: str, limit: int | None):
-  from cyclestar_jax.h5io import SpectraFile
-
+def _read(path: Path, split: str, limit: int | None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+  """(x [N, 7214], y [N, 25], good-pixel mask [N, 7214] or None when none is masked) of the
+  first `limit` rows of a split, or None if the file has no such split."""
   with SpectraFile(path) as f:
     if split not in f.splits:
       return None
-    stop = f.n(split) if limit is None else min(limit, f.n(split))
-    data = f.read(split, 0, stop)
+  data = read_split(path, split, stop=limit)
   if data.y is None:
     raise ValueError(f"{path}: split {split!r} has no 'labels {split}' dataset; training the "
                      "emulator needs labels")
-  return data.x, data.y
+  return data.x, data.y, _good_mask(data.x_msk, data.x, split)
 
 
 def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -548,7 +608,7 @@ def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
     raise ValueError(f"{data_path}: no 'spectra train' dataset; expected the reference format")
   val = _read(data_path, "val", cfg.n_val)
   test = _read(data_path, "test", cfg.n_test)
-  x_train, y_train = train
+  x_train, y_train, m_train = train
   val_source = "val"
   if val is None:
     n_val = max(1, int(round(cfg.val_fraction * len(x_train))))
@@ -556,20 +616,28 @@ def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
       raise ValueError(f"{data_path}: {len(x_train)} training spectra are too few to carve out a "
                        "validation set")
     perm = np.random.default_rng(cfg.seed + 1).permutation(len(x_train))
-    val = x_train[perm[:n_val]], y_train[perm[:n_val]]
-    x_train, y_train = x_train[perm[n_val:]], y_train[perm[n_val:]]
+    pick = lambda a, rows: None if a is None else a[rows]  # noqa: E731
+    val = tuple(pick(a, perm[:n_val]) for a in (x_train, y_train, m_train))
+    x_train, y_train, m_train = (pick(a, perm[n_val:]) for a in (x_train, y_train, m_train))
     val_source = f"{n_val} spectra carved from train"
   test_split = "test"
   if test is None:
     test, test_split = val, f"val ({val_source}; the file has no test split)"
+  n_masked = {k: 0 if v[2] is None else int(v[2].size - np.count_nonzero(v[2]))
+              for k, v in (("train", (x_train, y_train, m_train)), ("val", val), ("test", test))}
+  if any(n_masked.values()):
+    warnings.warn(f"{data_path}: masked pixels (the file's mask, or NaN/inf flux) are left out "
+                  f"of the emulator's loss and metrics: {n_masked}", stacklevel=2)
   out_dir.mkdir(parents=True, exist_ok=True)
-  result = fit_emulator(x_train, y_train, *val, cfg, checkpoint_dir=out_dir / "checkpoint",
-                        progress=progress)
-  metrics, residual = emulator_metrics(result.emulator, *test, teff_bin_width=cfg.teff_bin_width,
-                                       batch_size=cfg.eval_batch_size)
+  result = fit_emulator(x_train, y_train, val[0], val[1], cfg,
+                        checkpoint_dir=out_dir / "checkpoint", progress=progress,
+                        msk_train=m_train, msk_val=val[2])
+  metrics, residual = emulator_metrics(result.emulator, test[0], test[1],
+                                       teff_bin_width=cfg.teff_bin_width,
+                                       batch_size=cfg.eval_batch_size, x_msk=test[2])
   summary = {
       "data": str(data_path), "held_out_split": test_split, "val_split": val_source,
-      "n_train": int(len(x_train)), "n_val": int(len(val[0])),
+      "n_train": int(len(x_train)), "n_val": int(len(val[0])), "n_masked_pixels": n_masked,
       "targets": {"median_abs": TARGET_MEDIAN_ABS, "p99_abs": TARGET_P99_ABS},
       "meets_targets": bool(metrics["median_abs"] <= TARGET_MEDIAN_ABS
                             and metrics["p99_abs"] <= TARGET_P99_ABS),

@@ -15,7 +15,8 @@ and are read as they are (`x_err`, `x_msk`, `snr` are then None). Any other per-
 `"<name> <split>"` (e.g. `labels_true train`, the mock world's true labels) is an *extra*, read
 with `SpectraFile.extra`. File attributes are returned by `SpectraFile.attrs`; dict-valued
 attributes (the mock world's settings under `"world"`) are stored as JSON strings and parsed
-back to dicts.
+back to dicts; lists of strings (`"paired_splits"`: the splits whose row i is the same star in
+both domains' files, `["val"]` in the mock world's files) come back as lists of str.
 
 Reading is lazy: `SpectraFile` opens the file, checks every dataset's shape once (metadata only)
 and reads rows on demand, by row range (`read(split, start, stop)`, `iter_chunks`) or by an
@@ -580,10 +581,13 @@ def _clean(x: np.ndarray, x_err: np.ndarray | None, x_msk: np.ndarray | None):
   return x, x_err, counts, x_msk
 
 
-def read_split(path: str | os.PathLike, split: str = "train", **kw) -> Spectra:
-  """Reads a whole split of a file into memory. `kw` go to `SpectraFile` (e.g. n_pix=None)."""
+def read_split(path: str | os.PathLike, split: str = "train", *, stop: int | None = None,
+               **kw) -> Spectra:
+  """Reads a split of a file into memory: rows [0, stop) (None: all; a `stop` past the end
+  reads all). `kw` go to `SpectraFile` (e.g. n_pix=None)."""
   with SpectraFile(path, **kw) as f:
-    return f.read(split)
+    n = f.n(split)
+    return f.read(split, 0, n if stop is None else min(int(stop), n))
 
 
 def _expected_names() -> str:
@@ -631,7 +635,7 @@ class SpectraWriter:
     extra_fields: extra per-row datasets `"<name> <split>"`: {name: (row_shape, dtype)}, e.g.
       {"labels_true": ((25,), np.float64)}; given to `write` as keyword arguments `name=...`.
     attrs: file attributes; dict values (e.g. "world", the mock world's settings) are stored as
-      JSON strings.
+      JSON strings, lists of strings (e.g. "paired_splits") as string arrays.
     compression: h5py compression ("gzip", "lzf", a gzip level 0-9) or None (default, fastest).
 
   Example:
@@ -692,6 +696,8 @@ class SpectraWriter:
   def _create(self, attrs: Mapping[str, Any]) -> None:
     f = self._f
     for k, v in attrs.items():
+      if isinstance(v, (list, tuple)) and all(isinstance(e, str) for e in v):
+        v = np.array(v, dtype=h5py.string_dtype())  # read back as a list of str
       try:
         f.attrs[k] = json.dumps(v, default=_json_default) if isinstance(v, Mapping) else v
       except (TypeError, ValueError) as e:

@@ -45,10 +45,13 @@ Cloud TPU), `initialize_distributed()` with no arguments (`--distributed`) is en
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cyclestar_jax import data
 from cyclestar_jax.config import Config
 from cyclestar_jax.networks import CycleStarNet
 from cyclestar_jax.train_step import make_multi_step, make_staged_step, make_train_step
@@ -184,6 +187,64 @@ def shard_rows(rows: dict, mesh: Mesh) -> dict:
   return out
 
 
+def stage_on_devices(stream: data.BatchStream, sharding) -> dict[str, jax.Array]:
+  """Copy the standardized training split of both domains of a `BatchStream` to the devices.
+
+  Every device gets the whole split (a replicated sharding); a train step then gathers its
+  batch on the device from row indices (`train_step.gather_batch`), so no spectrum crosses the
+  host–device link during training and the accelerator never waits on the disk. Memory:
+  `data.staged_nbytes(N_synth + N_obs, n_pix)` per device (9 bytes per pixel).
+
+  Args:
+    stream: the run's `BatchStream` (its files, split and config).
+    sharding: a replicated `jax.sharding.Sharding` over the run's mesh (every process passes
+      the same values; each process reads the files itself).
+
+  Returns:
+    {"x_synth", "x_synth_err", "x_synth_msk", "x_obs", ...}: global `jax.Array`s [N_domain,
+    n_pix] (masks uint8).
+  """
+  staged = {}
+  for name in stream.sizes():
+    host = stream.standardized_split(name)
+    for k, v in host.items():
+      staged[k.replace("x", f"x_{name}", 1)] = jax.make_array_from_callback(
+          v.shape, sharding, lambda idx, v=v: v[idx])
+    del host
+  return staged
+
+
+def device_memory_bytes(device) -> int | None:
+  """Memory of one accelerator (`memory_stats()["bytes_limit"]`), or None where unknown (the
+  CPU, whose devices share the host's memory)."""
+  if device.platform == "cpu":
+    return None
+  stats = device.memory_stats()
+  return int(stats["bytes_limit"]) if stats and stats.get("bytes_limit") else None
+
+
+def host_memory_bytes() -> int | None:
+  """Physical memory of this host, or None where the OS does not say."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def fits_on_devices(nbytes: int, devices=None, *, fraction: float = 0.4) -> bool:
+  """Whether `nbytes` replicated on every local device fit in their memory.
+
+  Accelerators: at most `fraction` of one device's memory (`device_memory_bytes`). CPU devices
+  share the host's memory: all their copies together at most half of `fraction` of it.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  limit = device_memory_bytes(devices[0])
+  if limit is not None:
+    return nbytes <= fraction * limit
+  ram = host_memory_bytes()
+  return ram is not None and nbytes * len(devices) <= 0.5 * fraction * ram
+
+
 def _local_steps(cfg: Config) -> bool:
   """Whether the step can run per device with averaged gradients (`shard_map`). A random z_sp
   pairing permutes the global batch, which a device's slice cannot do alone; that config is
@@ -239,7 +300,7 @@ def make_parallel_staged_step(cfg: Config, mesh: Mesh | None = None,
 
   Returns:
     `step(state, staged, rows, key) -> (state, metrics)`: state and key replicated
-    (`replicate`), `staged` from `data.stage_on_devices` (replicated), rows from `shard_rows`
+    (`replicate`), `staged` from `stage_on_devices` (replicated), rows from `shard_rows`
     ([B] for one iteration, [n, B] for n in one call; one compiled program per rank). Each
     device gathers its slice of the global batch from its own copy of the data.
   """

@@ -231,7 +231,7 @@ def gather_batch(staged: dict, rows: dict) -> dict:
   """One iteration's batch gathered from training data held on the device.
 
   Args:
-    staged: `data.stage_on_devices` arrays: `x_synth`, `x_synth_err` float32 [N_synth, n_pix],
+    staged: `parallel.stage_on_devices` arrays: `x_synth`, `x_synth_err` float32 [N_synth, n_pix],
       `x_synth_msk` uint8 [N_synth, n_pix], and the same for `obs` (standardized).
     rows: {"synth": [B], "obs": [B]} int32 row indices of the iteration (`BatchStream.rows_at`).
 

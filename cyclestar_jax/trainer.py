@@ -3,6 +3,9 @@
 `train(cfg, synth_path, obs_path, out_dir)` runs the paper's schedule (Appendix B) from the two
 reference-format HDF5 files and writes into `out_dir`:
   - `config.json`: the config used;
+  - `run.json`: how the run was set up: the `LoopConfig`, whether validation was paired and
+    why (`paired_val`, `paired_val_reason`), the usable pixels found in the training splits,
+    data on the devices or streamed, the first step of this launch;
   - `metrics.jsonl`: one JSON line per log interval (`kind: "train"`: means of every loss term
     and critic accuracy over the interval, it/s, skipped steps) and per validation
     (`kind: "val"`: the loss terms on the first `val_rows` spectra of each val split, and the
@@ -11,17 +14,29 @@ reference-format HDF5 files and writes into `out_dir`:
   - `checkpoints/`: orbax checkpoints (last `keep`), see `checkpoint.py`;
   - `training_progress.png`: distances and adversarial losses against iterations (Fig. B1).
 
-Every input is checked before the first step: the files (pixel counts, splits), the batch size
-against the devices, and, with `resume=True`, the checkpoints (a corrupt or foreign newest one
-is skipped with a warning; if none is valid the run stops with an error rather than start over).
-A resumed run continues the same data stream (batches are a function of (seed, step)) and
-gives the same parameters as an uninterrupted run.
+Every input is checked before the first compilation: the files (pixel counts: exactly
+`cfg.n_pix + 47`, see `data.check_pixel_count`; splits; enough usable pixels, see
+`data.BatchStream.check_usable`), the loop settings (`LoopConfig`), the batch size against the
+devices, and, with `resume=True`, the checkpoints (a corrupt or foreign newest one is skipped
+with a warning; if none is valid the run stops with an error rather than start over). A
+resumed run continues the same data stream (batches are a function of (seed, step)) and gives
+the same parameters as an uninterrupted run; one already at its last step says so and returns
+its last metrics.
+
+A step whose loss or gradients are not finite changes nothing (`train_step`); after
+`max_skipped` such steps in a row the run stops with `TrainingDiverged`, naming the first of
+them and its loss terms. A checkpoint is written only after a good step, so the newest one is
+the last good state.
+
+The loop (`run_loop`) is one for both data paths; a runner yields the compiled calls:
+`StagedRunner` (training splits held on the devices, `steps_per_call` iterations per call) or
+`StreamedRunner` (batches read from the files by a thread, one iteration per call).
 
 Several processes (`jax.distributed` initialized first, see `parallel` and `experiments/train.py`):
 every process calls `train` with the same arguments and an `out_dir` they all see. Each reads
 its own rows of every global batch, all take part in every step, validation and checkpoint,
-and process 0 alone writes config.json, metrics.jsonl and the figure and shows the progress
-bar; every process returns the same summary (but for the timings).
+and process 0 alone writes config.json, run.json, metrics.jsonl and the figure and shows the
+progress bar; every process returns the same summary (but for the timings).
 """
 
 from __future__ import annotations
@@ -33,7 +48,9 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +65,66 @@ from cyclestar_jax.train_step import create_train_state
 
 # Metrics whose interval means go to metrics.jsonl and the progress bar.
 _BAR_KEYS = ("rec_synth", "rec_obs", "cc_synth", "cc_obs", "gen_synth", "gen_obs")
+# Metrics named when a run stops for non-finite steps.
+_LOSS_KEYS = (losses.GEN_TERMS + losses.CRITIC_TERMS
+              + ("loss_gen", "loss_critic", "grad_norm_gen", "grad_norm_critic"))
+_MAX_DEFAULT_STEPS_PER_CALL = 10  # accelerators: iterations per compiled call by default
+
+
+class TrainingDiverged(RuntimeError):
+  """`max_skipped` consecutive iterations had a non-finite loss or gradient norm."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """How the training loop runs (not what it trains: that is `Config`). Checked on creation.
+
+  Attributes:
+    log_every, val_every, ckpt_every: intervals in iterations between a metrics line, a
+      validation and a checkpoint.
+    steps_per_call: iterations per compiled call (data on the devices; streamed data: 1). It
+      must divide every interval, so that every call has this one length and the scanned step
+      compiles once (a run whose total is not a multiple adds one shorter call at the end).
+    val_rows: spectra per domain in the validation batch.
+    keep: checkpoints kept.
+    max_skipped: consecutive skipped (non-finite) iterations that stop the run.
+  """
+
+  log_every: int = 100
+  val_every: int = 1000
+  ckpt_every: int = 1000
+  steps_per_call: int = 1
+  val_rows: int = 64
+  keep: int = 3
+  max_skipped: int = 100
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{f.name} must be an integer ≥ 1, got {v!r}")
+    bad = {k: v for k, v in zip(("log_every", "val_every", "ckpt_every"), self.intervals,
+                                strict=True) if v % self.steps_per_call}
+    if bad:
+      g = math.gcd(*self.intervals)
+      raise ValueError(
+          f"steps_per_call {self.steps_per_call} must divide every interval (so that the "
+          f"scanned step compiles for one call length), but not {bad}; choose a divisor of "
+          f"{g}, e.g. {self.default_steps_per_call('gpu', self.intervals)}")
+
+  @property
+  def intervals(self) -> tuple[int, int, int]:
+    """(log_every, val_every, ckpt_every)."""
+    return (self.log_every, self.val_every, self.ckpt_every)
+
+  @staticmethod
+  def default_steps_per_call(platform: str, intervals: tuple[int, ...]) -> int:
+    """1 on the CPU (launches cost nothing there); on accelerators the largest number ≤ 10
+    that divides every interval (10 for the default intervals)."""
+    if platform == "cpu":
+      return 1
+    g = math.gcd(*intervals)
+    return max(d for d in range(1, _MAX_DEFAULT_STEPS_PER_CALL + 1) if g % d == 0)
 
 
 def _half_width_16_84(r: jax.Array) -> jax.Array:
@@ -123,29 +200,97 @@ def make_eval_fn(cfg: Config, paired: bool = False):
   return evaluate
 
 
-def _validation_batch(synth_path, obs_path, cfg: Config, rows: int) -> tuple[dict | None, bool]:
-  """(The first `rows` val spectra of each domain, whether the val split is paired).
+# ---------------------------------------------------------------------------------------------
+# Validation data: which rows, and whether they are paired.
 
-  The split counts as paired when both files' val splits have the same number of rows: the
-  authors' files (and the mock's) hold the same stars in the same order in both val splits.
-  That identity cannot be checked in real files; files whose val rows are different stars
-  but equal in number would get meaningless `val_paired_*` metrics (pass `paired_val=False`).
+PAIRED_VAL_OPTIONS = ("auto", "yes", "no")
+
+
+def _paired_val_option(paired_val: bool | str | None) -> str:
+  """`paired_val` as one of PAIRED_VAL_OPTIONS (True/False/None are yes/no/auto)."""
+  if isinstance(paired_val, str):
+    opt = paired_val.lower()
+  else:
+    opt = {True: "yes", False: "no", None: "auto"}.get(paired_val, paired_val)
+  if opt not in PAIRED_VAL_OPTIONS:
+    raise ValueError(f"paired_val must be one of {PAIRED_VAL_OPTIONS} (or True/False/None), "
+                     f"got {paired_val!r}")
+  return opt
+
+
+def _paired_splits(attrs: dict) -> list[str] | None:
+  """A file's `paired_splits` attribute as a list (None: the file does not say)."""
+  v = attrs.get("paired_splits")
+  if v is None:
+    return None
+  return [v] if isinstance(v, str) else [str(s) for s in v]
+
+
+def decide_paired_val(synth_path, obs_path, paired_val: bool | str | None = "auto"
+                      ) -> tuple[bool, str]:
+  """Whether row i of the two val splits is the same star, and why.
+
+  "yes" / "no" (or True / False): as given. "auto" (or None): the files' `paired_splits`
+  attribute when either file has one (paired when both list "val"; the mock world's files
+  write `["val"]`); otherwise (the authors' files have no attribute) equal val row counts,
+  with a warning, since the row count cannot tell whether the rows are the same stars.
+
+  Returns:
+    (paired, reason): the reason is a short sentence for run.json and the summary.
   """
+  opt = _paired_val_option(paired_val)
+  with h5io.SpectraFile(synth_path, n_pix=None) as fs, h5io.SpectraFile(obs_path,
+                                                                         n_pix=None) as fo:
+    if "val" not in fs.splits or "val" not in fo.splits:
+      return False, "no val split in both files (no validation)"
+    n_s, n_o = fs.n("val"), fo.n("val")
+    attrs = (_paired_splits(fs.attrs), _paired_splits(fo.attrs))
+  if opt != "auto":
+    if opt == "yes" and n_s != n_o:
+      warnings.warn(f"paired_val='yes' but the val splits have {n_s} ({synth_path}) and {n_o} "
+                    f"({obs_path}) rows; the first {min(n_s, n_o)} are compared as pairs",
+                    stacklevel=2)
+    return opt == "yes", f"paired_val={opt!r} given"
+  if any(a is not None for a in attrs):
+    paired = all(a is not None and "val" in a for a in attrs)
+    return paired, f"file attribute paired_splits: synth {attrs[0]}, obs {attrs[1]}"
+  if n_s != n_o:
+    return False, f"val row counts differ ({n_s}, {n_o}); no paired_splits attribute"
+  warnings.warn(f"{synth_path}, {obs_path}: no 'paired_splits' file attribute; the val splits "
+                f"both have {n_s} rows, so they are taken as paired (row i = the same star) "
+                f"and val_paired_* metrics are computed; pass paired_val='yes' or 'no' "
+                f"(--paired-val) to decide", stacklevel=2)
+  return True, f"equal val row counts ({n_s}), no paired_splits attribute (assumed paired)"
+
+
+def _validation_rows(synth_path, obs_path, cfg: Config, rows: int) -> dict | None:
+  """The first `rows` val spectra of each domain (the same count in both), standardized, as
+  the train step's batch keys; None (with a warning) when a file has no val split."""
   try:
-    s = data.read_split(synth_path, "synth", cfg, "val", rows)
-    o = data.read_split(obs_path, "obs", cfg, "val", rows)
-    with h5io.SpectraFile(synth_path, n_pix=None) as fs, h5io.SpectraFile(obs_path,
-                                                                           n_pix=None) as fo:
-      paired = fs.n("val") == fo.n("val")
-  except (KeyError, ValueError) as e:
+    s = data.read_standardized(synth_path, "synth", cfg, "val", rows)
+    o = data.read_standardized(obs_path, "obs", cfg, "val", rows)
+  except KeyError as e:
     warnings.warn(f"no validation: {e}", stacklevel=3)
-    return None, False
+    return None
   n = min(len(s["x"]), len(o["x"]))
   if n == 0:
+    return None
+  return {f"x_{d}{k[1:]}": v[:n] for d, arrs in (("synth", s), ("obs", o))
+          for k, v in arrs.items() if k != "y"}
+
+
+def _validation_batch(synth_path, obs_path, cfg: Config, rows: int,
+                      paired_val: bool | str | None = "auto") -> tuple[dict | None, bool]:
+  """(The first `rows` val spectra of each domain, whether the val split is paired); see
+  `decide_paired_val`."""
+  batch = _validation_rows(synth_path, obs_path, cfg, rows)
+  if batch is None:
     return None, False
-  batch = {f"x_{d}{k[1:]}": v[:n] for d, arrs in (("synth", s), ("obs", o))
-           for k, v in arrs.items() if k != "y"}
-  return batch, paired
+  return batch, decide_paired_val(synth_path, obs_path, paired_val)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl
 
 
 def _metric_lines(path: Path) -> list[tuple[str, dict]]:
@@ -177,6 +322,14 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
   atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
+def _last_metrics(path: Path) -> tuple[dict, dict]:
+  """(last train line, last val line) of a metrics.jsonl file ({} where there is none)."""
+  if not path.exists():
+    return {}, {}
+  m = read_metrics(path)
+  return (m["train"][-1] if m["train"] else {}), (m["val"][-1] if m["val"] else {})
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   """Means over an interval of step metrics (scalars, or [n] from a call of n iterations)."""
   fetched = parallel.fetch(history)
@@ -192,22 +345,15 @@ def _iterations(history: list[dict]) -> int:
 
 def data_on_device_fits(n_spectra: int, cfg: Config, devices=None, *,
                         fraction: float = 0.4) -> bool:
-  """Whether `n_spectra` standardized spectra fit on every local device (`data.staged_nbytes`).
+  """Whether `n_spectra` standardized spectra (`data.staged_nbytes`) fit on every local device
+  (`parallel.fits_on_devices`: `fraction` of an accelerator's memory; CPU devices share the
+  host's memory, all their copies together at most half of `fraction` of it)."""
+  return parallel.fits_on_devices(data.staged_nbytes(n_spectra, cfg.n_pix), devices,
+                                  fraction=fraction)
 
-  Accelerators: at most `fraction` of a device's memory (`memory_stats()["bytes_limit"]`).
-  CPU devices share the host's memory: all their copies together at most half of `fraction`
-  of the physical memory.
-  """
-  devices = list(jax.local_devices() if devices is None else devices)
-  need = data.staged_nbytes(n_spectra, cfg.n_pix)
-  stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
-  if stats and stats.get("bytes_limit"):
-    return need <= fraction * stats["bytes_limit"]
-  try:
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  except (ValueError, OSError, AttributeError):
-    return False
-  return need * len(devices) <= 0.5 * fraction * ram
+
+# ---------------------------------------------------------------------------------------------
+# Runners: the compiled calls of one data path.
 
 
 def _next_call(done: int, n_iter: int, steps_per_call: int, intervals: tuple[int, ...]) -> int:
@@ -219,11 +365,208 @@ def _next_call(done: int, n_iter: int, steps_per_call: int, intervals: tuple[int
   return min(ends) - done
 
 
+class StreamedRunner:
+  """Batches read from the HDF5 files by a background thread, one iteration per call.
+
+  Args:
+    stream: the run's `data.BatchStream`.
+    mesh: the data mesh.
+    step_fn: `step(state, batch, key) -> (state, metrics)`, e.g.
+      `parallel.make_parallel_train_step(cfg, mesh)` (state donated).
+    key: the run's PRNG key, replicated over the mesh.
+  """
+
+  def __init__(self, stream: data.BatchStream, mesh, step_fn, key):
+    self.stream, self.mesh, self.step_fn, self.key = stream, mesh, step_fn, key
+
+  def calls(self, state, start: int, stop: int, loop: LoopConfig
+            ) -> Iterator[tuple[int, Any, dict]]:
+    """Run steps [start, stop); yields (iterations, state, metrics) after each call."""
+    batches = self.stream.iterate(start, stop)
+    try:
+      for _, batch in batches:
+        state, m = self.step_fn(state, parallel.shard_batch(batch, self.mesh), self.key)
+        yield 1, state, m
+    finally:
+      batches.close()
+
+
+class StagedRunner:
+  """Both training splits held on every device; each call gathers its batches there from row
+  indices and runs up to `loop.steps_per_call` iterations (`_next_call`).
+
+  Args:
+    stream: the run's `data.BatchStream` (row indices, and the data to stage).
+    mesh: the data mesh.
+    step_fn: `step(state, staged, rows, key) -> (state, metrics)`, e.g.
+      `parallel.make_parallel_staged_step(cfg, mesh)`.
+    key: the run's PRNG key, replicated over the mesh.
+    staged: the device arrays (default: `parallel.stage_on_devices(stream, ...)`).
+  """
+
+  def __init__(self, stream: data.BatchStream, mesh, step_fn, key, staged: dict | None = None):
+    self.stream, self.mesh, self.step_fn, self.key = stream, mesh, step_fn, key
+    self.staged = staged if staged is not None else parallel.stage_on_devices(
+        stream, parallel.replicated_sharding(mesh))
+
+  def calls(self, state, start: int, stop: int, loop: LoopConfig
+            ) -> Iterator[tuple[int, Any, dict]]:
+    """Run steps [start, stop); yields (iterations, state, metrics) after each call."""
+    done = start
+    while done < stop:
+      n = _next_call(done, stop, loop.steps_per_call, loop.intervals)
+      rows = parallel.shard_rows(self.stream.rows_of_steps(done, n), self.mesh)
+      state, m = self.step_fn(state, self.staged, rows, self.key)
+      done += n
+      yield n, state, m
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+class SkipWatch:
+  """Consecutive skipped iterations, read on the host from the step metrics (`skipped`).
+
+  `update(metrics)` takes the metrics of one call (scalars, or [n] for n iterations) in order
+  and raises `TrainingDiverged` once `max_skipped` iterations in a row were skipped.
+  """
+
+  def __init__(self, max_skipped: int):
+    self.max_skipped = max_skipped
+    self.streak = 0  # skipped iterations since the last good one
+    self.first: tuple[int, dict[str, float]] | None = None  # (step, loss terms) of the streak
+
+  def update(self, metrics: dict) -> None:
+    skipped = np.ravel(parallel.fetch(metrics["skipped"]))
+    if self.streak == 0 and not skipped.any():
+      return
+    m = parallel.fetch(metrics)
+    steps = np.ravel(m["step"])
+    for i, s in enumerate(skipped):
+      if not s:
+        self.streak, self.first = 0, None
+        continue
+      if self.streak == 0:
+        self.first = (int(steps[i]) - 1,
+                      {k: float(np.ravel(m[k])[i]) for k in _LOSS_KEYS if k in m})
+      self.streak += 1
+      if self.streak >= self.max_skipped:
+        step, terms = self.first
+        raise TrainingDiverged(
+            f"{self.streak} iterations in a row skipped (max_skipped {self.max_skipped}): the "
+            f"loss or gradients are not finite from step {step} on (0-based, the batch of "
+            f"BatchStream.batch_at({step})); its loss terms: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in terms.items()))
+
+
+def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
+             ckpt: checkpoint.Checkpointer, evaluate=None, val_batch: dict | None = None,
+             log_path: Path | None = None, bar=None) -> tuple[Any, int, dict, dict]:
+  """Train from step `start` to `n_iter` with a runner's calls; log, validate, checkpoint.
+
+  Events (a metrics line every `log_every`, a validation every `val_every`, a checkpoint every
+  `ckpt_every` iterations, and all three at the end) land on the same steps whatever the
+  runner. Skipped steps are counted on the host one call behind the device (`SkipWatch`), so
+  the device always has the next call queued; before a checkpoint the count is brought up to
+  date, and a checkpoint due while the last step was skipped is not written (with a warning).
+
+  Args:
+    runner: `StagedRunner` or `StreamedRunner` (anything with `calls(state, start, stop, loop)`).
+    state: the replicated `TrainState` at `start` (donated to the first call).
+    ckpt: the run's checkpointer.
+    evaluate, val_batch: `make_eval_fn(...)` and its batch, or None (no validation).
+    log_path: metrics.jsonl (None: another process writes it).
+    bar: a tqdm bar (or None).
+
+  Returns:
+    (state, step reached, last train line, last val line).
+
+  Raises:
+    TrainingDiverged: `loop.max_skipped` consecutive skipped steps (nothing more is written).
+  """
+  watch = SkipWatch(loop.max_skipped)
+  history: list[dict] = []
+  pending: dict | None = None  # metrics of the last call, not yet seen by the watch
+  last_train, last_val = {}, {}
+  t_interval = time.perf_counter()
+  done = start
+
+  def save_if_good():
+    nonlocal pending
+    if pending is not None:
+      watch.update(pending)
+      pending = None
+    if watch.streak:
+      warnings.warn(f"step {done}: checkpoint not written, the last {watch.streak} steps were "
+                    f"skipped (non-finite); the newest checkpoint stays the last good state",
+                    stacklevel=3)
+      return
+    ckpt.save(state, data_position=done)
+
+  calls = runner.calls(state, start, n_iter, loop)
+  try:
+    for n, new_state, m in calls:
+      # Dispatch is asynchronous: while the device runs this call, the host reads the previous
+      # call's skip flags and the runner prepares the next call.
+      state = new_state
+      if pending is not None:
+        watch.update(pending)
+      pending = m
+      history.append(m)
+      done += n
+      if bar is not None:
+        bar.update(n)
+      if done % loop.log_every == 0:
+        last_train = _log_train(history, done, t_interval, log_path, bar)
+        history, t_interval = [], time.perf_counter()
+      if evaluate is not None and done % loop.val_every == 0:
+        last_val = _log_val(evaluate, state, val_batch, done, log_path)
+      if done % loop.ckpt_every == 0:
+        save_if_good()
+  finally:
+    calls.close()  # stops a streamed runner's reading thread
+  if pending is not None:
+    watch.update(pending)
+    pending = None
+  if history:
+    last_train = _log_train(history, done, t_interval, log_path, bar)
+  if done > start:
+    if evaluate is not None and done % loop.val_every:
+      last_val = _log_val(evaluate, state, val_batch, done, log_path)
+    if done % loop.ckpt_every:
+      save_if_good()
+  return state, done, last_train, last_val
+
+
+def _restore(ckpt: checkpoint.Checkpointer, cfg: Config, mesh, key, resume: bool, out: Path):
+  """(state, start step, restored?): the newest valid checkpoint with `resume`, else step 0."""
+  if ckpt.steps() and not resume:
+    raise checkpoint.CheckpointError(
+        f"{out / 'checkpoints'} already holds checkpoints (steps {ckpt.steps()}); pass "
+        f"resume=True (--resume) to continue, or choose another output directory")
+  if resume:
+    target = jax.eval_shape(functools.partial(create_train_state, cfg), key)
+    rep = parallel.replicated_sharding(mesh)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                          target)
+    found = ckpt.restore_latest(target)
+    if found is None and ckpt.steps():
+      raise checkpoint.CheckpointError(
+          f"{out / 'checkpoints'}: no valid checkpoint among steps {ckpt.steps()} (see the "
+          f"warnings); refusing to start over in this directory")
+    if found is not None:
+      state, meta = found
+      return state, int(meta["data_position"]), True
+    warnings.warn(f"{out / 'checkpoints'}: no checkpoint yet; starting at step 0", stacklevel=3)
+  return parallel.replicate(create_train_state(cfg, key), mesh), 0, False
+
+
 def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
           n_iter: int | None = None, log_every: int = 100, val_every: int = 1000,
           val_rows: int = 64, ckpt_every: int = 1000, keep: int = 3, progress: bool = True,
-          mesh=None, paired_val: bool | None = None, data_on_device: str = "auto",
-          steps_per_call: int | None = None) -> dict:
+          mesh=None, paired_val: bool | str | None = None, data_on_device: str = "auto",
+          steps_per_call: int | None = None, max_skipped: int = 100) -> dict:
   """Train Cycle-StarNet; see the module docstring for what is written.
 
   Args:
@@ -232,142 +575,112 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
     out_dir: output directory.
     resume: continue from the newest valid checkpoint in `out_dir/checkpoints`.
     n_iter: total iterations (default cfg.n_iter); a resumed run stops at the same total.
-    log_every, val_every, ckpt_every: intervals in iterations.
-    val_rows: spectra per domain in the validation batch.
-    keep: checkpoints kept.
+    log_every, val_every, ckpt_every, val_rows, keep, max_skipped: see `LoopConfig`.
     progress: show a progress bar.
     mesh: device mesh (default: all devices).
-    paired_val: whether row i of the two val splits is the same star (adds `val_paired_*`);
-      default: when the two val splits have the same number of rows (see `_validation_batch`).
+    paired_val: whether row i of the two val splits is the same star (adds `val_paired_*`):
+      "yes"/True, "no"/False, or "auto"/None (default): the files' `paired_splits` attribute,
+      else equal val row counts with a warning (`decide_paired_val`).
     data_on_device: "yes": hold both training splits, standardized, on every device
-      (`data.stage_on_devices`; each step gathers its batch there from row indices, so no
-      spectrum crosses the host–device link during training); "no": stream the batches from
-      the HDF5 files (a reading thread, memory bounded, for files larger than memory); "auto"
-      (default): "yes" when `data_on_device_fits`. Both give the same batches.
+      (`parallel.stage_on_devices`, `StagedRunner`: each step gathers its batch there from row
+      indices, so no spectrum crosses the host–device link during training); "no": stream
+      the batches from the HDF5 files (`StreamedRunner`: a reading thread, memory bounded,
+      for files larger than memory); "auto" (default): "yes" when `data_on_device_fits`.
+      Both give the same batches.
     steps_per_call: iterations per compiled call with data on the devices (a `lax.scan`:
-      one launch per call, the lever at batch 8 on a GPU, DESIGN.md §7); default 10 on
-      accelerators, 1 on the CPU (where launches cost nothing). Streamed data: always 1.
+      one launch per call, the lever at batch 8 on a GPU, DESIGN.md §7); it must divide
+      every interval; default `LoopConfig.default_steps_per_call` (1 on the CPU, 10 on
+      accelerators with the default intervals). Streamed data: always 1.
 
   Returns:
-    {"step", "train": last interval's means, "val": last validation, "out_dir"}.
+    {"step", "train": last interval's means, "val": last validation, "out_dir", "paired_val",
+    "paired_val_reason", "usable" (per domain, `data.usable_pixels`), "already_complete"
+    (a resumed run already at `n_iter`: nothing was run, the metrics are the last logged)}.
+
+  Raises:
+    ValueError: bad files or settings (before anything compiles). CheckpointError: see the
+    module docstring. TrainingDiverged: `max_skipped` consecutive non-finite steps.
   """
   out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
   n_iter = cfg.n_iter if n_iter is None else int(n_iter)
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  parallel.check_batch_size(cfg.batch_size, mesh)
-  stream = data.BatchStream(synth_path, obs_path, cfg, process_index=jax.process_index(),
-                            process_count=jax.process_count())
-  val_batch, paired = _validation_batch(synth_path, obs_path, cfg, val_rows)
-  paired = paired if paired_val is None else bool(paired_val)
-  # With several processes every one runs this loop; process 0 alone writes files and prints.
-  lead = jax.process_index() == 0
   if data_on_device not in ("auto", "yes", "no"):
     raise ValueError(f"data_on_device must be 'auto', 'yes' or 'no', got {data_on_device!r}")
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_batch_size(cfg.batch_size, mesh)
+  intervals = (log_every, val_every, ckpt_every)
+  if steps_per_call is None and all(isinstance(k, int) and k > 0 for k in intervals):
+    steps_per_call = LoopConfig.default_steps_per_call(mesh.devices.flat[0].platform, intervals)
+  loop = LoopConfig(log_every=log_every, val_every=val_every, ckpt_every=ckpt_every,
+                    steps_per_call=steps_per_call, val_rows=val_rows, keep=keep,
+                    max_skipped=max_skipped)
+  paired_opt = _paired_val_option(paired_val)
+  out.mkdir(parents=True, exist_ok=True)
+  stream = data.BatchStream(synth_path, obs_path, cfg, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+  try:
+    return _train(cfg, stream, out, n_iter, loop, resume=resume, progress=progress, mesh=mesh,
+                  paired_opt=paired_opt, data_on_device=data_on_device)
+  finally:
+    stream.close()
+
+
+def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: LoopConfig, *,
+           resume: bool, progress: bool, mesh, paired_opt: str, data_on_device: str) -> dict:
+  """`train` once the stream is open (it closes the stream)."""
+  paths = stream.paths()
+  usable = stream.check_usable()
+  val_batch = _validation_rows(paths["synth"], paths["obs"], cfg, loop.val_rows)
+  paired, paired_reason = (decide_paired_val(paths["synth"], paths["obs"], paired_opt)
+                           if val_batch is not None else (False, "no validation batch"))
   staged_mode = data_on_device == "yes" or (
       data_on_device == "auto" and data_on_device_fits(sum(stream.sizes().values()), cfg))
-  if steps_per_call is None:
-    steps_per_call = 1 if mesh.devices.flat[0].platform == "cpu" else 10
-  if steps_per_call < 1:
-    raise ValueError(f"steps_per_call must be ≥ 1, got {steps_per_call}")
-  steps_per_call = steps_per_call if staged_mode else 1
-
-  ckpt = checkpoint.Checkpointer(out / "checkpoints", cfg, max_to_keep=keep)
-  key = jax.random.key(cfg.seed)
-  target = jax.eval_shape(functools.partial(create_train_state, cfg), key)
-  rep = parallel.replicated_sharding(mesh)
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), target)
+  loop = loop if staged_mode else dataclasses.replace(loop, steps_per_call=1)
+  # With several processes every one runs this loop; process 0 alone writes files and prints.
+  lead = jax.process_index() == 0
   metrics_path = out / "metrics.jsonl"
-  start = 0
-  if ckpt.steps() and not resume:
-    raise checkpoint.CheckpointError(
-        f"{out / 'checkpoints'} already holds checkpoints (steps {ckpt.steps()}); pass "
-        f"resume=True (--resume) to continue, or choose another output directory")
-  if resume:
-    found = ckpt.restore_latest(target)
-    if found is None and ckpt.steps():
-      raise checkpoint.CheckpointError(
-          f"{out / 'checkpoints'}: no valid checkpoint among steps {ckpt.steps()} (see the "
-          f"warnings); refusing to start over in this directory")
-    if found is None:
-      warnings.warn(f"{out / 'checkpoints'}: no checkpoint yet; starting at step 0",
-                    stacklevel=2)
-  else:
-    found = None
-  if found is not None:
-    state, meta = found
-    start = int(meta["data_position"])
-    if lead:
-      _truncate_metrics(metrics_path, start)
-  else:
-    state = parallel.replicate(create_train_state(cfg, key), mesh)
-    if lead:
-      atomic_write_text(metrics_path, "")
-  if lead:
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
-  if val_batch is not None and jax.process_count() > 1:
-    val_batch = parallel.replicate(val_batch, mesh)  # every process holds the whole batch
-  log_path = metrics_path if lead else None
-
-  evaluate = make_eval_fn(cfg, paired=paired) if val_batch is not None else None
-  rkey = parallel.replicate(key, mesh)
-  history: list[dict] = []
-  last_train, last_val = {}, {}
-  batches = None
-  if staged_mode:
-    staged = data.stage_on_devices(stream, parallel.replicated_sharding(mesh))
-    staged_fn = parallel.make_parallel_staged_step(cfg, mesh)
-
-    def calls():  # (iterations, function of the state) per compiled call
-      done = start
-      while done < n_iter:
-        n = _next_call(done, n_iter, steps_per_call, (log_every, val_every, ckpt_every))
-        rows = stream.rows_of_steps(done, n)
-        yield n, lambda s, rows=rows: staged_fn(s, staged, parallel.shard_rows(rows, mesh), rkey)
-        done += n
-  else:
-    step_fn = parallel.make_parallel_train_step(cfg, mesh)
-    batches = stream.iterate(start, n_iter)
-
-    def calls():
-      for _, batch in batches:
-        yield 1, lambda s, batch=batch: step_fn(s, parallel.shard_batch(batch, mesh), rkey)
-
-  t_interval = time.perf_counter()
-  bar = tqdm(total=n_iter, initial=start, disable=not (progress and lead), desc=cfg.name,
-             dynamic_ncols=True)
-  done = start
+  summary = {"out_dir": str(out), "paired_val": paired, "paired_val_reason": paired_reason,
+             "usable": usable, "already_complete": False}
+  ckpt = checkpoint.Checkpointer(out / "checkpoints", cfg, max_to_keep=loop.keep)
   try:
-    for n, run in calls():
-      # Dispatch is asynchronous: while the device runs this call, the loop already prepares
-      # the next one (the reader thread's batch and its transfer, or the next row indices).
-      state, m = run(state)
-      history.append(m)
-      done += n
-      bar.update(n)
-      if done % log_every == 0:
-        last_train = _log_train(history, done, t_interval, log_path, bar)
-        history, t_interval = [], time.perf_counter()
-      if evaluate is not None and done % val_every == 0:
-        last_val = _log_val(evaluate, state, val_batch, done, log_path)
-      if done % ckpt_every == 0:
-        ckpt.save(state, data_position=done)
-    if history:
-      last_train = _log_train(history, done, t_interval, log_path, bar)
-    if done > start:
-      if evaluate is not None and done % val_every:
-        last_val = _log_val(evaluate, state, val_batch, done, log_path)
-      if done % ckpt_every:
-        ckpt.save(state, data_position=done)
+    key = jax.random.key(cfg.seed)
+    state, start, restored = _restore(ckpt, cfg, mesh, key, resume, out)
+    if lead:
+      if restored:
+        _truncate_metrics(metrics_path, start)
+      else:
+        atomic_write_text(metrics_path, "")
+    if restored and start >= n_iter:
+      last_train, last_val = _last_metrics(metrics_path)
+      return {**summary, "step": start, "train": last_train, "val": last_val,
+              "already_complete": True}
+    if lead:
+      atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+      run_info = {"loop": dataclasses.asdict(loop), "n_iter": n_iter, "start_step": start,
+                  "data_on_device": staged_mode, "paired_val": paired,
+                  "paired_val_reason": paired_reason, "usable": usable,
+                  "n_spectra": stream.sizes(), "files": {k: str(v) for k, v in paths.items()}}
+      atomic_write_text(out / "run.json", json.dumps(run_info, indent=1))
+    if val_batch is not None and jax.process_count() > 1:
+      val_batch = parallel.replicate(val_batch, mesh)  # every process holds the whole batch
+    evaluate = make_eval_fn(cfg, paired=paired) if val_batch is not None else None
+    rkey = parallel.replicate(key, mesh)
+    if staged_mode:
+      runner = StagedRunner(stream, mesh, parallel.make_parallel_staged_step(cfg, mesh), rkey)
+    else:
+      runner = StreamedRunner(stream, mesh, parallel.make_parallel_train_step(cfg, mesh), rkey)
+    bar = tqdm(total=n_iter, initial=start, disable=not (progress and lead), desc=cfg.name,
+               dynamic_ncols=True)
+    try:
+      state, done, last_train, last_val = run_loop(
+          runner, state, start, n_iter, loop, ckpt=ckpt, evaluate=evaluate, val_batch=val_batch,
+          log_path=metrics_path if lead else None, bar=bar)
+    finally:
+      bar.close()
   finally:
-    bar.close()
-    if batches is not None:
-      batches.close()
-    stream.close()
     ckpt.close()
   if lead:
     plot_progress(metrics_path, out / "training_progress.png")
-  return {"step": done, "train": last_train, "val": last_val, "out_dir": str(out)}
+  return {**summary, "step": done, "train": last_train, "val": last_val}
 
 
 def _log_train(history, step, t0, path: Path | None, bar) -> dict:
@@ -382,8 +695,9 @@ def _log_train(history, step, t0, path: Path | None, bar) -> dict:
     return line
   with path.open("a") as f:
     f.write(json.dumps(line) + "\n")
-  bar.set_postfix({k: f"{means[k]:.3g}" for k in _BAR_KEYS} | {"it/s": f"{means['it_per_s']:.1f}"},
-                  refresh=False)
+  if bar is not None:
+    bar.set_postfix({k: f"{means[k]:.3g}" for k in _BAR_KEYS}
+                    | {"it/s": f"{means['it_per_s']:.1f}"}, refresh=False)
   if bad:
     warnings.warn(f"step {step}: non-finite metrics {bad} (steps skipped so far: "
                   f"{means['n_skipped']})", stacklevel=3)

@@ -8,30 +8,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from cyclestar_jax import mock
+from cyclestar_jax import cli, mock
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.mock import figures
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.parser(__doc__.splitlines()[0])
   p.add_argument("--out", required=True, type=Path, help="output folder")
-  p.add_argument("--experiment", default="apogee", choices=["apogee", "new_lines"])
-  p.add_argument("--n-train", type=int, default=mock.DataSizes.n_train)
-  p.add_argument("--n-val", type=int, default=mock.DataSizes.n_val)
-  p.add_argument("--n-test", type=int, default=mock.DataSizes.n_test)
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--experiment", default="apogee", choices=["apogee", "new_lines"],
+                 help="the paper's APOGEE transfer (§4.1) or missing-line (§4.2) experiment")
+  p.add_argument("--n-train", type=int, default=mock.DataSizes.n_train,
+                 help="training stars per domain")
+  p.add_argument("--n-val", type=int, default=mock.DataSizes.n_val,
+                 help="validation stars (the same stars in both files)")
+  p.add_argument("--n-test", type=int, default=mock.DataSizes.n_test, help="test stars per domain")
+  p.add_argument("--seed", type=int, default=0, help="seed of the whole world")
   p.add_argument("--masked-fraction", type=float, default=None,
                  help="new_lines: fraction of strong features removed (default: the paper's)")
-  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = p.parse_args(argv)
   if args.masked_fraction is not None and args.experiment != "new_lines":
     p.error("--masked-fraction applies to --experiment new_lines only")
   for k in ("n_train", "n_val", "n_test"):
     if getattr(args, k) < 1:
       p.error(f"--{k.replace('_', '-')} must be at least 1")
+  if args.masked_fraction is not None and not 0 <= args.masked_fraction <= 1:
+    p.error(f"--masked-fraction must be in [0, 1], got {args.masked_fraction}")
+  if args.out.exists() and not args.out.is_dir():
+    p.error(f"--out {args.out} is a file, expected a folder")
   return args
 
 
@@ -51,4 +59,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run_main(main))

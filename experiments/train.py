@@ -5,8 +5,12 @@
 
 `--config` is a preset (`smoke`: seconds on a CPU; `kurucz_to_apogee_1`, `new_lines_1`: the
 paper's two experiments) or the path of an authors'-format `.ini` file. Writes OUT/metrics.jsonl,
-OUT/checkpoints/, OUT/training_progress.png, OUT/config.json; the loop is
-`cyclestar_jax.trainer.train`. Uses every local device (data parallel).
+OUT/checkpoints/, OUT/training_progress.png, OUT/config.json, OUT/run.json; the loop is
+`cyclestar_jax.trainer.train`. Uses every local device (data parallel). The files must hold
+7214-pixel spectra (`n_pix + 47` of the config). A user error (a bad file or option) prints one
+line and exits with code 2 (`--debug` shows the traceback); a run stopped after
+`--max-skipped` non-finite steps exits with code 1; a resumed run already at `--n-iter` says
+so and prints its last metrics.
 
 Several processes (several hosts, or several processes on one host): run the same command in
 every process with `--coordinator HOST:PORT --num-processes N --process-id I` (I = 0 … N−1;
@@ -30,35 +34,52 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 import jax
 
 # Importing these starts no JAX backend, so jax.distributed can still be initialized in main.
-from cyclestar_jax import config, parallel, trainer
+from cyclestar_jax import cli, config, parallel, trainer
+
+_LOOP = trainer.LoopConfig()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = cli.parser(__doc__.split("\n")[0])
   p.add_argument("--synth", default="runs/mock/synth.h5", help="synthetic-domain HDF5 file")
   p.add_argument("--obs", default="runs/mock/obs.h5", help="observed-domain HDF5 file")
   p.add_argument("--config", default="kurucz_to_apogee_1",
                  help=f"preset {config.preset_names()} or an .ini file")
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-  p.add_argument("--n-iter", type=int, default=None, help="iterations (default: the config's)")
-  p.add_argument("--batch-size", type=int, default=None, help="override the config's batch")
-  p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-  p.add_argument("--log-every", type=int, default=100)
-  p.add_argument("--val-every", type=int, default=1000)
-  p.add_argument("--ckpt-every", type=int, default=1000)
-  p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+  p.add_argument("--n-iter", type=int, default=None,
+                 help="total iterations; None = the config's n_iter")
+  p.add_argument("--batch-size", type=int, default=None,
+                 help="global batch per domain; None = the config's")
+  p.add_argument("--seed", type=int, default=None, help="seed; None = the config's")
+  p.add_argument("--log-every", type=int, default=_LOOP.log_every,
+                 help="iterations between metrics lines")
+  p.add_argument("--val-every", type=int, default=_LOOP.val_every,
+                 help="iterations between validations")
+  p.add_argument("--val-rows", type=int, default=_LOOP.val_rows,
+                 help="spectra per domain in the validation batch")
+  p.add_argument("--ckpt-every", type=int, default=_LOOP.ckpt_every,
+                 help="iterations between checkpoints")
+  p.add_argument("--keep", type=int, default=_LOOP.keep, help="checkpoints kept")
+  p.add_argument("--max-skipped", type=int, default=_LOOP.max_skipped,
+                 help="stop after this many consecutive skipped (non-finite) steps")
+  p.add_argument("--paired-val", choices=trainer.PAIRED_VAL_OPTIONS, default="auto",
+                 help="whether row i of the two val splits is the same star (adds val_paired_* "
+                      "metrics); auto: the files' paired_splits attribute, else equal row "
+                      "counts (with a warning)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
                  help="hold the training splits on the devices (auto: when they fit) or stream "
                       "them from the files")
   p.add_argument("--steps-per-call", type=int, default=None,
-                 help="iterations per compiled call with data on the devices (default: 10 on "
-                      "a GPU, 1 on the CPU)")
+                 help="iterations per compiled call with data on the devices; must divide "
+                      "every interval; None = 1 on the CPU, 10 on a GPU with the default "
+                      "intervals")
   g = p.add_argument_group("several processes (see the module docstring)")
   g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                  help="address of process 0's coordination service")
@@ -77,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         or not 0 <= args.process_id < args.num_processes):
     p.error(f"--process-id {args.process_id} must be in [0, --num-processes "
             f"{args.num_processes})")
+  for name in ("n_iter", "batch_size"):
+    v = getattr(args, name)
+    if v is not None and v < (0 if name == "n_iter" else 1):
+      p.error(f"--{name.replace('_', '-')} must be ≥ {0 if name == 'n_iter' else 1}, got {v}")
   return args
 
 
@@ -90,11 +115,16 @@ def main(argv: list[str] | None = None) -> dict:
   cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
   summary = trainer.train(cfg, args.synth, args.obs, args.out, resume=args.resume,
                           n_iter=args.n_iter, log_every=args.log_every,
-                          val_every=args.val_every, ckpt_every=args.ckpt_every,
-                          keep=args.keep, progress=not args.no_progress,
+                          val_every=args.val_every, val_rows=args.val_rows,
+                          ckpt_every=args.ckpt_every, keep=args.keep,
+                          progress=not args.no_progress, paired_val=args.paired_val,
                           data_on_device=args.data_on_device,
-                          steps_per_call=args.steps_per_call)
+                          steps_per_call=args.steps_per_call, max_skipped=args.max_skipped)
   if jax.process_index() == 0:
+    if summary["already_complete"]:
+      print(f"{args.out}: run already complete at step {summary['step']} (--n-iter "
+            f"{args.n_iter if args.n_iter is not None else cfg.n_iter}); nothing to train, "
+            f"the last metrics follow")
     print(json.dumps({"step": summary["step"], "out": summary["out_dir"],
                       **{k: summary["train"].get(k) for k in ("rec_synth", "rec_obs",
                                                               "cc_synth", "cc_obs", "it_per_s")}}))
@@ -102,4 +132,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run_main(main, failures=(trainer.TrainingDiverged,)))

@@ -14,35 +14,51 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
+from cyclestar_jax import cli
 from cyclestar_jax.emulator_train import EmulatorTrainConfig, train_emulator
 
 _DEFAULTS = EmulatorTrainConfig()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = cli.parser(__doc__.split("\n")[0])
   p.add_argument("--data", default="runs/mock/synth.h5",
                  help="reference-format HDF5 file with 'spectra train' and 'labels train' "
                       "(default: the mock world's synthetic domain, runs/mock/synth.h5)")
   p.add_argument("--out", default="runs/mock/emulator", help="output directory")
-  p.add_argument("--max-epochs", type=int, default=_DEFAULTS.max_epochs)
+  p.add_argument("--max-epochs", type=int, default=_DEFAULTS.max_epochs,
+                 help="passes over the training set (budget, with --time-limit)")
   p.add_argument("--time-limit", type=float, default=None,
                  help="wall-clock seconds for the training loop; the learning-rate schedule "
                       "then decays over this time if it ends before --max-epochs")
-  p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+  p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size,
+                 help="spectra per optimizer step")
   p.add_argument("--lr", type=float, default=_DEFAULTS.learning_rate, help="peak learning rate")
-  p.add_argument("--final-lr-ratio", type=float, default=_DEFAULTS.final_lr_ratio)
-  p.add_argument("--optimizer", choices=("adam", "radam"), default=_DEFAULTS.optimizer)
+  p.add_argument("--final-lr-ratio", type=float, default=_DEFAULTS.final_lr_ratio,
+                 help="learning rate at the end of the budget / peak")
+  p.add_argument("--optimizer", choices=("adam", "radam"), default=_DEFAULTS.optimizer,
+                 help="Adam, or RAdam as The Payne's MLP used")
   p.add_argument("--patience", type=int, default=_DEFAULTS.patience,
                  help="epochs without a better validation loss before stopping")
   p.add_argument("--hidden", type=int, default=_DEFAULTS.n_hidden,
                  help="neurons per hidden layer (reference: 300)")
   p.add_argument("--n-train", type=int, default=None, help="use only the first N training spectra")
   p.add_argument("--n-test", type=int, default=None, help="use only the first N test spectra")
-  p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+  p.add_argument("--seed", type=int, default=_DEFAULTS.seed,
+                 help="initialisation and mini-batch order")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for name in ("max_epochs", "batch_size", "patience", "hidden", "n_train", "n_test"):
+    v = getattr(args, name)
+    if v is not None and v < 1:
+      p.error(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
+  for name in ("time_limit", "lr", "final_lr_ratio"):
+    v = getattr(args, name)
+    if v is not None and not v > 0:
+      p.error(f"--{name.replace('_', '-')} must be > 0, got {v}")
+  return args
 
 
 def build_config(args: argparse.Namespace) -> EmulatorTrainConfig:
@@ -65,4 +81,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(cli.run_main(main))

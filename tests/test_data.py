@@ -1,4 +1,5 @@
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -40,12 +41,12 @@ def test_standardize_follows_design(files):
   assert out["x"].shape == (3, 7167) and out["x"].dtype == np.float32
   np.testing.assert_allclose(out["x"], (raw_o["x"][:3, 47:] - MEAN) / STD, rtol=1e-5)
   err = raw_o["x_err"][:3, 47:]
-  np.testing.assert_allclose(out["x_err"], np.maximum(err, 0.005) / STD, rtol=1e-6)
+  np.testing.assert_allclose(out["x_err"], np.maximum(err, resources.ERROR_FLOOR) / STD, rtol=1e-6)
   want_msk = raw_o["x_msk"][:3, 47:] & (err <= 0.05)
   np.testing.assert_array_equal(out["x_msk"], want_msk.astype(np.float32))
-  assert 0 < (err > 0.05).mean() and (out["x_err"] < 0.005 / STD * 1.0001).any()
+  assert 0 < (err > 0.05).mean() and (out["x_err"] < resources.ERROR_FLOOR / STD * 1.0001).any()
   syn = data.standardize(h5io.Spectra(x=raw_s["x"][:2]), "synth", cfg)
-  np.testing.assert_allclose(syn["x_err"], 0.005 / STD, rtol=1e-6)
+  np.testing.assert_allclose(syn["x_err"], resources.ERROR_FLOOR / STD, rtol=1e-6)
   np.testing.assert_array_equal(syn["x_msk"], 1.0)
   # §4.2: masked features at the continuum in the synthetic domain only.
   nl = dataclasses.replace(cfg, mask_synth_lines=True)
@@ -125,6 +126,54 @@ def test_bad_files_are_named(files, tmp_path):
     assert got == [0, 1]
 
 
+def test_one_pixel_count_rule(files, tmp_path):
+  """Training takes exactly n_pix + 47 pixels (7214 for the default networks), one error."""
+  cfg = config.get_config("smoke")
+  a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+  _write(a, 8, observed=False, seed=0, n_pix=7300)
+  _write(b, 8, observed=True, seed=1, n_pix=7300)
+  with pytest.raises(ValueError, match=r"7300 pixels per spectrum; config 'smoke' needs exactly "
+                                       r"7214 \(n_pix 7167 \+ the 47"):
+    data.BatchStream(a, b, cfg)
+  with pytest.raises(ValueError, match="needs exactly 7214"):
+    data.read_standardized(b, "obs", cfg, "val")
+  # Another network width moves the rule with it.
+  data.check_pixel_count(7300, types.SimpleNamespace(n_pix=7253, name="wide"), "x")
+
+
+def test_unusable_training_split_is_refused(files, tmp_path):
+  """An observed split entirely masked, or with < 1% usable pixels, or with fewer usable
+  spectra than a batch, is an error naming the file and the split."""
+  synth, obs, _, raw_o = files
+  cfg = config.get_config("smoke")
+  with data.BatchStream(synth, obs, cfg) as s:
+    got = s.check_usable()
+  assert got["obs"]["rows_checked"] == 28 and 0.8 < got["obs"]["fraction"] < 0.95
+  assert got["synth"]["fraction"] == 1.0 and got["synth"]["spectra_usable"] == 20
+
+  def observed(name, msk):
+    path = tmp_path / name
+    with h5io.SpectraWriter(path, {"train": 28}, fields=("spectra", "spectra_err",
+                                                          "spectra_msk")) as w:
+      w.write("train", 0, x=raw_o["x"], x_err=raw_o["x_err"], x_msk=msk)
+    return path
+
+  masked = np.zeros((28, N_PIX), bool)
+  few = masked.copy()
+  few[:, 100:150] = True  # 50 of 7167 pixels: 0.7%
+  sparse = masked.copy()
+  sparse[:4] = True  # 4 usable spectra, batch 8
+  for name, msk, pattern in (
+      ("masked.h5", masked, "every pixel is masked"),
+      ("few.h5", few, r"only 0\.\d+% of the pixels are usable, fewer than the 1%"),
+      ("sparse.h5", sparse, "only 4 spectra have at least 100 usable pixels")):
+    path = observed(name, msk)
+    with data.BatchStream(synth, path, cfg) as s:
+      with pytest.raises(ValueError, match=rf"{name}: split 'train' \(observed domain"
+                                           rf".*{pattern}"):
+        s.check_usable()
+
+
 def test_staged_batches_equal_streamed_batches(files):
   """Data held on the devices give the train step exactly the batches the HDF5 stream reads,
   on one device and split over 8, one iteration a call or several."""
@@ -137,7 +186,7 @@ def test_staged_batches_equal_streamed_batches(files):
   cfg = dataclasses.replace(config.get_config("smoke"), batch_size=8)
   mesh = parallel.make_mesh()
   with data.BatchStream(synth, obs, cfg) as stream:
-    staged = data.stage_on_devices(stream, parallel.replicated_sharding(mesh))
+    staged = parallel.stage_on_devices(stream, parallel.replicated_sharding(mesh))
     assert staged["x_obs"].shape == (28, cfg.n_pix) and staged["x_obs_msk"].dtype == np.uint8
     gather = jax.jit(ts.gather_batch)
     for step in (0, 3, 7):  # 7·8 > 20 rows: crosses the synthetic domain's epoch boundary

@@ -306,7 +306,7 @@ def test_tiny_training_writes_outputs_and_checkpoint_reloads(synth_file, tmp_pat
 def test_fit_stops_on_time_limit_and_rejects_bad_data():
   x, y = _synthetic_spectra(64, 4)
   x, y = x[:, :N_PIX_SMALL], y
-  cfg = et.EmulatorTrainConfig(n_hidden=8, batch_size=32, max_epochs=10_000, time_limit_s=2.0)
+  cfg = et.EmulatorTrainConfig(n_hidden=8, batch_size=32, max_epochs=10_000, time_limit_s=5.0)
   res = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], cfg, progress=False)
   assert res.stop_reason == "time_limit" and 2 <= len(res.history["epoch"]) < 10_000
   # the schedule decays over the time budget: the last learning rate is near the final one
@@ -336,6 +336,63 @@ def test_file_without_val_and_test_splits(tmp_path):
     del f["labels train"]
   with pytest.raises(ValueError, match=r"train_only\.h5: split 'train' has no 'labels train'"):
     et.train_emulator(path, tmp_path / "out2", cfg, progress=False)
+
+
+def test_masked_pixels_are_no_training_target():
+  """Masked pixels steer nothing: whatever flux they hold, the fit is the same (loss, scaling,
+  validation); an all-good mask takes the unweighted path, bit for bit."""
+  x, y = _synthetic_spectra(64, 4)
+  x = x[:, :N_PIX_SMALL]
+  cfg = et.EmulatorTrainConfig(n_hidden=8, batch_size=16, max_epochs=3, patience=100)
+  msk = np.random.default_rng(0).random(x.shape) > 0.1
+  msk[5] = False  # one spectrum masked entirely
+  fits = [et.fit_emulator(np.where(msk, x, fill)[:48], y[:48], np.where(msk, x, fill)[48:],
+                          y[48:], cfg, progress=False, msk_train=msk[:48], msk_val=msk[48:])
+          for fill in (1.0, 50.0)]
+  assert fits[0].history["train_mse"] == fits[1].history["train_mse"]
+  assert fits[0].history["val_mse"] == fits[1].history["val_mse"]
+  leaves = [jax.tree.leaves(f.emulator.params) for f in fits]
+  for a, b in zip(*leaves, strict=True):
+    np.testing.assert_array_equal(a, b)
+  plain = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], cfg, progress=False)
+  ones = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], cfg, progress=False,
+                         msk_train=np.ones((48, N_PIX_SMALL), bool))
+  assert plain.history["val_mse"] == ones.history["val_mse"]
+  # evaluate_mse: the mean over good pixels only
+  params = fits[0].emulator.params
+  zero, one = jnp.zeros(N_PIX_SMALL), jnp.ones(N_PIX_SMALL)
+  ys = jnp.asarray(scale_labels(y, fits[0].emulator.y_min, fits[0].emulator.y_max), jnp.float32)
+  pred = np.asarray(emu.emulator_apply(params, ys))
+  want = np.mean(np.square(pred - x)[msk])
+  got = et.evaluate_mse(params, np.where(msk, x, 9.0), ys, zero, one, batch_size=24, msk=msk)
+  assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_nan_flux_in_the_file_is_masked_out_of_training(tmp_path):
+  """NaN flux (h5io: set to 1.0 and masked) trains like the same pixels flagged in the file's
+  mask with any other flux; the held-out metrics skip them."""
+  x, y = _synthetic_spectra(80, 5)
+  bad = np.zeros(x.shape, bool)
+  bad[::4, 100:110] = True
+  paths = {}
+  for name, flux, extra in (("nan", np.where(bad, np.nan, x), {}),
+                            ("flagged", np.where(bad, 7.0, x), {"spectra_msk train": ~bad})):
+    paths[name] = tmp_path / f"{name}.h5"
+    with h5py.File(paths[name], "w") as f:
+      f["spectra train"] = flux.astype(np.float32)
+      f["labels train"] = y
+      for k, v in extra.items():
+        f[k] = v.astype(np.uint8)
+  cfg = et.EmulatorTrainConfig(n_hidden=8, batch_size=32, max_epochs=2, val_fraction=0.25)
+  out = {}
+  for name, path in paths.items():
+    with pytest.warns(UserWarning, match="left out of the emulator's loss"):
+      out[name] = et.train_emulator(path, tmp_path / f"out_{name}", cfg, progress=False)
+  a, b = out["nan"], out["flagged"]
+  assert a["training"]["history"]["val_mse"] == b["training"]["history"]["val_mse"]
+  assert a["held_out"]["median_abs"] == b["held_out"]["median_abs"]
+  assert np.isfinite(a["held_out"]["max_abs"]) and a["held_out"]["max_abs"] < 1.0
+  assert a["n_masked_pixels"]["train"] + a["n_masked_pixels"]["val"] == bad.sum()
 
 
 def test_cli_builds_config():

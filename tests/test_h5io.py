@@ -101,6 +101,17 @@ def test_round_trip_all_fields_attrs_and_extras(obs_file):
   _assert_same(h5io.read_split(path, "val"), data["val"])
 
 
+def test_string_list_attribute_and_read_split_stop(tmp_path):
+  path = tmp_path / "a.h5"
+  d = _data(6, 3, n_pix=20)
+  _write(path, {"val": d}, n_pix=20, attrs={"paired_splits": ["val"], "none": []})
+  with h5io.SpectraFile(path, n_pix=None) as f:
+    assert f.attrs["paired_splits"] == ["val"] and f.attrs["none"] == []
+  part = h5io.read_split(path, "val", stop=4, n_pix=None)
+  np.testing.assert_array_equal(part.x, d["x"][:4])
+  assert len(h5io.read_split(path, "val", stop=100, n_pix=None)) == 6
+
+
 def test_compressed_round_trip_and_field_subset(tmp_path):
   d = _data(50)
   del d["x_err"], d["snr"]

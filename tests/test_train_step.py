@@ -24,7 +24,7 @@ def _mock_spectra(rng: np.random.Generator, n: int, observed: bool) -> dict:
   profile = np.exp(-0.5 * ((pix[None, :] - centers[:, None]) / width) ** 2)  # [80, n_pix]
   strength = depth * np.exp(0.3 * rng.normal(size=(n, 1)))  # [n, 80]
   flux = np.exp(-strength @ profile)
-  err = np.full_like(flux, 0.005)
+  err = np.full_like(flux, resources.ERROR_FLOOR)
   msk = np.ones_like(flux)
   if observed:
     flux = flux * (1 + 0.02 * rng.normal(size=(n, 1)) * (pix / N_PIX - 0.5))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from toy_files import write_toy_domain
 
-from cyclestar_jax import checkpoint, config, h5io, trainer
+from cyclestar_jax import checkpoint, cli, config, h5io, trainer
 
 N_ITER, CKPT_EVERY = 40, 20
 
@@ -202,3 +202,230 @@ def test_metrics_file_with_a_torn_last_line(tmp_path):
   path.write_text(lines[0] + "\n{broken\n" + lines[1] + "\n")
   with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
     trainer.read_metrics(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop settings, paired validation, runners and skipped steps (no network compiled), and the
+# checks made before anything compiles.
+
+
+def test_loop_config_is_checked():
+  assert trainer.LoopConfig().steps_per_call == 1
+  with pytest.raises(ValueError, match=r"steps_per_call 16 must divide every interval .*"
+                                       r"'log_every': 100.*e\.g\. 10"):
+    trainer.LoopConfig(steps_per_call=16, log_every=100)
+  with pytest.raises(ValueError, match="max_skipped must be an integer ≥ 1, got 0"):
+    trainer.LoopConfig(max_skipped=0)
+  default = trainer.LoopConfig.default_steps_per_call
+  assert default("gpu", (100, 1000, 1000)) == 10 and default("gpu", (25, 1000, 1000)) == 5
+  assert default("cpu", (100, 1000, 1000)) == 1 and default("gpu", (7, 14, 21)) == 7
+
+
+def _with_attrs(src, dst, **attrs):
+  """A copy of a toy file with file attributes added."""
+  import shutil
+
+  import h5py
+  shutil.copy(src, dst)
+  with h5py.File(dst, "a") as f:
+    for k, v in attrs.items():
+      f.attrs[k] = v
+  return dst
+
+
+def test_paired_val_is_decided_from_the_files(toy_files, tmp_path):
+  synth, obs = toy_files
+  with pytest.warns(UserWarning, match="no 'paired_splits' file attribute"):
+    assert trainer.decide_paired_val(synth, obs, "auto") == (
+        True, "equal val row counts (16), no paired_splits attribute (assumed paired)")
+  marked = [_with_attrs(f, tmp_path / f.name, paired_splits=np.array([b"val"])) for f in toy_files]
+  paired, why = trainer.decide_paired_val(*marked)
+  assert paired and "paired_splits" in why
+  unmarked = _with_attrs(obs, tmp_path / "o2.h5", paired_splits=np.array([b"test"]))
+  assert not trainer.decide_paired_val(marked[0], unmarked, None)[0]
+  assert trainer.decide_paired_val(synth, obs, "no") == (False, "paired_val='no' given")
+  assert trainer.decide_paired_val(synth, obs, True)[0]
+  with pytest.raises(ValueError, match="paired_val must be one of"):
+    trainer.decide_paired_val(synth, obs, "maybe")
+
+
+def test_runners_give_the_stream_batches(toy_files):
+  """Each runner alone (a recording step instead of the train step): the streamed one calls
+  once per iteration with `batch_at(step)`, the staged one gathers the same batches on the
+  devices in calls of `steps_per_call` iterations, cut at every event."""
+  import jax
+
+  from cyclestar_jax import data, parallel
+  from cyclestar_jax import train_step as ts
+
+  synth, obs = toy_files
+  cfg = config.get_config("smoke")
+  mesh = parallel.make_mesh()
+  loop = trainer.LoopConfig(log_every=4, val_every=8, ckpt_every=8, steps_per_call=2)
+  key = parallel.replicate(jax.random.key(0), mesh)
+
+  def record(state, batch, key):
+    return state + 1, dict(batch)
+
+  with data.BatchStream(synth, obs, cfg) as stream:
+    streamed = trainer.StreamedRunner(stream, mesh, record, key)
+    staged_step = jax.jit(ts.make_staged_step(cfg, train_step=record))
+    staged = trainer.StagedRunner(stream, mesh, staged_step, key)
+    calls = list(streamed.calls(0, 3, 6, loop))
+    assert [(n, s) for n, s, _ in calls] == [(1, 1), (1, 2), (1, 3)]
+    for step, (_, _, batch) in zip(range(3, 6), calls, strict=True):
+      for k, v in stream.batch_at(step).items():
+        np.testing.assert_array_equal(np.asarray(batch[k]), v, err_msg=k)
+    calls = list(staged.calls(0, 3, 9, loop))
+    assert [n for n, _, _ in calls] == [1, 2, 2, 1]  # 3→4 (event), 4→6, 6→8 (event), 8→9
+    got = {k: np.concatenate([np.asarray(b[k]).reshape(-1, v.shape[-1]) for _, _, b in calls])
+           for k, v in calls[1][2].items()}
+    for i, step in enumerate(range(3, 9)):
+      for k, v in stream.batch_at(step).items():
+        np.testing.assert_array_equal(got[k][i * 8:(i + 1) * 8], v, err_msg=f"{step} {k}")
+
+
+class _FakeRunner:
+  """Calls with given skip flags: a list per call (one entry per iteration)."""
+
+  def __init__(self, flags):
+    self.flags = flags
+
+  def calls(self, state, start, stop, loop):
+    done, total = start, 0
+    for f in self.flags:
+      n = len(f)
+      steps = np.arange(done + 1, done + n + 1, dtype=np.int32)
+      skipped = np.asarray(f, np.float32)
+      n_skipped = total + np.cumsum(skipped).astype(np.int32)
+      total = int(n_skipped[-1])
+      m = {"skipped": skipped, "step": steps, "n_skipped": n_skipped,
+           "loss_gen": np.where(skipped > 0, np.nan, 1.0), "rec_obs": np.full(n, 0.5)}
+      done += n
+      yield n, state, m
+
+
+class _FakeCheckpointer:
+  def __init__(self):
+    self.saved = []
+
+  def save(self, state, *, data_position):
+    self.saved.append(data_position)
+
+
+@pytest.mark.filterwarnings("ignore:step .*(non-finite metrics|checkpoint not written)")
+def test_consecutive_skipped_steps_stop_the_loop(tmp_path):
+  """max_skipped skipped iterations in a row stop the loop, naming the first and its loss terms;
+  a checkpoint due right after a skipped step is not written; a good step resets the count."""
+  loop = trainer.LoopConfig(log_every=3, val_every=3, ckpt_every=3, max_skipped=3)
+  flags = [[0], [0], [0], [0], [1], [1], [0], [1], [1], [1], [0], [0]]
+  ckpt = _FakeCheckpointer()
+  with pytest.warns(UserWarning, match="step 6: checkpoint not written, the last 2 steps"):
+    with pytest.raises(trainer.TrainingDiverged,
+                       match=r"3 iterations in a row skipped \(max_skipped 3\).* from step 7 on"
+                             r".*rec_obs=0\.5, loss_gen=nan"):
+      trainer.run_loop(_FakeRunner(flags), None, 0, 12, loop, ckpt=ckpt,
+                       log_path=tmp_path / "m.jsonl")
+  assert ckpt.saved == [3]
+  # Several iterations per call: the streak is counted inside a call too.
+  with pytest.raises(trainer.TrainingDiverged, match="from step 1 on"):
+    trainer.run_loop(_FakeRunner([[0, 1, 1, 1, 0]]), None, 0, 5,
+                     trainer.LoopConfig(log_every=5, val_every=5, ckpt_every=5, max_skipped=3,
+                                        steps_per_call=5), ckpt=_FakeCheckpointer())
+  ckpt = _FakeCheckpointer()
+  _, done, last, _ = trainer.run_loop(_FakeRunner([[0], [1], [1], [0], [1], [1]]), None, 0, 6,
+                                      loop, ckpt=ckpt)
+  assert done == 6 and ckpt.saved == [] and last["n_skipped"] == 4
+
+
+def test_unusable_files_and_settings_stop_before_compiling(toy_files, tmp_path):
+  import h5py
+
+  synth, obs = toy_files
+  cfg = config.get_config("smoke")
+  masked = tmp_path / "masked.h5"
+  import shutil
+  shutil.copy(obs, masked)
+  with h5py.File(masked, "a") as f:
+    f["spectra_msk train"][...] = 0
+  with pytest.raises(ValueError, match=r"masked\.h5: split 'train' \(observed domain.*every "
+                                       r"pixel is masked"):
+    trainer.train(cfg, synth, masked, tmp_path / "a", n_iter=5)
+  with pytest.raises(ValueError, match="steps_per_call 16 must divide"):
+    trainer.train(cfg, synth, obs, tmp_path / "b", n_iter=5, steps_per_call=16, log_every=100)
+  with pytest.raises(ValueError, match="paired_val must be one of"):
+    trainer.train(cfg, synth, obs, tmp_path / "c", n_iter=5, paired_val="sometimes")
+  assert not (tmp_path / "a" / "checkpoints").exists() or not any(
+      (tmp_path / "a" / "checkpoints").iterdir())
+
+
+def test_nonfinite_steps_stop_the_run_and_keep_the_last_good_checkpoint(toy_files, tmp_path,
+                                                                       capsys):
+  """Observed rows whose flux overflows float32 once standardized make the batches of steps
+  5–7 non-finite: with max_skipped=3 the run stops naming step 5; the step-5 checkpoint is the
+  newest. Resuming to a total already reached says so and returns the last metrics."""
+  import shutil
+
+  import h5py
+  import jax
+
+  from cyclestar_jax import data, parallel
+  from experiments import train as train_cli
+
+  synth, obs = toy_files
+  cfg = config.get_config("smoke")
+  bad_obs = tmp_path / "obs_bad.h5"
+  shutil.copy(obs, bad_obs)
+  with data.BatchStream(synth, obs, cfg) as s:  # 64 rows, batch 8: steps 0–7 are one epoch
+    rows = np.sort(np.concatenate([s.rows_at(k)["obs"] for k in (5, 6, 7)]))
+  with h5py.File(bad_obs, "a") as f:
+    x = f["spectra train"][...]
+    x[rows, -1] = 1e38
+    f["spectra train"][...] = x
+  out = tmp_path / "run"
+  with pytest.raises(trainer.TrainingDiverged, match=r"from step 5 on .*rec_obs=(nan|inf)"):
+    trainer.train(cfg, synth, bad_obs, out, n_iter=20, log_every=5, val_every=20, ckpt_every=5,
+                  max_skipped=3, progress=False, data_on_device="no",
+                  mesh=parallel.make_mesh(jax.devices()[:1]))  # one device compiles fastest
+  assert checkpoint.Checkpointer(out / "checkpoints", cfg).steps() == [5]
+  assert json.loads((out / "run.json").read_text())["loop"]["max_skipped"] == 3
+
+  summary = trainer.train(cfg, synth, bad_obs, out, n_iter=5, resume=True, progress=False)
+  assert summary["already_complete"] and summary["step"] == 5
+  assert summary["train"]["step"] == 5 and np.isfinite(summary["train"]["rec_obs"])
+  argv = ["--synth", str(synth), "--obs", str(bad_obs), "--config", "smoke", "--out", str(out),
+          "--resume", "--n-iter", "4", "--no-progress"]
+  assert cli.run_main(train_cli.main, argv) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0] == f"{out}: run already complete at step 5 (--n-iter 4); nothing to train, " \
+                     "the last metrics follow"
+  assert json.loads(lines[1])["rec_obs"] == summary["train"]["rec_obs"]
+
+
+def test_command_line_errors_are_one_line(toy_files, tmp_path, capsys, monkeypatch):
+  from experiments import make_data, train_emulator
+  from experiments import train as train_cli
+
+  synth, _ = toy_files
+  argv = ["--synth", str(synth), "--obs", str(tmp_path / "missing.h5"), "--config", "smoke",
+          "--out", str(tmp_path / "o")]
+  monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+  assert cli.run_main(train_cli.main, argv, prog="train") == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 2 and err[0].startswith("train: error: FileNotFoundError: ")
+  assert "missing.h5: no such file" in err[0] and "--debug" in err[1]
+  assert cli.run_main(train_cli.main, argv[:-2] + ["--out", str(tmp_path / "o"), "--config",
+                                                   "nope"], prog="train") == 2
+  assert "nope" in capsys.readouterr().err
+  with pytest.raises(FileNotFoundError):
+    cli.run_main(train_cli.main, argv + ["--debug"])
+  monkeypatch.setenv(cli.DEBUG_ENV, "1")
+  with pytest.raises(FileNotFoundError):
+    cli.run_main(train_cli.main, argv)
+  for mod, defaults in ((train_cli, ["(default: 100)", "(default: auto)"]),
+                        (train_emulator, ["(default: 300)"]), (make_data, ["(default: 20000)"])):
+    with pytest.raises(SystemExit) as e:
+      mod.parse_args(["--help"] if mod is not train_cli else ["--out", "x", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(d in out for d in defaults), mod.__name__

@@ -2,7 +2,8 @@
 
 The synthetic and observed files hold different, unpaired stars in `train` and `test`; the
 `val` split is paired (the same stars in both files, row for row), as the authors'
-validation compares T_synth->obs of a star's synthetic spectrum with its observed one. Both
+validation compares T_synth->obs of a star's synthetic spectrum with its observed one; both
+files say so in their attribute `paired_splits` (`["val"]`), which the trainer reads. Both
 files keep the true labels (`labels_true <split>`); `labels <split>` holds the labels a user
 would have: the exact model inputs for the synthetic domain, survey-catalogue labels (truth +
 ASPCAP-like errors) for the observed one. The world's settings are stored as the JSON
@@ -57,7 +58,8 @@ def _write_domain(path, world: _world.WorldConfig, sizes: DataSizes, *, domain: 
                   fields: tuple[str, ...], extra: dict, progress: bool, rows) -> Path:
   """Write one domain's file in blocks; rows(split, block, n) gives `SpectraWriter.write` kwargs."""
   with h5io.SpectraWriter(path, sizes.as_dict(), fields=fields, extra_fields=extra,
-                          attrs={"world": dataclasses.asdict(world), "domain": domain}
+                          attrs={"world": dataclasses.asdict(world), "domain": domain,
+                                 "paired_splits": list(PAIRED_SPLITS)}
                           ) as w, _bar(sizes, progress, Path(path).name) as bar:
     for split, n in sizes.as_dict().items():
       for b, start in enumerate(range(0, n, BLOCK)):

@@ -1,0 +1,100 @@
+"""Command-line plumbing shared by the experiments/ scripts: a user error is one line, no traceback.
+
+  if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
+
+`run_main(main, argv)` calls `main(argv)`. An error that is the user's (a missing or bad file, a
+bad option, a checkpoint directory that cannot be resumed: `USER_ERRORS`, with
+`config.ConfigError` and `checkpoint.CheckpointError`) prints `<prog>: error: <message>` and a
+hint on stderr and returns exit code 2, as argparse does for a bad option. Exceptions listed in
+`failures` (a run that stopped for a reason it states, e.g. a diverged training) print the same
+way with exit code 1. With `--debug` on the command line or `CYCLESTAR_DEBUG=1` in the
+environment the exception is raised with its traceback instead. Anything else (a bug) always
+shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, OSError, KeyError)
+# Project exceptions that are user errors too; found by module so that importing this module
+# imports neither JAX nor orbax (an exception of a module never imported cannot be raised).
+_PROJECT_USER_ERRORS = (("cyclestar_jax.config", "ConfigError"),
+                        ("cyclestar_jax.checkpoint", "CheckpointError"))
+DEBUG_ENV = "CYCLESTAR_DEBUG"
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+  """`--help` shows every option's default and keeps the description's line breaks."""
+
+
+def parser(description: str, **kw: Any) -> argparse.ArgumentParser:
+  """An ArgumentParser with `HelpFormatter` and the `--debug` flag `run_main` reads."""
+  p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, **kw)
+  p.add_argument("--debug", action="store_true",
+                 help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+  return p
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """`USER_ERRORS` plus the project's user-error classes whose modules are loaded."""
+  extra = tuple(getattr(sys.modules[m], name) for m, name in _PROJECT_USER_ERRORS
+                if m in sys.modules and hasattr(sys.modules[m], name))
+  return USER_ERRORS + extra
+
+
+def error_message(e: BaseException) -> str:
+  """The message of an exception on one line (a KeyError's without the repr quotes)."""
+  msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+  msg = " ".join(str(msg).split()) or type(e).__name__
+  return msg if isinstance(e, (ValueError, KeyError)) else f"{type(e).__name__}: {msg}"
+
+
+def debug_requested(argv: Sequence[str] | None) -> bool:
+  """Whether `--debug` is on the command line or CYCLESTAR_DEBUG is set to a true value."""
+  args = sys.argv[1:] if argv is None else list(argv)
+  return "--debug" in args or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def run_main(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None = None, *,
+             prog: str | None = None,
+             failures: tuple[type[BaseException], ...] = ()) -> int:
+  """Run `main(argv)`; user errors and stated failures become one line on stderr.
+
+  Args:
+    main: the command's `main(argv)`.
+    argv: arguments (default: sys.argv[1:]).
+    prog: name in the message (default: the script's name).
+    failures: exceptions that stop a run for a reason they state (exit code 1).
+
+  Returns:
+    The exit code: 0, 1 (a failure) or 2 (a user error; argparse's own errors exit 2 too).
+  """
+  prog = prog or os.path.basename(sys.argv[0]) or "cyclestar"
+  debug = debug_requested(argv)
+  try:
+    main(None if argv is None else list(argv))
+  except failures as e:
+    if debug:
+      raise
+    _report(prog, e, "the run stopped; the message says why")
+    return EXIT_FAILURE
+  except user_errors() as e:
+    if debug:
+      raise
+    _report(prog, e, "check the files and options named above")
+    return EXIT_USER_ERROR
+  return 0
+
+
+def _report(prog: str, e: BaseException, hint: str) -> None:
+  print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
+  print(f"{prog}: hint: {hint}; --debug (or {DEBUG_ENV}=1) shows the traceback",
+        file=sys.stderr)

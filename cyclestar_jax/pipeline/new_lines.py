@@ -220,7 +220,11 @@ def render(m: dict) -> str:
             f"label agrees for {m['zsp_sensitivity'].get('winner_agreement', float('nan')):.0%}"
             " of (label set, feature) pairs.",
             f"- Recovered-feature detection at the reference star (threshold "
-            f"{m['recovery_threshold']}): {m['detection']}.", "",
+            f"{m['recovery_threshold']} in flux): precision "
+            f"{m['detection'].get('precision', float('nan')):.2f}, recall "
+            f"{m['detection'].get('recall', float('nan')):.2f} "
+            f"({m['detection'].get('n_found')} features found, "
+            f"{m['detection'].get('n_truth')} removed).", "",
             "## Per element", "", "| element | features | accuracy (all) | near reference |",
             "| --- | --- | --- | --- |"]
   for k, v in m["attribution_per_element"].items():

@@ -35,7 +35,7 @@ PRESETS = {
         cycle=dataclasses.replace(_presets.PRESETS["smoke"].cycle, name="new_lines_smoke",
                                   zsp_filters=1, lambda_synth=90.0, lambda_obs=90.0,
                                   mask_synth_lines=True),
-        n_fit=64, n_eval=32),
+        n_fit=32, n_eval=32),
     "cpu": dataclasses.replace(
         _presets.PRESETS["cpu"], name="cpu",
         cycle=dataclasses.replace(_presets.PRESETS["cpu"].cycle, name="new_lines_cpu",

@@ -15,11 +15,12 @@ from cyclestar_jax.mock.world import (
     masked_features,
     masked_pixels,
     observe,
+    removed_features,
     synthetic_spectrum,
     truth_spectrum,
 )
 
 __all__ = [
     "DataSizes", "WorldConfig", "make_data", "masked_features", "masked_pixels", "observe",
-    "sample_labels", "synthetic_spectrum", "truth_spectrum",
+    "removed_features", "sample_labels", "synthetic_spectrum", "truth_spectrum",
 ]  # fmt: skip

@@ -190,6 +190,22 @@ def masked_features(world: WorldConfig) -> np.ndarray:
   return out
 
 
+def removed_features(world: WorldConfig) -> dict[str, np.ndarray]:
+  """The strong features set to the continuum in the missing-line synthetic domain.
+
+  Returns:
+    {"index": [F] rows of the 415 features of `resources.kurucz_response()`, "start", "end":
+    [F] pixel ranges on the 7214 grid (end exclusive), "label": [F] position of the owning
+    element's [X/H] in the 25 labels, "element": [F] element names}.
+  """
+  resp = resources.kurucz_response()
+  idx = np.flatnonzero(masked_features(world))
+  el = resp["feature_element"][idx]
+  return {"index": idx, "start": resp["feature_start"][idx], "end": resp["feature_end"][idx],
+          "label": np.asarray(resp["label_index"])[el],
+          "element": np.asarray(resp["element_names"])[el]}
+
+
 def masked_pixels(world: WorldConfig) -> np.ndarray:
   """Boolean [7214] of the pixels set to the continuum in the missing-line synthetic domain."""
   resp = resources.kurucz_response()

@@ -118,8 +118,9 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
           & (np.abs(y[:, label_index("logg")] - y_ref[label_index("logg")]) <= NEAR_REFERENCE[1]))
   true = removed.label
   per_element = {}
+  on_grid = (att["winner"] >= 0).all(axis=0) if len(y) else np.ones(len(true), bool)
   for j in sorted(set(true.tolist())):
-    cols = true == j
+    cols = (true == j) & on_grid  # features inside the 47 dropped pixels count nowhere
     w = att["winner"][:, cols]
     wn = att["winner"][near][:, cols]
     per_element[LABEL_NAMES[j]] = {

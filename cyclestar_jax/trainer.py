@@ -45,7 +45,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -59,8 +58,9 @@ from tqdm.auto import tqdm
 
 from cyclestar_jax import checkpoint, data, h5io, losses, parallel, resources
 from cyclestar_jax.config import Config
-from cyclestar_jax.fileio import atomic_write_text, save_figure
+from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.networks import make_networks
+from cyclestar_jax.plots import plot_progress  # moved to plots.py; kept importable from here
 from cyclestar_jax.train_step import create_train_state
 
 # Metrics whose interval means go to metrics.jsonl and the progress bar.
@@ -722,54 +722,3 @@ def read_metrics(path) -> dict[str, list[dict]]:
   for _, d in _metric_lines(path):
     out.setdefault(d.get("kind", "train"), []).append(d)
   return out
-
-
-def plot_progress(metrics_path, png_path) -> str | None:
-  """Training progress like the paper's Fig. B1: distances (top), adversarial losses (bottom).
-
-  Returns the figure path, or None if there is nothing to plot yet.
-  """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  metrics = read_metrics(metrics_path)
-  m = metrics["train"]
-  if not m:
-    return None
-  steps = [d["step"] for d in m]
-  paired = [d for d in metrics["val"] if "val_paired_obs_bias" in d]
-  fig = Figure(figsize=(8, 9 if paired else 6.5))
-  FigureCanvasAgg(fig)
-  axes = fig.subplots(3 if paired else 2, 1, sharex=True)
-  top, bottom = axes[0], axes[1]
-  for k, label in (("rec_synth", r"$X_{synth\to synth}$"),
-                   ("cc_synth", r"$X_{synth\to obs\to synth}$"),
-                   ("rec_obs", r"$X_{obs\to obs}$"), ("cc_obs", r"$X_{obs\to synth\to obs}$")):
-    top.plot(steps, [d[k] for d in m], label=label)
-  top.set_yscale("log")
-  top.set_ylabel("distance (Eq. 3, 7)")
-  top.legend(fontsize=8, ncol=2)
-  for k, label in (("gen_synth", r"gen $X_{obs\to synth}$"), ("gen_obs", r"gen $X_{synth\to obs}$"),
-                   ("dis_real_synth", r"$C_{synth}(X_{true})$"),
-                   ("dis_fake_synth", r"$C_{synth}(X_{fake})$"),
-                   ("dis_real_obs", r"$C_{obs}(X_{true})$"),
-                   ("dis_fake_obs", r"$C_{obs}(X_{fake})$")):
-    bottom.plot(steps, [d[k] for d in m], label=label)
-  bottom.set_ylabel("BCE (Eq. 4)")
-  bottom.legend(fontsize=8, ncol=3)
-  if paired:  # paired validation: x_synth→obs vs x_obs (normalized), x_obs→synth vs x_synth (%)
-    ax, vs = axes[2], [d["step"] for d in paired]
-    ax.plot(vs, [d["val_paired_obs_bias"] for d in paired], "o-", label="obs: bias (σ)")
-    ax.plot(vs, [d["val_paired_obs_scatter"] for d in paired], "s-", label="obs: scatter (σ)")
-    ax.plot(vs, [100 * d["val_paired_synth_bias"] for d in paired], "o--",
-            label="synth: bias (%)")
-    ax.plot(vs, [100 * d["val_paired_synth_scatter"] for d in paired], "s--",
-            label="synth: scatter (%)")
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.set_ylabel("paired val residuals")
-    ax.legend(fontsize=8, ncol=2)
-  axes[-1].set_xlabel("batch iterations")
-  fig.tight_layout()
-  png_path = os.fspath(png_path)
-  save_figure(fig, png_path, dpi=110)
-  return png_path

@@ -406,7 +406,7 @@ def test_cli_emulator_and_obs_run_dir(tmp_path, smoke_model):
   # A run directory as experiments.train writes it: config.json + checkpoints/.
   cfg = get_config("smoke")
   state = create_train_state(cfg, jax.random.PRNGKey(0))
-  state = state.replace(gen_params=smoke_model.gen_params)
+  state = state.replace(gen_params=smoke_model.gen_params, gen_ema=smoke_model.gen_params)
   run = tmp_path / "run"
   ck = checkpoint.Checkpointer(run / "checkpoints", cfg)
   ck.save(state)

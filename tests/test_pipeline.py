@@ -57,7 +57,7 @@ def test_rerun_skips_the_stages_done(smoke_run):
 
 def test_other_preset_in_the_same_folder_is_refused(smoke_run):
   out, _, _ = smoke_run
-  with pytest.raises(pipeline.RunFolderError, match="preset"):
+  with pytest.raises(pipeline.RunFolderError, match="n_iter"):
     pipeline.run(out, preset="smoke", n_iter=7, progress=False, log=lambda s: None)
 
 

@@ -188,7 +188,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
   Eq. 10 and Eq. 11, one results file each (a finished file is kept, the others fitted).
 
   Returns:
-    {stem: {"skipped", "seconds", "n"}}.
+    {"skipped": all files were there, "methods": {stem: {"skipped", "seconds", "n"}}}.
   """
   from cyclestar_jax import fitting, h5io
   from cyclestar_jax.emulator import load_emulator
@@ -198,7 +198,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
   todo = [s for s in FIT_METHODS if not paths.fit_file(s).is_file()]
   info = {s: {"skipped": True} for s in FIT_METHODS if s not in todo}
   if not todo:
-    return info
+    return {"skipped": True, "methods": info}
   em = load_emulator(emulator_path)
   cycle = fitting.load_cycle_model(model_dir)
   with h5io.SpectraFile(obs_path) as f:
@@ -222,4 +222,4 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
         "obs_file": str(obs_path), "split": "test", "method_title": FIT_TITLES[stem],
         "payne_mask": use_mask, "seconds": seconds})
     info[stem] = {"skipped": False, "seconds": seconds, "n": n}
-  return info
+  return {"skipped": False, "methods": info}

@@ -20,11 +20,13 @@ arrays with the target's sharding.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import warnings
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -223,3 +225,62 @@ def _abstract(x):
     return x
   x = jax.numpy.asarray(x) if not isinstance(x, jax.Array) else x
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+
+def load_cycle_model(run_dir: str | os.PathLike):
+  """The generator of a trained Cycle-StarNet run directory (its newest valid checkpoint), as a
+  `fitting.CycleModel` holding the generator's moving average `TrainState.gen_ema`.
+
+  A run directory (`experiments.train`) holds `config.json` and `checkpoints/` (orbax steps
+  written by `Checkpointer`). The config is read from `config.json`, or from the checkpoint's
+  metadata when that file is absent; checkpoints that are incomplete, corrupt or for another
+  architecture are skipped (with a warning) by `Checkpointer.restore_latest`.
+
+  Raises:
+    FileNotFoundError: no run directory or no checkpoint in it.
+    ValueError: the config or every checkpoint is unusable (the message says why).
+  """
+  from cyclestar_jax.fitting.config import CycleModel
+  from cyclestar_jax.networks import make_networks
+
+  run_dir = Path(run_dir)
+  if not run_dir.is_dir():
+    raise FileNotFoundError(f"{run_dir}: not a directory; expected a Cycle-StarNet run directory "
+                            "(written by experiments.train: config.json, checkpoints/)")
+  where = next((c for c in (run_dir / "checkpoints", run_dir) if c.is_dir() and any(
+      p.name.isdigit() and p.is_dir() for p in c.iterdir())), None)
+  if where is None:
+    raise FileNotFoundError(
+        f"{run_dir}: no checkpoint found in {run_dir / 'checkpoints'}; expected a run directory "
+        "written by experiments.train")
+  cfg_file = run_dir / "config.json"
+  if cfg_file.is_file():
+    try:
+      conf, what = json.loads(cfg_file.read_text()), str(cfg_file)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
+  else:
+    conf, what = None, f"{where} (checkpoint metadata)"
+    steps = sorted((int(p.name) for p in where.iterdir() if p.name.isdigit()), reverse=True)
+    with ocp.CheckpointManager(where, item_names=("state", "meta")) as manager:
+      for step in steps:
+        with contextlib.suppress(Exception):
+          meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+          conf = dict(meta["meta"]).get("config")
+          if conf:
+            break
+    if not conf:
+      raise ValueError(f"{run_dir}: no config.json and no checkpoint metadata with a config")
+  fields = {f.name for f in dataclasses.fields(Config)}
+  unknown = sorted(set(conf) - fields)
+  if unknown:
+    raise ValueError(f"{what}: unknown config fields {unknown}")
+  try:
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items()})
+  except Exception as e:  # noqa: BLE001 - ConfigError, TypeError: say which file
+    raise ValueError(f"{what}: the config cannot be used ({e})") from None
+  try:
+    state, _ = restore_state(where, cfg)
+  except CheckpointError as e:
+    raise ValueError(str(e)) from None
+  return CycleModel(nets=make_networks(cfg), gen_params=state.gen_ema, source=str(where))

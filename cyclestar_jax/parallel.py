@@ -341,3 +341,25 @@ def make_parallel_train_step(cfg: Config, mesh: Mesh | None = None,
   mesh = make_mesh() if mesh is None else mesh
   check_batch_size(cfg.batch_size, mesh)
   return _data_parallel(cfg, mesh, nets, lambda step: step, (PartitionSpec(DATA_AXIS),))
+
+
+def data_mesh(devices=None) -> Mesh:
+  """A one-axis "data" mesh over this process's devices (default: `jax.local_devices()`), for
+  work each process does on its own rows with no cross-process collective (label fits)."""
+  return make_mesh(jax.local_devices() if devices is None else devices)
+
+
+def shard_map_over_data(fn, mesh: Mesh, split: tuple[bool, ...], *, split_out: bool = True):
+  """`fn` jitted under `jax.shard_map` over the mesh's "data" axis: each device calls fn on its
+  own slice and leaves when it is done (no collective unless fn has one; check_vma=False).
+
+  Args:
+    fn: the per-device function.
+    mesh: a one-axis "data" mesh (`make_mesh`, `data_mesh`).
+    split: per positional argument, True: split along its first axis over the devices (a
+      multiple of the device count), False: replicated.
+    split_out: outputs split along their first axis (True) or replicated (False).
+  """
+  spec = {True: PartitionSpec(DATA_AXIS), False: PartitionSpec()}
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec[bool(s)] for s in split),
+                               out_specs=spec[bool(split_out)], check_vma=False))

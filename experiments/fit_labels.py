@@ -1,26 +1,33 @@
 """Fit stellar labels to observed spectra (paper §4.1.3: Eq. 9, 10 or 11), batched on all devices.
 
-  python -m experiments.fit_labels --model DIR --obs FILE [--split test] \
-      [--method obs|synth|emulator] --out FILE [--emulator PATH] [--start 0] [--stop N] \
-      [--starts catalogue,median] [--n-grid 0] [--free-labels Teff,logg,Fe_H] [--fit-rv] \
-      [--batch-size 1024] [--chunk-size 16384] [--max-iter 1000] [--tol 1e-7] [--no-progress]
+  python -m experiments.fit_labels --model DIR --obs FILE --out FILE [--method obs|synth|emulator]
+      [--split test] [--emulator PATH] [--start 0] [--stop N] [--starts catalogue,median]
+      [--resume | --overwrite] [--chunk-rows N] ...   (--help lists every option and default)
 
 `--model` is a trained Cycle-StarNet run directory for `obs` (Eq. 11, the default) and `synth`
 (Eq. 10), with the emulator found beside it (`emulator.npz` or `emulator/`) unless `--emulator`
 names one; for `emulator` (Eq. 9) it is the emulator file or directory itself. Writes OUT (HDF5:
-labels, formal errors, χ²_R, iterations, converged, flags) and OUT with suffix .csv (a summary),
-then prints a JSON summary. The logic is in `cyclestar_jax.fitting.fit_file`.
+labels, formal errors, χ²_R, iterations, converged, flags) and OUT with suffix .csv (every label
+with its error), then prints a JSON summary and one summary line.
+
+A job: the output path is checked before any work (exit code 2 with one line naming the
+problem; `--debug` shows the traceback); results are written chunk by chunk to OUT.parts/, so an
+interrupted run (even kill -9) loses at most the chunk in flight and `--resume` continues it,
+giving the file an uninterrupted run writes; an existing OUT is kept unless `--overwrite`.
+Several processes (`--coordinator HOST:PORT --num-processes N --process-id I`, or
+`--distributed` where JAX detects the cluster) share the chunks; process 0 writes OUT. The logic
+is in `cyclestar_jax.fitting.fit_file`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
-import numpy as np
-
-from cyclestar_jax.fitting import FLAGS, METHODS, FitConfig, fit_file
+from cyclestar_jax.fitting import METHODS, FitConfig, fit_file
+from cyclestar_jax.fitting.job import summarize, summary_line
 
 _DEFAULTS = FitConfig()
 
@@ -30,33 +37,59 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--model", required=True,
                  help="Cycle-StarNet run directory (obs/synth) or emulator file/dir (emulator)")
   p.add_argument("--obs", required=True, help="observed spectra, reference-format HDF5")
-  p.add_argument("--split", default="test", help="split of the file (default: test)")
-  p.add_argument("--method", choices=METHODS, default="obs",
-                 help="obs: Eq. 11 (default); synth: Eq. 10; emulator: Eq. 9")
   p.add_argument("--out", required=True, help="results file (HDF5); a .csv summary goes beside")
+  p.add_argument("--split", default="test", help="split of the file")
+  p.add_argument("--method", choices=METHODS, default="obs",
+                 help="obs: Eq. 11; synth: Eq. 10; emulator: Eq. 9")
   p.add_argument("--emulator", default=None, help="emulator for obs/synth (default: in --model)")
   p.add_argument("--start", type=int, default=0, help="first row of the split")
-  p.add_argument("--stop", type=int, default=None, help="row after the last (default: all)")
+  p.add_argument("--stop", type=int, default=None, help="row after the last (None: all)")
   p.add_argument("--starts", default=",".join(_DEFAULTS.starts),
                  help="comma-separated start kinds: catalogue, median, grid")
   p.add_argument("--n-grid", type=int, default=_DEFAULTS.n_grid, help="grid starts (≤ 8)")
   p.add_argument("--free-labels", default=None,
-                 help="comma-separated labels to fit (default: all); others held at the "
+                 help="comma-separated labels to fit (None: all); others held at the "
                       "catalogue values")
   p.add_argument("--fit-rv", action="store_true", help="Eq. 9 only: fit a radial velocity")
   p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size,
-                 help="fits run side by side over all devices")
+                 help="most fits run side by side over all devices")
   p.add_argument("--chunk-size", type=int, default=_DEFAULTS.chunk_size,
-                 help="spectra per device call")
-  p.add_argument("--max-iter", type=int, default=_DEFAULTS.max_iter)
+                 help="most spectra per device call")
+  p.add_argument("--chunk-rows", type=int, default=None,
+                 help="spectra per results chunk (None: as the device call)")
+  p.add_argument("--max-iter", type=int, default=_DEFAULTS.max_iter,
+                 help="accepted L-BFGS steps per start")
   p.add_argument("--tol", type=float, default=_DEFAULTS.tol,
-                 help="relative χ² decrease below which a fit has converged")
+                 help="relative χ² decrease the L-BFGS model expects, below which a fit has "
+                      "converged")
+  p.add_argument("--resume", action="store_true",
+                 help="continue an interrupted job from OUT.parts/")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing OUT (and discard OUT.parts/)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  return p.parse_args(argv)
+  p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+  g = p.add_argument_group("several processes (jax.distributed)")
+  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                 help="process 0's address")
+  g.add_argument("--num-processes", type=int, default=None, help="number of processes")
+  g.add_argument("--process-id", type=int, default=None, help="this process, 0 … N−1")
+  g.add_argument("--distributed", action="store_true",
+                 help="join a cluster that JAX detects (Slurm, Open MPI, Cloud TPU)")
+  args = p.parse_args(argv)
+  explicit = [args.coordinator is not None, args.num_processes is not None,
+              args.process_id is not None]
+  if any(explicit) and not all(explicit):
+    p.error("--coordinator, --num-processes and --process-id go together")
+  if args.distributed and any(explicit):
+    p.error("--distributed (auto-detection) excludes --coordinator/--num-processes/--process-id")
+  if args.resume and args.overwrite:
+    p.error("--resume and --overwrite exclude each other")
+  return args
 
 
 def build_config(args: argparse.Namespace) -> FitConfig:
@@ -67,24 +100,45 @@ def build_config(args: argparse.Namespace) -> FitConfig:
                    tol=args.tol)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
+  """Run the fit; errors propagate (`run_cli` turns them into one line and exit code 2).
+
+  Returns:
+    The summary (`fitting.job.summarize`, plus out and method) on process 0, else None.
+  """
   args = parse_args(argv)
+  if args.distributed or args.coordinator is not None:
+    from cyclestar_jax import parallel
+
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   t = time.perf_counter()
   res = fit_file(args.obs, args.out, method=args.method, model_dir=args.model,
                  emulator_path=args.emulator, split=args.split, start=args.start,
-                 stop=args.stop, config=build_config(args), progress=not args.no_progress)
-  wall = time.perf_counter() - t
-  fitted = res.start >= 0
-  summary = {
-      "out": args.out, "method": args.method, "n": len(res), "n_fitted": int(fitted.sum()),
-      "converged_fraction": float(res.converged[fitted].mean()) if fitted.any() else 0.0,
-      "median_chi2_r": float(np.nanmedian(res.chi2_r)) if fitted.any() else None,
-      "median_iterations": float(np.median(res.n_iter[fitted])) if fitted.any() else None,
-      "flags": {k: int(np.count_nonzero(res.flags & b)) for k, b in FLAGS.items()},
-      "wall_s": wall, "spectra_per_s": len(res) / wall if wall > 0 else None}
+                 stop=args.stop, config=build_config(args), progress=not args.no_progress,
+                 resume=args.resume, overwrite=args.overwrite, chunk_rows=args.chunk_rows)
+  if res is None:
+    return None
+  summary = {"out": args.out, "method": args.method,
+             **summarize(res, time.perf_counter() - t)}
   print(json.dumps(summary))
+  print(summary_line(summary, args.out), flush=True)
   return summary
 
 
+def run_cli(argv: list[str] | None = None) -> int:
+  """`main` as a command: 0 on success; on an error one line `fit_labels: error: ...` on
+  stderr and exit code 2 (the traceback only with --debug)."""
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    main(argv)
+  except Exception as e:  # noqa: BLE001 - one line for the user; --debug re-raises
+    if "--debug" in argv:
+      raise
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"fit_labels: error: {text}", file=sys.stderr)
+    return 2
+  return 0
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(run_cli())

@@ -154,8 +154,8 @@ def test_final_jacobians_in_bounded_blocks(emu, sample, monkeypatch):
         x[:23], err[:23], y_start=y_cat[:23], y_median=np.median(y_cat, axis=0))
 
   whole = fit()
-  per_spectrum = F._JACOBIAN_OVERHEAD * 4 * emu.n_labels * emu.n_pix
-  monkeypatch.setattr(F, "_FINALIZE_BYTES", 5 * per_spectrum)  # blocks of 5 rows
+  per_spectrum = F.chunk._JACOBIAN_OVERHEAD * 4 * emu.n_labels * emu.n_pix
+  monkeypatch.setattr(F.chunk, "_FINALIZE_BYTES", 5 * per_spectrum)  # blocks of 5 rows
   blocked = fit()
   np.testing.assert_array_equal(blocked.y, whole.y)
   np.testing.assert_allclose(blocked.chi2, whole.chi2, rtol=1e-6)

@@ -12,7 +12,6 @@ The logic is in `cyclestar_jax.pipeline`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -53,24 +52,11 @@ def main(argv=None) -> dict:
                       overwrite=args.overwrite, progress=not args.no_progress)
 
 
-def run_cli(main, argv=None) -> int:
-  """`main(argv)` with user errors as one line (exit 2); --debug or CYCLESTAR_DEBUG=1
-  re-raises."""
-  argv = sys.argv[1:] if argv is None else argv
-  debug = "--debug" in argv or os.environ.get("CYCLESTAR_DEBUG") == "1"
-  try:
-    main(argv)
-  except (FileNotFoundError, ValueError, OSError, KeyError) as e:
-    if debug:
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
-
 def cli(argv=None) -> int:
-  """The main job's command line (`run_cli(main)`)."""
-  return run_cli(main, argv)
+  """The main job's command line: user errors as one line, exit 2 (`cli.run_main`)."""
+  from cyclestar_jax.cli import run_main
+
+  return run_main(main, argv, prog="apogee")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.apogee import run_cli
+from cyclestar_jax.cli import run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,4 +46,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  sys.exit(run_cli(main))
+  sys.exit(run_main(main, prog="new_lines"))

@@ -59,19 +59,10 @@ FIG12_ELEMENTS = ("Mg_H", "Si_H", "Fe_H", "C_H")
 
 
 def get_preset(name: str, n_iter: int | None = None) -> _presets.Preset:
-  """A preset of this job, optionally shortened (learning-rate boundaries scaled)."""
+  """A preset of this job, optionally shortened (`presets.shorten`)."""
   if name not in PRESETS:
     raise ValueError(f"unknown preset {name!r}: expected one of {tuple(PRESETS)}")
-  p = PRESETS[name]
-  if n_iter is None or n_iter == p.cycle.n_iter:
-    return p
-  f = n_iter / p.cycle.n_iter
-  return dataclasses.replace(p, cycle=dataclasses.replace(
-      p.cycle, n_iter=int(n_iter),
-      lr_boundaries_gen=tuple(max(1, round(b * f)) for b in p.cycle.lr_boundaries_gen),
-      lr_boundaries_critic=tuple(max(1, round(b * f)) for b in p.cycle.lr_boundaries_critic)),
-      val_every=max(1, min(p.val_every, n_iter // 10 or 1)),
-      ckpt_every=max(1, min(p.ckpt_every, n_iter // 10 or 1)))
+  return _presets.shorten(PRESETS[name], n_iter)
 
 
 def reference_labels(y_median: np.ndarray) -> np.ndarray:

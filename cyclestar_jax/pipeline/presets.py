@@ -83,12 +83,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str, n_iter: int | None = None) -> Preset:
-  """A preset, optionally shortened to n_iter iterations with the learning-rate boundaries
-  scaled in proportion (boundary b → round(b · n_iter / n_iter_preset))."""
-  if name not in PRESETS:
-    raise ValueError(f"unknown preset {name!r}: expected one of {PRESET_NAMES}")
-  p = PRESETS[name]
+def shorten(p: Preset, n_iter: int | None) -> Preset:
+  """p trained for n_iter iterations, learning-rate boundaries scaled in proportion
+  (boundary b → round(b · n_iter / p.cycle.n_iter)); validation and checkpoints at most every
+  tenth of the run."""
   if n_iter is None or n_iter == p.cycle.n_iter:
     return p
   if n_iter < 1:
@@ -98,6 +96,13 @@ def get_preset(name: str, n_iter: int | None = None) -> Preset:
       p.cycle, n_iter=int(n_iter),
       lr_boundaries_gen=tuple(max(1, round(b * f)) for b in p.cycle.lr_boundaries_gen),
       lr_boundaries_critic=tuple(max(1, round(b * f)) for b in p.cycle.lr_boundaries_critic))
-  every = max(1, min(p.val_every, n_iter // 10 or 1))
-  return dataclasses.replace(p, cycle=cyc, val_every=every,
-                             ckpt_every=max(1, min(p.ckpt_every, n_iter // 10 or 1)))
+  every = max(1, n_iter // 10)
+  return dataclasses.replace(p, cycle=cyc, val_every=min(p.val_every, every),
+                             ckpt_every=min(p.ckpt_every, every))
+
+
+def get_preset(name: str, n_iter: int | None = None) -> Preset:
+  """A main-job preset, optionally shortened to n_iter iterations (`shorten`)."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}: expected one of {PRESET_NAMES}")
+  return shorten(PRESETS[name], n_iter)

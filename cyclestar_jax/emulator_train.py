@@ -60,7 +60,7 @@ from cyclestar_jax.emulator import (
 from cyclestar_jax.fileio import atomic_write
 from cyclestar_jax.h5io import SpectraFile, read_split
 from cyclestar_jax.labels import LABEL_NAMES, label_index, outside_box, scale_labels
-from cyclestar_jax.plots import plot_emulator_residuals  # moved to plots.py; importable here
+from cyclestar_jax.plots import plot_emulator_residuals
 
 # Accuracy asked of the default recipe on held-out mock spectra (issue 3).
 TARGET_MEDIAN_ABS = 1e-3

@@ -60,7 +60,7 @@ from cyclestar_jax import checkpoint, data, h5io, losses, parallel, resources
 from cyclestar_jax.config import Config
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.networks import make_networks
-from cyclestar_jax.plots import plot_progress  # moved to plots.py; kept importable from here
+from cyclestar_jax.plots import plot_progress
 from cyclestar_jax.train_step import create_train_state
 
 # Metrics whose interval means go to metrics.jsonl and the progress bar.

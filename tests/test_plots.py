@@ -1,5 +1,7 @@
 """Every figure function runs on tiny arrays (with NaNs), writes a PNG and leaves no temp file."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,13 @@ def test_emulator_residuals(tmp_path):
   assert out == tmp_path / "e.png"
   _check("e.png", tmp_path)
 
+
+
+def test_emulator_residuals_skip_masked_pixels(tmp_path):
+  res = np.random.default_rng(3).normal(0, 1e-3, (N, 300))
+  res[:, 40:60] = np.nan  # masked in every spectrum
+  res[::2, 100:120] = np.nan  # masked in half of them
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    plots.plot_emulator_residuals(res, tmp_path / "m.png", wavelength=_wave(300))
+  _check("m.png", tmp_path)

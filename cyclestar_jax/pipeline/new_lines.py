@@ -166,7 +166,7 @@ def _pooled(winner: np.ndarray, true: np.ndarray) -> float:
 
 
 def _figures(paths, ds, x_true_ref, removed, ref_att, rec, m) -> list[str]:
-  from cyclestar_jax import plots_lines as plots
+  from cyclestar_jax import plots
   from cyclestar_jax.resources import N_DROP, wavelength
 
   fig = paths.figures

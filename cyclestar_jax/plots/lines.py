@@ -1,4 +1,4 @@
-"""Figures of the line identification (paper Figs. 12–14); helpers shared with `plots`."""
+"""Figures of the line identification (paper Figs. 12–14)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cyclestar_jax.labels import LABEL_NAMES, label_index
-from cyclestar_jax.plots import _figure, _save, chip_slices
+from cyclestar_jax.plots._base import _figure, _save, chip_slices
 
 _ELEMENT_COLOURS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8")
 

@@ -18,12 +18,14 @@ star's scaled labels θ ∈ [−0.5, 0.5]^25, for jit / vmap / jacfwd inside oth
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Any
 
+import flax.struct
 import jax
 import numpy as np
 
+from cyclestar_jax.chunks import map_chunks
 from cyclestar_jax.emulator import Emulator, emulator_apply
 from cyclestar_jax.resources import N_DROP, spectra_mean_std
 
@@ -84,9 +86,13 @@ def split_features(nets: Any, gen_params: dict, z_sp: jax.Array | None) -> jax.A
   return nets.decode_split(gen_params, z_sp)
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class ModelChain:
   """An emulator and (optionally) a trained Cycle-StarNet generator, composed.
+
+  A pytree (the emulator's and the generator's parameters are its leaves), so a `ModelChain`
+  can be an argument of a jitted function: `jax.jit(lambda mc, y: mc.payne(y))` compiles once
+  per network object and input shape, whatever the weights.
 
   Attributes:
     emulator: The Payne (`emulator.load_emulator`), with its physical label box.
@@ -131,21 +137,39 @@ class ModelChain:
 
   def predict(self, y: np.ndarray, z_sp: np.ndarray | None = None, *,
               chunk: int = 256) -> dict[str, np.ndarray]:
-    """Both models on the host in jitted chunks: {"payne": [N, 7214], "synth_to_obs":
-    [N, 7167] (only with a Cycle-StarNet)}; physical labels y [N, 25], z_sp [N, L_z, C_sp]."""
+    """Both models on the host in jitted chunks (`chunks.map_chunks`): {"payne": [N, 7214],
+    "synth_to_obs": [N, 7167] (only with a Cycle-StarNet)}; physical labels y [N, 25], z_sp
+    [N, L_z, C_sp]."""
     y = np.asarray(y, np.float32)
-    out = {"payne": [], "synth_to_obs": []}
-    f_payne = jax.jit(self.payne)
-    f_so = jax.jit(self.synth_to_obs) if self.cycle is not None else None
-    for a in range(0, len(y), chunk):
-      b = min(a + chunk, len(y))
-      pad = chunk - (b - a)
-      yb = np.concatenate([y[a:b], np.repeat(y[b - 1:b], pad, axis=0)])
-      out["payne"].append(np.asarray(f_payne(yb))[: b - a])
-      if f_so is not None:
-        zb = None
-        if z_sp is not None:
-          zb = np.concatenate([z_sp[a:b], np.repeat(z_sp[b - 1:b], pad, axis=0)])
-        out["synth_to_obs"].append(np.asarray(f_so(yb, zb))[: b - a])
-    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()
-            if k == "payne" or f_so is not None}
+    out = {"payne": map_chunks(functools.partial(_payne, self), [y], chunk)}
+    if self.cycle is not None:
+      if z_sp is None:
+        out["synth_to_obs"] = map_chunks(functools.partial(_synth_to_obs, self, z_sp=None),
+                                         [y], chunk)
+      else:
+        out["synth_to_obs"] = map_chunks(lambda yb, zb: _synth_to_obs(self, yb, z_sp=zb),
+                                         [y, np.asarray(z_sp, np.float32)], chunk)
+    return out
+
+  def encode_split_rows(self, x_obs: np.ndarray, *, chunk: int = 256) -> np.ndarray | None:
+    """z_sp [N, L_z, C_sp] of raw observed spectra [N, 7214] on the host, in jitted chunks
+    (None without a split latent)."""
+    if not self.nets.cfg.use_split:
+      return None
+    return map_chunks(functools.partial(_encode_split, self), [np.asarray(x_obs, np.float32)],
+                      chunk)
+
+
+@jax.jit
+def _payne(mc: ModelChain, y: jax.Array) -> jax.Array:
+  return mc.payne(y)
+
+
+@jax.jit
+def _synth_to_obs(mc: ModelChain, y: jax.Array, z_sp: jax.Array | None) -> jax.Array:
+  return mc.synth_to_obs(y, z_sp)
+
+
+@jax.jit
+def _encode_split(mc: ModelChain, x_obs: jax.Array) -> jax.Array:
+  return mc.encode_split(x_obs)

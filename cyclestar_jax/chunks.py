@@ -3,13 +3,14 @@
 A jitted function compiles once per input shape. `map_chunks` feeds it rows in chunks of one
 size (`chunk_rows`: the chunk size when there are more rows, else the next power of two), the
 last chunk zero-padded to that size, and keeps only the real rows of each output, so repeated
-calls over sets of varying size compile only a few shapes. Used by `Emulator.predict` and
-`emulator_train.evaluate_mse`.
+calls over sets of varying size compile only a few shapes. Used by `Emulator.predict`,
+`emulator_train.evaluate_mse`, `chain.ModelChain.predict` and the main job's evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,30 +36,35 @@ def _pad_rows(a, size: int):
   return jnp.pad(a, widths) if isinstance(a, jax.Array) else np.pad(a, widths)
 
 
-def map_chunks(fn: Callable[..., jax.Array], arrays: Sequence, chunk_size: int) -> np.ndarray:
+def map_chunks(fn: Callable[..., Any], arrays: Sequence, chunk_size: int) -> Any:
   """`fn(*chunks)` over row chunks of `arrays`, outputs concatenated on the host.
 
   Args:
-    fn: maps arrays [size, ...] (one per input) to one array [size, ...] row by row (row i of
-      the output depends only on row i of the inputs), e.g. a jitted network.
+    fn: maps arrays [size, ...] (one per input) to an array [size, ...], or a pytree (e.g. a
+      dict) of them, row by row (row i of every output depends only on row i of the inputs),
+      e.g. a jitted network.
     arrays: inputs with the same number of rows N (NumPy or JAX arrays).
     chunk_size: the most rows per call (see `chunk_rows`).
 
   Returns:
-    NumPy array [N, ...]: the outputs of the real rows.
+    NumPy array [N, ...] (or the same pytree of them): the outputs of the real rows.
   """
   n = int(arrays[0].shape[0])
   if any(int(a.shape[0]) != n for a in arrays):
     raise ValueError(f"map_chunks: inputs differ in rows: {[a.shape for a in arrays]}")
   size = chunk_rows(n, chunk_size)
   if n == 0:  # one padded call tells the output's row shape and dtype
-    return np.asarray(fn(*(_pad_rows(a, 1) for a in arrays)))[:0]
+    return jax.tree.map(lambda r: np.asarray(r)[:0], fn(*(_pad_rows(a, 1) for a in arrays)))
   out = None
   for start in range(0, n, size):
     parts = [a[start:start + size] for a in arrays]
     m = int(parts[0].shape[0])
-    r = np.asarray(fn(*(_pad_rows(p, size) for p in parts)))[:m]
+    r = jax.tree.map(lambda v, m=m: np.asarray(v)[:m], fn(*(_pad_rows(q, size) for q in parts)))
     if out is None:
-      out = np.empty((n,) + r.shape[1:], r.dtype)
-    out[start:start + m] = r
+      out = jax.tree.map(lambda v: np.empty((n,) + v.shape[1:], v.dtype), r)
+
+    def put(dst, src, start=start, m=m):
+      dst[start:start + m] = src
+
+    jax.tree.map(put, out, r)
   return out

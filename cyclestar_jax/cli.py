@@ -98,3 +98,72 @@ def _report(prog: str, e: BaseException, hint: str) -> None:
   print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
   print(f"{prog}: hint: {hint}; --debug (or {DEBUG_ENV}=1) shows the traceback",
         file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes (jax.distributed): one set of flags for every command that can use them.
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+  """`--coordinator HOST:PORT --num-processes N --process-id I`, or `--distributed` alone."""
+  g = p.add_argument_group("several processes (jax.distributed)")
+  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                 help="address of process 0's coordination service")
+  g.add_argument("--num-processes", type=int, default=None, help="number of processes")
+  g.add_argument("--process-id", type=int, default=None, help="this process, 0 … N−1")
+  g.add_argument("--distributed", action="store_true",
+                 help="join a cluster that JAX detects by itself (Slurm, Open MPI, Cloud TPU)")
+
+
+def check_distributed_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """`p.error` (exit 2) unless the flags of `add_distributed_args` are consistent: the three
+  explicit ones together, not with `--distributed`, and 0 ≤ process id < process count."""
+  explicit = [args.coordinator is not None, args.num_processes is not None,
+              args.process_id is not None]
+  if any(explicit) and not all(explicit):
+    p.error("--coordinator, --num-processes and --process-id go together")
+  if args.distributed and any(explicit):
+    p.error("--distributed (auto-detection) excludes --coordinator/--num-processes/--process-id")
+  if all(explicit) and (args.num_processes < 1
+                        or not 0 <= args.process_id < args.num_processes):
+    p.error(f"--process-id {args.process_id} must be in [0, --num-processes "
+            f"{args.num_processes})")
+
+
+def initialize_distributed(args: argparse.Namespace) -> bool:
+  """`parallel.initialize_distributed` when the flags ask for several processes (before any
+  other JAX call); returns whether they did."""
+  if not (args.distributed or args.coordinator is not None):
+    return False
+  from cyclestar_jax import parallel
+
+  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The options every staged job (experiments.apogee, experiments.new_lines) shares.
+
+PRESETS = ("smoke", "cpu", "paper")
+
+
+def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
+  """--preset, --out, --n-iter, --seed, --overwrite and --no-progress of a staged job whose
+  default run folder is runs/<job>_<preset>."""
+  p.add_argument("--preset", choices=PRESETS, default=None,
+                 help="smoke: minutes, for tests; cpu: ≤ 25 min on 2 CPU cores; paper: Table 2 "
+                      "and the paper's schedule (GPU); None: paper on a GPU, cpu on a CPU")
+  p.add_argument("--out", default=None, help=f"run folder; None: runs/{job}_<preset>")
+  p.add_argument("--n-iter", type=int, default=None,
+                 help="training iterations; None: the preset's. The learning-rate boundaries "
+                      "are scaled in proportion")
+  p.add_argument("--seed", type=int, default=0, help="the mock world's seed")
+  p.add_argument("--overwrite", action="store_true",
+                 help="start again in an --out folder that holds another run")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_job_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """`p.error` (exit 2) for a --n-iter below 1."""
+  if args.n_iter is not None and args.n_iter < 1:
+    p.error(f"--n-iter must be ≥ 1, got {args.n_iter}")

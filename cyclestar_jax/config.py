@@ -114,8 +114,9 @@ class Config:
   gen_ema_decay: float = 0.0
   seed: int = 0  # initialisation and data order
   # --- data (DESIGN.md §2) ---
-  error_floor: float = 0.005  # raw-flux floor of error spectra (and synthetic error)
-  error_mask_threshold: float = 0.05  # observed pixels with raw error above this get mask 0
+  error_floor: float = resources.ERROR_FLOOR  # raw-flux floor of errors (and synthetic error)
+  # observed pixels with a raw error above this get mask 0
+  error_mask_threshold: float = resources.ERROR_MASK_THRESHOLD
 
   def __post_init__(self):
     _validate(self)

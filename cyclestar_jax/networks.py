@@ -252,12 +252,13 @@ GEN_KEYS = ("enc_synth", "enc_obs", "enc_sh", "enc_sp", "dec_sh", "dec_sp", "dec
 CRITIC_KEYS = ("critic_synth", "critic_obs")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CycleStarNet:
   """The ten Cycle-StarNet networks of one config and pure functions of their parameters.
 
   Build with `make_networks(cfg)`. Every method is a pure function of explicit parameters, so
-  it can be jitted, differentiated and vmapped.
+  it can be jitted, differentiated and vmapped. Hashed and compared by identity, so an instance
+  can be a static argument of `jax.jit` (a jitted function compiles once per instance).
   """
 
   cfg: Config

@@ -349,7 +349,8 @@ def data_mesh(devices=None) -> Mesh:
   return make_mesh(jax.local_devices() if devices is None else devices)
 
 
-def shard_map_over_data(fn, mesh: Mesh, split: tuple[bool, ...], *, split_out: bool = True):
+def shard_map_over_data(fn, mesh: Mesh, split: tuple[bool, ...], *,
+                        split_out: bool | tuple[bool, ...] = True):
   """`fn` jitted under `jax.shard_map` over the mesh's "data" axis: each device calls fn on its
   own slice and leaves when it is done (no collective unless fn has one; check_vma=False).
 
@@ -358,8 +359,12 @@ def shard_map_over_data(fn, mesh: Mesh, split: tuple[bool, ...], *, split_out: b
     mesh: a one-axis "data" mesh (`make_mesh`, `data_mesh`).
     split: per positional argument, True: split along its first axis over the devices (a
       multiple of the device count), False: replicated.
-    split_out: outputs split along their first axis (True) or replicated (False).
+    split_out: outputs split along their first axis (True) or replicated (False, e.g. sums
+      that fn reduces with `jax.lax.psum` over DATA_AXIS); a tuple gives it per output of a
+      function that returns a tuple.
   """
   spec = {True: PartitionSpec(DATA_AXIS), False: PartitionSpec()}
+  out = (tuple(spec[bool(s)] for s in split_out) if isinstance(split_out, tuple)
+         else spec[bool(split_out)])
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec[bool(s)] for s in split),
-                               out_specs=spec[bool(split_out)], check_vma=False))
+                               out_specs=out, check_vma=False))

@@ -15,6 +15,7 @@ N_PIX = 7214  # pixels of the APOGEE / Payne wavelength grid
 N_DROP = 47  # leading pixels the Cycle-StarNet networks drop (DESIGN.md §2)
 N_PIX_NET = N_PIX - N_DROP  # 7167 pixels seen by the networks
 ERROR_FLOOR = 0.005  # raw-flux floor of error spectra, and the synthetic domain's error (§2)
+ERROR_MASK_THRESHOLD = 0.05  # observed pixels with a raw error above this do not count (§2)
 # Chips: blue 0..2919, green 2920..5319, red 5320..7213 (inclusive pixel ranges).
 CHIP_EDGES = ((0, 2920), (2920, 5320), (5320, N_PIX))
 

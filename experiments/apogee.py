@@ -14,28 +14,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cyclestar_jax.cli import add_job_args, check_job_args, parser, run_main
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--preset", choices=("smoke", "cpu", "paper"), default=None,
-                 help="smoke: minutes, for tests; cpu: ≤ 25 min on 2 CPU cores; paper: Table 2 "
-                      "and the paper's schedule (GPU). Default: paper on a GPU, cpu on a CPU")
-  p.add_argument("--out", default=None, help="run folder (default: runs/apogee_<preset>)")
-  p.add_argument("--n-iter", type=int, default=None,
-                 help="training iterations (default: the preset's); learning-rate boundaries "
-                      "are scaled in proportion")
+  p = parser(__doc__.splitlines()[0])
+  add_job_args(p, job="apogee")
   p.add_argument("--synth", default=None, help="your synthetic-domain HDF5 file (with --obs)")
   p.add_argument("--obs", default=None, help="your observed-domain HDF5 file (with --synth)")
   p.add_argument("--emulator", default=None, help="a trained emulator instead of training one")
   p.add_argument("--model", default=None,
                  help="a trained Cycle-StarNet run directory instead of training one")
-  p.add_argument("--seed", type=int, default=0, help="the mock world's seed")
-  p.add_argument("--overwrite", action="store_true",
-                 help="start again in an --out folder that holds another run")
-  p.add_argument("--no-progress", action="store_true", help="no progress bars")
-  p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  check_job_args(p, args)
+  return args
 
 
 def main(argv=None) -> dict:
@@ -54,8 +46,6 @@ def main(argv=None) -> dict:
 
 def cli(argv=None) -> int:
   """The main job's command line: user errors as one line, exit 2 (`cli.run_main`)."""
-  from cyclestar_jax.cli import run_main
-
   return run_main(main, argv, prog="apogee")
 
 

@@ -26,6 +26,7 @@ import json
 import sys
 import time
 
+from cyclestar_jax import cli
 from cyclestar_jax.fitting import METHODS, FitConfig, fit_file
 from cyclestar_jax.fitting.job import summarize, summary_line
 
@@ -37,8 +38,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p = cli.parser(__doc__.split("\n")[0])
   p.add_argument("--model", required=True,
                  help="Cycle-StarNet run directory (obs/synth) or emulator file/dir (emulator)")
   p.add_argument("--obs", required=True, help="observed spectra, reference-format HDF5")
@@ -72,21 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--overwrite", action="store_true",
                  help="replace an existing OUT (and discard OUT.parts/)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-  g = p.add_argument_group("several processes (jax.distributed)")
-  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                 help="process 0's address")
-  g.add_argument("--num-processes", type=int, default=None, help="number of processes")
-  g.add_argument("--process-id", type=int, default=None, help="this process, 0 … N−1")
-  g.add_argument("--distributed", action="store_true",
-                 help="join a cluster that JAX detects (Slurm, Open MPI, Cloud TPU)")
+  cli.add_distributed_args(p)
   args = p.parse_args(argv)
-  explicit = [args.coordinator is not None, args.num_processes is not None,
-              args.process_id is not None]
-  if any(explicit) and not all(explicit):
-    p.error("--coordinator, --num-processes and --process-id go together")
-  if args.distributed and any(explicit):
-    p.error("--distributed (auto-detection) excludes --coordinator/--num-processes/--process-id")
+  cli.check_distributed_args(p, args)
   if args.resume and args.overwrite:
     p.error("--resume and --overwrite exclude each other")
   return args
@@ -107,10 +95,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     The summary (`fitting.job.summarize`, plus out and method) on process 0, else None.
   """
   args = parse_args(argv)
-  if args.distributed or args.coordinator is not None:
-    from cyclestar_jax import parallel
-
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  cli.initialize_distributed(args)
   t = time.perf_counter()
   res = fit_file(args.obs, args.out, method=args.method, model_dir=args.model,
                  emulator_path=args.emulator, split=args.split, start=args.start,
@@ -126,18 +111,9 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 def run_cli(argv: list[str] | None = None) -> int:
-  """`main` as a command: 0 on success; on an error one line `fit_labels: error: ...` on
-  stderr and exit code 2 (the traceback only with --debug)."""
-  argv = sys.argv[1:] if argv is None else argv
-  try:
-    main(argv)
-  except Exception as e:  # noqa: BLE001 - one line for the user; --debug re-raises
-    if "--debug" in argv:
-      raise
-    text = " ".join(str(e).split()) or type(e).__name__
-    print(f"fit_labels: error: {text}", file=sys.stderr)
-    return 2
-  return 0
+  """`main` as a command: 0 on success; a user error is one line `fit_labels: error: ...` (and a
+  hint) on stderr with exit code 2 (the traceback only with --debug), see `cli.run_main`."""
+  return cli.run_main(main, argv, prog="fit_labels")
 
 
 if __name__ == "__main__":

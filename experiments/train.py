@@ -39,7 +39,7 @@ import sys
 import jax
 
 # Importing these starts no JAX backend, so jax.distributed can still be initialized in main.
-from cyclestar_jax import cli, config, parallel, trainer
+from cyclestar_jax import cli, config, trainer, validation
 
 _LOOP = trainer.LoopConfig()
 
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--keep", type=int, default=_LOOP.keep, help="checkpoints kept")
   p.add_argument("--max-skipped", type=int, default=_LOOP.max_skipped,
                  help="stop after this many consecutive skipped (non-finite) steps")
-  p.add_argument("--paired-val", choices=trainer.PAIRED_VAL_OPTIONS, default="auto",
+  p.add_argument("--paired-val", choices=validation.PAIRED_VAL_OPTIONS, default="auto",
                  help="whether row i of the two val splits is the same star (adds val_paired_* "
                       "metrics); auto: the files' paired_splits attribute, else equal row "
                       "counts (with a warning)")
@@ -80,24 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="iterations per compiled call with data on the devices; must divide "
                       "every interval; None = 1 on the CPU, 10 on a GPU with the default "
                       "intervals")
-  g = p.add_argument_group("several processes (see the module docstring)")
-  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                 help="address of process 0's coordination service")
-  g.add_argument("--num-processes", type=int, default=None, help="number of processes")
-  g.add_argument("--process-id", type=int, default=None, help="this process, 0 … N−1")
-  g.add_argument("--distributed", action="store_true",
-                 help="join a cluster that JAX detects by itself (Slurm, Open MPI, Cloud TPU)")
+  cli.add_distributed_args(p)
   args = p.parse_args(argv)
-  explicit = [args.coordinator is not None, args.num_processes is not None,
-              args.process_id is not None]
-  if any(explicit) and not all(explicit):
-    p.error("--coordinator, --num-processes and --process-id go together")
-  if args.distributed and any(explicit):
-    p.error("--distributed (auto-detection) excludes --coordinator/--num-processes/--process-id")
-  if all(explicit) and (args.num_processes < 1
-                        or not 0 <= args.process_id < args.num_processes):
-    p.error(f"--process-id {args.process_id} must be in [0, --num-processes "
-            f"{args.num_processes})")
+  cli.check_distributed_args(p, args)
   for name in ("n_iter", "batch_size"):
     v = getattr(args, name)
     if v is not None and v < (0 if name == "n_iter" else 1):
@@ -107,8 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
-  if args.distributed or args.coordinator is not None:
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  cli.initialize_distributed(args)
   cfg = config.get_config(args.config)
   overrides = {k: v for k, v in (("batch_size", args.batch_size), ("seed", args.seed))
                if v is not None}

@@ -93,7 +93,8 @@ def test_cli_errors_help_and_csv(files, tmp_path, capsys):
   argv = ["--model", str(emu), "--obs", str(obs), "--method", "emulator", "--no-progress"]
   assert fit_labels.run_cli(argv + ["--out", str(tmp_path / "dir.h5")]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("fit_labels: error: ") and "dir.h5" in err[0]
+  assert len(err) == 2 and err[0].startswith("fit_labels: error: ") and "dir.h5" in err[0]
+  assert err[1].startswith("fit_labels: hint: ")
   with pytest.raises(F.OutputPathError):
     fit_labels.run_cli(argv + ["--out", str(tmp_path / "dir.h5"), "--debug"])
   with pytest.raises(SystemExit):

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from toy_files import write_toy_domain
 
-from cyclestar_jax import checkpoint, config, data, parallel, trainer
+from cyclestar_jax import checkpoint, config, data, parallel, validation
 from cyclestar_jax.train_step import create_train_state
 
 N_A, N_B = 3, 6  # the first launch trains steps [0, N_A), the resumed one [N_A, N_B)
@@ -137,12 +137,12 @@ def test_two_processes_train_resume_and_log_like_one(tmp_path):
   cfg = config.get_config("smoke")
   mesh = parallel.make_mesh(jax.devices()[:N_PROC * DEV_PER_PROC])
   stream = data.BatchStream(synth, obs, cfg)
-  val_batch, paired = trainer._validation_batch(synth, obs, cfg, 64)
+  val_batch, paired = validation.validation_batch(synth, obs, cfg, 64)
   t0 = time.perf_counter()
   with _launch(synth, obs, out, N_A, tmp_path / "logs_a", cache) as wait:
     # While the processes start: compile the replay, and replay step 0 from the initial state.
     step_fn = parallel.make_parallel_train_step(cfg, mesh)
-    evaluate = trainer.make_eval_fn(cfg, paired=paired)
+    evaluate = validation.make_eval_fn(cfg, paired=paired)
     key = parallel.replicate(jax.random.key(cfg.seed), mesh)
     state0 = create_train_state(cfg, jax.random.key(cfg.seed))
     jax.block_until_ready(evaluate(state0.gen_params, state0.critic_params, val_batch))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from toy_files import write_toy_domain
 
-from cyclestar_jax import checkpoint, cli, config, h5io, trainer
+from cyclestar_jax import checkpoint, cli, config, h5io, trainer, validation
 
 N_ITER, CKPT_EVERY = 40, 20
 
@@ -133,7 +133,7 @@ def test_paired_metrics_against_numpy():
   out = {"x_synthobs": x_obs + r * err, "x_obssynth": (raw_x * (1 + eps) - mean) / std}
   batch = {"x_obs": x_obs, "x_obs_err": err, "x_obs_msk": msk, "x_synth": (raw_x - mean) / std,
            "x_synth_msk": np.ones((b, p))}
-  got = trainer.paired_metrics(*[{k: np.asarray(v, np.float32) for k, v in d.items()}
+  got = validation.paired_metrics(*[{k: np.asarray(v, np.float32) for k, v in d.items()}
                                  for d in (out, batch)])
   ru = r[msk > 0]
   half = lambda v: 0.5 * np.subtract(*np.percentile(v, [84, 16]))  # noqa: E731
@@ -236,17 +236,17 @@ def _with_attrs(src, dst, **attrs):
 def test_paired_val_is_decided_from_the_files(toy_files, tmp_path):
   synth, obs = toy_files
   with pytest.warns(UserWarning, match="no 'paired_splits' file attribute"):
-    assert trainer.decide_paired_val(synth, obs, "auto") == (
+    assert validation.decide_paired_val(synth, obs, "auto") == (
         True, "equal val row counts (16), no paired_splits attribute (assumed paired)")
   marked = [_with_attrs(f, tmp_path / f.name, paired_splits=np.array([b"val"])) for f in toy_files]
-  paired, why = trainer.decide_paired_val(*marked)
+  paired, why = validation.decide_paired_val(*marked)
   assert paired and "paired_splits" in why
   unmarked = _with_attrs(obs, tmp_path / "o2.h5", paired_splits=np.array([b"test"]))
-  assert not trainer.decide_paired_val(marked[0], unmarked, None)[0]
-  assert trainer.decide_paired_val(synth, obs, "no") == (False, "paired_val='no' given")
-  assert trainer.decide_paired_val(synth, obs, True)[0]
+  assert not validation.decide_paired_val(marked[0], unmarked, None)[0]
+  assert validation.decide_paired_val(synth, obs, "no") == (False, "paired_val='no' given")
+  assert validation.decide_paired_val(synth, obs, True)[0]
   with pytest.raises(ValueError, match="paired_val must be one of"):
-    trainer.decide_paired_val(synth, obs, "maybe")
+    validation.decide_paired_val(synth, obs, "maybe")
 
 
 def test_runners_give_the_stream_batches(toy_files):

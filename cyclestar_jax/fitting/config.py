@@ -6,13 +6,16 @@ import dataclasses
 import math
 from typing import Any
 
+import flax.struct
+
 from cyclestar_jax.labels import label_index
+from cyclestar_jax.resources import ERROR_FLOOR, ERROR_MASK_THRESHOLD
 
 METHODS = ("obs", "synth", "emulator")
 METHOD_EQUATION = {"emulator": "Eq. 9", "synth": "Eq. 10", "obs": "Eq. 11"}
 START_KINDS = ("catalogue", "median", "grid")
 SPEED_OF_LIGHT_KMS = 299_792.458
-SYNTH_ERROR = 0.005  # raw-flux error of synthetic spectra (DESIGN.md §2), used by Eq. 10
+SYNTH_ERROR = ERROR_FLOOR  # raw-flux error of synthetic spectra (DESIGN.md §2), used by Eq. 10
 
 # Flag bits of `FitResult.flags`.
 FLAGS: dict[str, int] = {
@@ -77,8 +80,8 @@ class FitConfig:
   free_labels: tuple[str, ...] | None = None  # labels to fit (None: all); others held fixed
   fit_rv: bool = False  # Eq. 9 only: fit a radial velocity as well (The Payne's Doppler shift)
   rv_max: float = 300.0  # km/s; the radial velocity is bounded to ±rv_max
-  error_floor: float = 0.005  # raw-flux floor of error spectra (DESIGN.md §2)
-  error_mask_threshold: float = 0.05  # observed pixels with raw error above this are masked
+  error_floor: float = ERROR_FLOOR  # raw-flux floor of error spectra (DESIGN.md §2)
+  error_mask_threshold: float = ERROR_MASK_THRESHOLD  # pixels with a raw error above: masked
   min_good_pixels: int = 100  # spectra with fewer usable pixels are flagged BAD_DATA, not fitted
   bound_tol: float = 1e-3  # scaled distance to the box edge that raises AT_BOUND
 
@@ -117,7 +120,7 @@ class FitConfig:
     return sum(self.n_grid if s == "grid" else 1 for s in self.starts)
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class CycleModel:
   """A trained Cycle-StarNet generator, for Eq. 10 and 11 (`checkpoint.load_cycle_model`).
 
@@ -126,11 +129,14 @@ class CycleModel:
     gen_params: generator parameters {enc_synth, enc_obs, enc_sh, enc_sp, dec_*} (a trained
       run's moving average, `TrainState.gen_ema`).
     source: where it was loaded from ("" if built in memory).
+
+  A pytree whose leaves are `gen_params` (`nets` and `source` are static), so it can be an
+  argument of a jitted function.
   """
 
-  nets: Any
+  nets: Any = flax.struct.field(pytree_node=False)
   gen_params: dict
-  source: str = ""
+  source: str = flax.struct.field(pytree_node=False, default="")
 
   @property
   def n_pix(self) -> int:

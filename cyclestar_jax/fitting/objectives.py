@@ -30,11 +30,19 @@ import numpy as np
 from cyclestar_jax import chain
 from cyclestar_jax.data import observed_errors
 from cyclestar_jax.fitting.config import METHODS, SPEED_OF_LIGHT_KMS, SYNTH_ERROR, PixelCountError
-from cyclestar_jax.resources import CHIP_EDGES, N_DROP, N_PIX, wavelength
+from cyclestar_jax.resources import (
+  CHIP_EDGES,
+  ERROR_FLOOR,
+  ERROR_MASK_THRESHOLD,
+  N_DROP,
+  N_PIX,
+  wavelength,
+)
 
 
-def prepare_observed(x, x_err=None, x_msk=None, *, error_floor: float = 0.005,
-                     error_mask_threshold: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def prepare_observed(x, x_err=None, x_msk=None, *, error_floor: float = ERROR_FLOOR,
+                     error_mask_threshold: float = ERROR_MASK_THRESHOLD
+                     ) -> tuple[np.ndarray, np.ndarray]:
   """Flux and χ² weights of observed spectra (DESIGN.md §2), bad pixels given zero weight.
 
   Args:

@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from cyclestar_jax import parallel
 from cyclestar_jax.chain import ModelChain, payne_scaled, split_features, transfer_synth_to_obs
@@ -161,7 +160,7 @@ def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
 def _chunk_program(chain: ModelChain, reducers: Mapping[str, Reducer], mesh, jacobians: bool,
                    shared_zsp: bool):
   """The jitted per-chunk program: (params, lo, width, z_shared, batch) → (sums, rows)."""
-  nets, data = chain.nets, PartitionSpec(parallel.DATA_AXIS)
+  nets = chain.nets
 
   def local(params, y_min, width, z_shared, batch):
     z = batch.get("z_sp")
@@ -173,9 +172,8 @@ def _chunk_program(chain: ModelChain, reducers: Mapping[str, Reducer], mesh, jac
       sums[name], rows[name] = r.fn(full)
     return jax.lax.psum(sums, parallel.DATA_AXIS), rows
 
-  mapped = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(),) * 4 + (data,),
-                         out_specs=(PartitionSpec(), data), check_vma=False)
-  return jax.jit(mapped)
+  return parallel.shard_map_over_data(local, mesh, (False,) * 4 + (True,),
+                                      split_out=(False, True))
 
 
 def reduce_label_sets(chain: ModelChain, y: np.ndarray, z_sp: np.ndarray | None,
@@ -215,8 +213,7 @@ def reduce_label_sets(chain: ModelChain, y: np.ndarray, z_sp: np.ndarray | None,
          shared)
   program = _cached(key, (chain.nets, dict(reducers)),
                     lambda: _chunk_program(chain, reducers, mesh, jac, shared))
-  rep = NamedSharding(mesh, PartitionSpec())
-  split = NamedSharding(mesh, PartitionSpec(parallel.DATA_AXIS))
+  rep, split = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
   fixed = jax.device_put((chain.params, jnp.asarray(chain.emulator.y_min, jnp.float32),
                           jnp.asarray(box_width(chain), jnp.float32),
                           jnp.asarray(z_sp if shared else np.zeros(()), jnp.float32)), rep)

@@ -10,6 +10,7 @@ compared in the synthetic domain (x_obs→synth against Payne(y), error 0.005 ev
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,46 +18,25 @@ import jax
 import numpy as np
 
 from cyclestar_jax import chain, metrics
+from cyclestar_jax.chunks import map_chunks
 from cyclestar_jax.labels import LABEL_NAMES, label_index
 from cyclestar_jax.pipeline.stages import FIT_METHODS, FIT_TITLES, RunPaths
-from cyclestar_jax.resources import N_DROP, wavelength
+from cyclestar_jax.resources import ERROR_FLOOR, ERROR_MASK_THRESHOLD, N_DROP, wavelength
 
-SYNTH_ERROR = 0.005  # the synthetic domain's error (DESIGN.md §2)
 MOCK_FLOOR_CHI2 = 1.24  # χ²_R of the instrument's own noise-free spectrum (DESIGN.md §5)
 KEY_LABELS = ("Teff", "logg", "Fe_H")
-
-
-def _chunked(fn, *arrays, chunk: int = 64):
-  """fn over rows of arrays in chunks of `chunk` (the last padded), outputs concatenated."""
-  n = len(arrays[0])
-  outs = []
-  for a in range(0, n, chunk):
-    b = min(a + chunk, n)
-    pad = chunk - (b - a)
-    args = [np.concatenate([x[a:b], np.repeat(x[b - 1:b], pad, axis=0)]) for x in arrays]
-    res = fn(*args)
-    outs.append(jax.tree.map(lambda r, m=b - a: np.asarray(r)[:m], res))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
 def _observed_weights(sp) -> tuple[np.ndarray, np.ndarray]:
   """(σ floored, good mask) of observed spectra on the 7167 network pixels."""
   from cyclestar_jax.data import observed_errors
 
-  err, good = observed_errors(sp.x_err, sp.x_msk, error_floor=0.005, error_mask_threshold=0.05)
+  err, good = observed_errors(sp.x_err, sp.x_msk, error_floor=ERROR_FLOOR,
+                                 error_mask_threshold=ERROR_MASK_THRESHOLD)
   return err[:, N_DROP:], good[:, N_DROP:]
 
 
-_JIT_CACHE: dict = {}
-
-
-def _cached(key, build):
-  """One jitted function per (kind, model objects): a chunk shape compiles once per run."""
-  k = (key[0],) + tuple(id(o) for o in key[1:])
-  if k not in _JIT_CACHE:
-    _JIT_CACHE.clear() if len(_JIT_CACHE) > 16 else None
-    _JIT_CACHE[k] = (build(), key[1:])  # keep the objects alive with their function
-  return _JIT_CACHE[k][0]
+CHUNK = 64  # spectra per jitted call of the evaluation
 
 
 def reconstructions(cycle, x_synth: np.ndarray, x_obs: np.ndarray) -> dict[str, np.ndarray]:
@@ -64,24 +44,20 @@ def reconstructions(cycle, x_synth: np.ndarray, x_obs: np.ndarray) -> dict[str, 
   `synth_rec` (x_synth→synth), `synth_cycle` (x_synth→obs→synth), `obs_rec`, `obs_cycle`,
   `synth_to_obs`, `obs_to_synth`; latents `zsh_synth`, `zsh_obs` [N, L, C]."""
   n = min(len(x_synth), len(x_obs))
-  return _chunked(_cached(("rec", cycle), lambda: _build_reconstruct(cycle)), x_synth[:n],
-                  x_obs[:n])
+  return map_chunks(functools.partial(_reconstruct, cycle), [x_synth[:n], x_obs[:n]], CHUNK)
 
 
-def _build_reconstruct(cycle):
+@jax.jit
+def _reconstruct(cycle, xs: jax.Array, xo: jax.Array) -> dict[str, jax.Array]:
+  """`reconstructions` of one chunk: raw spectra [B, 7214] of each domain."""
   nets, gen = cycle.nets, cycle.gen_params
-
-  @jax.jit
-  def run(xs, xo):
-    out = nets.cycle_forward(gen, chain.standardize(xs[:, N_DROP:]),
-                             chain.standardize(xo[:, N_DROP:]))
-    raw = {k: chain.unstandardize(out[v]) for k, v in (
-        ("synth_rec", "x_synthsynth"), ("synth_cycle", "x_synthobssynth"),
-        ("obs_rec", "x_obsobs"), ("obs_cycle", "x_obssynthobs"),
-        ("synth_to_obs", "x_synthobs"), ("obs_to_synth", "x_obssynth"))}
-    return {**raw, "zsh_synth": out["zsh_synth"], "zsh_obs": out["zsh_obs"]}
-
-  return run
+  out = nets.cycle_forward(gen, chain.standardize(xs[:, N_DROP:]),
+                           chain.standardize(xo[:, N_DROP:]))
+  raw = {k: chain.unstandardize(out[v]) for k, v in (
+      ("synth_rec", "x_synthsynth"), ("synth_cycle", "x_synthobssynth"),
+      ("obs_rec", "x_obsobs"), ("obs_cycle", "x_obssynthobs"),
+      ("synth_to_obs", "x_synthobs"), ("obs_to_synth", "x_obssynth"))}
+  return {**raw, "zsh_synth": out["zsh_synth"], "zsh_obs": out["zsh_obs"]}
 
 
 def domain_metrics(rec: dict, sp_synth, sp_obs) -> dict[str, float]:
@@ -123,29 +99,35 @@ def fit_models(stem: str, y: np.ndarray, x_obs: np.ndarray, em, cycle) -> np.nda
   mc = chain.ModelChain(em, cycle)
   ok = np.all(np.isfinite(y), axis=1)
   y_safe = np.where(ok[:, None], y, 0.5 * (np.asarray(em.y_min) + np.asarray(em.y_max)))
-  method = FIT_METHODS[stem][0]
-  if method == "obs":
-    f = _cached(("eq11", em, cycle), lambda: jax.jit(
-        lambda yb, xb: mc.synth_to_obs(yb, mc.encode_split(xb))))
-    model = _chunked(f, y_safe.astype(np.float32), x_obs)
+  y_safe = y_safe.astype(np.float32)
+  if FIT_METHODS[stem][0] == "obs":
+    model = map_chunks(functools.partial(_eq11_model, mc), [y_safe, x_obs], CHUNK)
   else:
-    f = _cached(("payne", em), lambda: jax.jit(lambda yb: mc.payne(yb)[:, N_DROP:]))
-    model = _chunked(f, y_safe.astype(np.float32))
+    model = map_chunks(functools.partial(_payne_model, mc), [y_safe], CHUNK)
   return np.where(ok[:, None], model, np.nan)
+
+
+@jax.jit
+def _eq11_model(mc: chain.ModelChain, y: jax.Array, x_obs: jax.Array) -> jax.Array:
+  """T_synth→obs(Payne(y), E_sp(x_obs)) [B, 7167] for labels [B, 25] and spectra [B, 7214]."""
+  return mc.synth_to_obs(y, mc.encode_split(x_obs))
+
+
+@jax.jit
+def _payne_model(mc: chain.ModelChain, y: jax.Array) -> jax.Array:
+  """Payne(y) on the network pixels [B, 7167]."""
+  return mc.payne(y)[:, N_DROP:]
 
 
 def obs_to_synth(cycle, x_obs: np.ndarray) -> np.ndarray:
   """x_obs→synth [N, 7167] raw flux (Eq. 10's data)."""
-  nets, gen = cycle.nets, cycle.gen_params
+  return map_chunks(functools.partial(_obs_to_synth, cycle), [x_obs], CHUNK)
 
-  def build():
-    @jax.jit
-    def f(xb):
-      zsh, _ = nets.encode_obs(gen, chain.standardize(xb[:, N_DROP:]))
-      return chain.unstandardize(nets.decode_synth(gen, zsh))
-    return f
 
-  return _chunked(_cached(("os", cycle), build), x_obs)
+@jax.jit
+def _obs_to_synth(cycle, x_obs: jax.Array) -> jax.Array:
+  zsh, _ = cycle.nets.encode_obs(cycle.gen_params, chain.standardize(x_obs[:, N_DROP:]))
+  return chain.unstandardize(cycle.nets.decode_synth(cycle.gen_params, zsh))
 
 
 def fit_metrics(paths: RunPaths, sp_test, em, cycle, y_true: np.ndarray | None
@@ -164,7 +146,7 @@ def fit_metrics(paths: RunPaths, sp_test, em, cycle, y_true: np.ndarray | None
     model = fit_models(stem, res.y, xo, em, cycle)
     if FIT_METHODS[stem][0] == "synth":
       x_os = obs_to_synth(cycle, xo) if x_os is None else x_os
-      r = metrics.normalized_residual(model, x_os, np.full_like(x_os, SYNTH_ERROR),
+      r = metrics.normalized_residual(model, x_os, np.full_like(x_os, ERROR_FLOOR),
                                       good[:n])
     else:
       r = metrics.normalized_residual(model, xo[:, N_DROP:], err[:n], good[:n])

@@ -109,6 +109,30 @@ def verdicts(m: dict) -> list[str]:
   return out
 
 
+def curve_table(m: dict, max_rows: int = 12) -> list[str]:
+  """Markdown: the paired transfer χ² against training iterations and minutes (at most
+  `max_rows` validations, evenly spaced, the last always kept); [] without paired validation."""
+  c = m.get("training_curve") or {}
+  n = len(c.get("step", []))
+  if not n:
+    return []
+  keep = sorted({round(i * (n - 1) / max(max_rows - 1, 1)) for i in range(min(n, max_rows))})
+  base = m.get("paired_untransferred_chi2r")
+  out = ["", "## Training curve (paired val stars: x_synth→obs against x_obs)", "",
+         "How the transfer improved with training time. χ² (|r| ≤ 5) and with all pixels are "
+         "means over the val batch's pixels (the trainer's validation), not the medians over "
+         "stars of the metrics table" + (f"; untransferred: {base:.3g} (median χ²_R), mock "
+                                         f"floor {m.get('mock_floor_chi2r', 1.24):.3g}."
+                                         if base is not None else "."), "",
+         "| iteration | minutes | χ² (pixels within 5σ) | χ² (all pixels) | mean normalized "
+         "residual |",
+         "| --- | --- | --- | --- | --- |"]
+  for i in keep:
+    out.append(f"| {c['step'][i]} | {c['minutes'][i]:.1f} | {c['chi2'][i]:.3f} | "
+               f"{c['chi2_all'][i]:.3f} | {c['bias'][i]:+.3f} |")
+  return out
+
+
 def render(m: dict) -> str:
   """The report's markdown text from metrics.json's dict."""
   preset = m.get("preset")
@@ -134,6 +158,7 @@ def render(m: dict) -> str:
   if m.get("label_errors"):
     lines += ["", "## Labels against the truth (fitted − true: bias ± scatter)", ""]
     lines += label_table(m)
+  lines += curve_table(m)
   lines += ["", "χ²_R: per star, the mean of squared normalized residuals over its unmasked "
             "network pixels (7167) with |r| > 5 left out; the table gives the median over the "
             "test stars (`*_chi2r_all` in metrics.json: all pixels). Eq. 10 is compared in the "

@@ -3,6 +3,10 @@
 
   python -m experiments.new_lines [--preset smoke|cpu|paper] [--out runs/new_lines_<preset>]
       [--n-iter N] [--masked-fraction F] [--overwrite]
+  python -m experiments.new_lines --sweep 0.1:0.9:0.1 [--preset P] [--out DIR]
+
+`--sweep start:stop:step` runs the job for each masked fraction (DIR/f0.10, ...) and writes
+paper Table 1 (DIR/table1.md, table1.csv, table1.png, sweep.json); resumable per fraction.
 
 Same run-folder conventions as experiments.apogee. The logic is in
 `cyclestar_jax.pipeline.new_lines`.
@@ -26,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--masked-fraction", type=float, default=None,
                  help="fraction of each element's strong features removed (default: the "
                       "paper's own 30 %% selection)")
+  p.add_argument("--sweep", default=None, metavar="START:STOP:STEP",
+                 help="Table 1: one run per masked fraction START, START+STEP, ... ≤ STOP, "
+                      "each in (0, 1) (default --out: runs/new_lines_sweep_<preset>)")
   p.add_argument("--seed", type=int, default=0, help="the mock world's seed")
   p.add_argument("--overwrite", action="store_true", help="start again in --out")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -35,10 +42,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
+  if args.sweep is not None and args.masked_fraction is not None:
+    raise ValueError("--sweep and --masked-fraction exclude each other: --sweep "
+                     "START:STOP:STEP sets the fractions itself")
   from cyclestar_jax import pipeline
   from cyclestar_jax.pipeline import new_lines
 
   preset = args.preset or pipeline.default_preset()
+  if args.sweep is not None:
+    from cyclestar_jax.pipeline import sweep
+
+    fractions = sweep.parse_sweep(args.sweep)
+    return sweep.sweep(args.out or f"runs/new_lines_sweep_{preset}", fractions, preset=preset,
+                       n_iter=args.n_iter, seed=args.seed, spec=args.sweep,
+                       overwrite=args.overwrite, progress=not args.no_progress)
   return new_lines.run(args.out or f"runs/new_lines_{preset}", preset=preset,
                        n_iter=args.n_iter, seed=args.seed,
                        masked_fraction=args.masked_fraction, overwrite=args.overwrite,

@@ -17,27 +17,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cyclestar_jax.cli import run_main
+from cyclestar_jax.cli import add_job_args, check_job_args, parser, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--preset", choices=("smoke", "cpu", "paper"), default=None,
-                 help="default: paper on a GPU, cpu on a CPU")
-  p.add_argument("--out", default=None, help="run folder (default: runs/new_lines_<preset>)")
-  p.add_argument("--n-iter", type=int, default=None, help="training iterations")
+  p = parser(__doc__.splitlines()[0])
+  add_job_args(p, job="new_lines")
   p.add_argument("--masked-fraction", type=float, default=None,
-                 help="fraction of each element's strong features removed (default: the "
-                      "paper's own 30 %% selection)")
+                 help="fraction of each element's strong features removed; None: the paper's "
+                      "own 30 %% selection")
   p.add_argument("--sweep", default=None, metavar="START:STOP:STEP",
                  help="Table 1: one run per masked fraction START, START+STEP, ... ≤ STOP, "
-                      "each in (0, 1) (default --out: runs/new_lines_sweep_<preset>)")
-  p.add_argument("--seed", type=int, default=0, help="the mock world's seed")
-  p.add_argument("--overwrite", action="store_true", help="start again in --out")
-  p.add_argument("--no-progress", action="store_true", help="no progress bars")
-  p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-  return p.parse_args(argv)
+                      "each in (0, 1) (--out None: runs/new_lines_sweep_<preset>)")
+  args = p.parse_args(argv)
+  check_job_args(p, args)
+  return args
 
 
 def main(argv=None) -> dict:

@@ -116,6 +116,53 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                              process_id=process_id)
 
 
+BARRIER_TIMEOUT_S = 1800  # how long a process waits for the others at a `barrier`
+_barrier_count = [0]
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+  """Wait until every process of a multi-process run reaches the same barrier (no-op alone).
+
+  Uses the coordination service of `jax.distributed`, not a collective: gloo, the CPU
+  backend's collectives, gives up creating its context when the processes reach their first
+  collective more than 30 s apart (jaxlib's fixed deadline), which a slow compile on a loaded
+  machine causes. Every process must call the barriers in the same order.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the coordination client: no public barrier with a timeout
+
+  _barrier_count[0] += 1
+  distributed.global_state.client.wait_at_barrier(f"cyclestar_{name}_{_barrier_count[0]}",
+                                                  int(timeout_s * 1000))
+
+
+def compile_then_sync(fn, name: str):
+  """`fn` (a jitted function) whose first call for each argument signature compiles ahead of
+  time, waits at a `barrier`, then runs: the processes enter the program's collectives
+  together however long each took to compile. Alone (one process), `fn` itself.
+
+  Later calls with the same shapes, dtypes and shardings run the compiled program directly.
+  """
+  if jax.process_count() == 1:
+    return fn
+  compiled: dict = {}
+
+  def signature(args) -> tuple:
+    leaves, tree = jax.tree.flatten(args)
+    return (tree, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x))),
+                         str(getattr(x, "sharding", ""))) for x in leaves))
+
+  def call(*args):
+    key = signature(args)
+    if key not in compiled:
+      compiled[key] = fn.lower(*args).compile()
+      barrier(name)
+    return compiled[key](*args)
+
+  return call
+
+
 def replicate(tree, mesh: Mesh):
   """Put a pytree of arrays (e.g. a TrainState, a key or a batch) on every device of the mesh.
 
@@ -308,7 +355,7 @@ def make_parallel_staged_step(cfg: Config, mesh: Mesh | None = None,
   check_batch_size(cfg.batch_size, mesh)
   compiled = {}
 
-  def staged_step(state, staged, rows, key):
+  def program(rows):
     rank = {r.ndim for r in rows.values()}
     if len(rank) != 1 or not rank <= {1, 2}:
       raise ValueError(f"rows must be [B] or [n, B] for both domains, got "
@@ -319,8 +366,14 @@ def make_parallel_staged_step(cfg: Config, mesh: Mesh | None = None,
       compiled[nd] = _data_parallel(cfg, mesh, nets,
                                     lambda step: make_staged_step(cfg, train_step=step),
                                     (PartitionSpec(), rows_spec))
-    return compiled[nd](state, staged, rows, key)
+    return compiled[nd]
 
+  def staged_step(state, staged, rows, key):
+    return program(rows)(state, staged, rows, key)
+
+  # Ahead-of-time lowering like a jitted function's (`compile_then_sync` uses it).
+  staged_step.lower = lambda state, staged, rows, key: program(rows).lower(state, staged, rows,
+                                                                             key)
   return staged_step
 
 

@@ -499,12 +499,15 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: 
       atomic_write_text(out / "run.json", json.dumps(run_info, indent=1))
     if val_batch is not None and jax.process_count() > 1:
       val_batch = parallel.replicate(val_batch, mesh)  # every process holds the whole batch
-    evaluate = validation.make_eval_fn(cfg, paired=paired) if val_batch is not None else None
+    evaluate = (parallel.compile_then_sync(validation.make_eval_fn(cfg, paired=paired), "eval")
+                if val_batch is not None else None)
     rkey = parallel.replicate(key, mesh)
     if staged_mode:
-      runner = StagedRunner(stream, mesh, parallel.make_parallel_staged_step(cfg, mesh), rkey)
+      runner = StagedRunner(stream, mesh, parallel.compile_then_sync(
+          parallel.make_parallel_staged_step(cfg, mesh), "staged_step"), rkey)
     else:
-      runner = StreamedRunner(stream, mesh, parallel.make_parallel_train_step(cfg, mesh), rkey)
+      runner = StreamedRunner(stream, mesh, parallel.compile_then_sync(
+          parallel.make_parallel_train_step(cfg, mesh), "train_step"), rkey)
     bar = tqdm(total=n_iter, initial=start, disable=not (progress and lead), desc=cfg.name,
                dynamic_ncols=True)
     try:

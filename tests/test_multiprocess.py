@@ -34,7 +34,7 @@ from cyclestar_jax.train_step import create_train_state
 N_A, N_B = 3, 6  # the first launch trains steps [0, N_A), the resumed one [N_A, N_B)
 LOG_EVERY, VAL_EVERY = 1, 3
 N_PROC, DEV_PER_PROC = 2, 2
-LAUNCH_TIMEOUT_S = 240
+LAUNCH_TIMEOUT_S = 600  # a hang guard, not a speed test: a loaded 2-core machine needs ~300 s
 ROOT = Path(__file__).resolve().parents[1]
 
 

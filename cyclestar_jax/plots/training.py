@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,32 +61,41 @@ def fig_training_curve(series: Mapping[str, tuple[np.ndarray, np.ndarray]],
 
 
 def fig_recovery_vs_fraction(fractions: np.ndarray,
-                             errors: np.ndarray | Mapping[str, np.ndarray],
+                             errors: np.ndarray | Mapping[str, Any],
                              path: str | os.PathLike, *,
-                             baseline: float | np.ndarray | None = None) -> str:
+                             baseline: float | np.ndarray | None = None,
+                             title: str = "") -> str:
   """Paper Table 1 as a plot: missing-line recovery error against the masked fraction.
 
   Args:
     fractions: [F] fraction of features masked, in [0, 1] or in % (values > 1).
     errors: [F] mean |x_recovered − x_true|/x_true over masked pixels in %, or a dict
-      method → [F] for several methods.
+      name → [F] for several curves, or name → (fractions [G], errors [G]) for a curve on
+      its own fractions (e.g. every row of the paper's Table 1 beside a coarser sweep).
     path: output PNG.
     baseline: the error without recovery (the masked synthetic spectrum against the truth), a
       number or [F], dashed.
+    title: figure title.
 
   Logarithmic y axis; each point's value is written next to it.
   """
-  f = np.asarray(fractions, np.float64)
-  pct = f * 100.0 if np.nanmax(np.abs(f), initial=0.0) <= 1.0 else f
+  def percent(f) -> np.ndarray:
+    f = np.asarray(f, np.float64)
+    return f * 100.0 if np.nanmax(np.abs(f), initial=0.0) <= 1.0 else f
+
+  pct = percent(fractions)
   curves = dict(errors) if isinstance(errors, Mapping) else {"Cycle-StarNet": errors}
   fig = _figure(6.5, 4.3)
   ax = fig.subplots()
   vals = []
   for k, (name, e) in enumerate(curves.items()):
+    x = pct
+    if isinstance(e, tuple):
+      x, e = percent(e[0]), e[1]
     e = np.asarray(e, np.float64)
-    ax.plot(pct, e, "o-", ms=4, lw=1.3, color=f"C{k}", label=name)
+    ax.plot(x, e, "o-", ms=4, lw=1.3, color=f"C{k}", label=name)
     vals.append(e)
-    for xi, yi in zip(pct, e, strict=True):
+    for xi, yi in zip(x, e, strict=True):
       if np.isfinite(yi) and yi > 0:
         ax.annotate(f"{yi:.2f}", (xi, yi), textcoords="offset points",
                     xytext=(0, 6 if k % 2 == 0 else -11), ha="center", fontsize=7,
@@ -102,9 +112,9 @@ def fig_recovery_vs_fraction(fractions: np.ndarray,
   ax.set_ylabel("recovery error in masked pixels (%)")
   ax.grid(alpha=0.3, lw=0.5, which="both")
   ax.legend(fontsize=8, framealpha=0.9)
+  if title:
+    ax.set_title(title, fontsize=10)
   return _save(fig, path)
-
-
 
 
 def plot_progress(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -> str | None:

@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._common import emit_json
-from cyclestar_jax.emulator import Emulator, count_params, create_emulator_params, load_emulator
+from cyclestar_jax.emulator import Emulator, create_emulator_params, load_emulator
 from cyclestar_jax.labels import N_LABELS
+from cyclestar_jax.networks import count_params
 
 
 def _blocks(y: np.ndarray, batch: int) -> list[jax.Array]:

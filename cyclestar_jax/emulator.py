@@ -95,11 +95,6 @@ def create_emulator_params(key: jax.Array, *, n_labels: int = N_LABELS, n_hidden
   return flax.core.unfreeze(variables["params"])
 
 
-def count_params(params: Params) -> int:
-  """Total number of scalar parameters in a pytree of arrays."""
-  return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(params)))
-
-
 def emulator_shape(params: Params) -> tuple[int, int, int]:
   """(n_labels, n_hidden, n_pix) of an emulator, read from its weight shapes."""
   n_labels, n_hidden = np.shape(params[LAYER_NAMES[0]]["kernel"])

@@ -40,8 +40,8 @@ PRESETS = {
         _presets.PRESETS["cpu"], name="cpu",
         cycle=dataclasses.replace(_presets.PRESETS["cpu"].cycle, name="new_lines_cpu",
                                   zsp_filters=1, lambda_synth=90.0, lambda_obs=90.0,
-                                  mask_synth_lines=True, n_iter=2000,
-                                  lr_boundaries_gen=(1500,), lr_boundaries_critic=(1500,)),
+                                  mask_synth_lines=True, n_iter=900,
+                                  lr_boundaries_gen=(675,), lr_boundaries_critic=(675,)),
         n_fit=2000, n_eval=256),
     "paper": dataclasses.replace(
         _presets.PRESETS["paper"], name="paper", cycle=_NL, n_fit=100_000, n_eval=1000),

@@ -20,12 +20,12 @@ _ROWS = (
      lambda v, p: 0.9 <= v <= 1.1 if p == "paper" else None, "{:.3f}"),
     ("obs_cycle_norm_bias", "observed cycle: normalized bias", "≈ 0", None, "{:+.3f}"),
     ("obs_cycle_norm_scatter", "observed cycle: normalized scatter", "≈ 1", None, "{:.3f}"),
-    ("fit_emulator_mask_chi2r", "Eq. 9 fit with The Payne's mask: median χ²_R (pixels within 5σ)", "—",
+    ("fit_emulator_mask_chi2r", "Eq. 9 fit with The Payne's mask: median χ²_R (within 5σ)", "—",
      None, "{:.3f}"),
-    ("fit_emulator_chi2r", "Eq. 9 fit (Payne): median χ²_R (pixels within 5σ)", "1.97", None, "{:.3f}"),
+    ("fit_emulator_chi2r", "Eq. 9 fit (Payne): median χ²_R (within 5σ)", "1.97", None, "{:.3f}"),
     ("fit_synth_chi2r", "Eq. 10 fit: median χ²_R, synthetic domain (error 0.005)", "—", None,
      "{:.3f}"),
-    ("fit_csn_chi2r", "Eq. 11 fit (Cycle-StarNet): median χ²_R (pixels within 5σ)", "1.22",
+    ("fit_csn_chi2r", "Eq. 11 fit (Cycle-StarNet): median χ²_R (within 5σ)", "1.22",
      lambda v, p: v <= 1.40 if p == "paper" else None, "{:.3f}"),
     ("chi2r_ratio_eq9_over_eq11", "χ²_R ratio Eq. 9 / Eq. 11", "1.6",
      lambda v, p: v >= (1.8 if p == "paper" else 1.3), "{:.2f}"),
@@ -119,12 +119,12 @@ def curve_table(m: dict, max_rows: int = 12) -> list[str]:
   keep = sorted({round(i * (n - 1) / max(max_rows - 1, 1)) for i in range(min(n, max_rows))})
   base = m.get("paired_untransferred_chi2r")
   out = ["", "## Training curve (paired val stars: x_synth→obs against x_obs)", "",
-         "How the transfer improved with training time. χ² (pixels within 5σ) and with all pixels are "
+         "How the transfer improved with training time. χ² (within 5σ) and with all pixels are "
          "means over the val batch's pixels (the trainer's validation), not the medians over "
          "stars of the metrics table" + (f"; untransferred: {base:.3g} (median χ²_R), mock "
                                          f"floor {m.get('mock_floor_chi2r', 1.24):.3g}."
                                          if base is not None else "."), "",
-         "| iteration | minutes | χ² (pixels within 5σ) | χ² (all pixels) | mean normalized "
+         "| iteration | minutes | χ² (within 5σ) | χ² (all pixels) | mean normalized "
          "residual |",
          "| --- | --- | --- | --- | --- |"]
   for i in keep:

@@ -116,7 +116,8 @@ def curve_table(m: dict, max_rows: int = 12) -> list[str]:
   n = len(c.get("step", []))
   if not n:
     return []
-  keep = sorted({round(i * (n - 1) / max(max_rows - 1, 1)) for i in range(min(n, max_rows))})
+  keep = (range(n) if n <= max_rows else
+          sorted({round(i * (n - 1) / (max_rows - 1)) for i in range(max_rows)}))
   base = m.get("paired_untransferred_chi2r")
   out = ["", "## Training curve (paired val stars: x_synth→obs against x_obs)", "",
          "How the transfer improved with training time. χ² (within 5σ) and with all pixels are "

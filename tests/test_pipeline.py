@@ -74,3 +74,18 @@ def test_n_iter_scales_the_learning_rate_boundaries():
   p = pipeline.get_preset("paper", n_iter=35_000)
   assert p.cycle.n_iter == 35_000
   assert p.cycle.lr_boundaries_gen == (5_000, 10_000, 15_000, 20_000)
+
+
+def test_curve_table_keeps_every_validation_up_to_twelve():
+  from cyclestar_jax.pipeline import report
+
+  def table(n):
+    curve = {"step": list(range(1, n + 1)), "minutes": [0.5] * n, "chi2": [2.0] * n,
+             "chi2_all": [3.0] * n, "bias": [-0.1] * n}
+    rows = [r for r in report.curve_table({"training_curve": curve}) if r.startswith("| ")]
+    return rows[2:]  # after the header and the rule
+
+  assert [r.split(" | ")[0] for r in table(6)] == [f"| {s}" for s in range(1, 7)]
+  long = table(40)
+  assert len(long) == 12 and long[0].startswith("| 1 |") and long[-1].startswith("| 40 |")
+  assert report.curve_table({}) == []

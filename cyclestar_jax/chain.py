@@ -151,14 +151,6 @@ class ModelChain:
                                          [y, np.asarray(z_sp, np.float32)], chunk)
     return out
 
-  def encode_split_rows(self, x_obs: np.ndarray, *, chunk: int = 256) -> np.ndarray | None:
-    """z_sp [N, L_z, C_sp] of raw observed spectra [N, 7214] on the host, in jitted chunks
-    (None without a split latent)."""
-    if not self.nets.cfg.use_split:
-      return None
-    return map_chunks(functools.partial(_encode_split, self), [np.asarray(x_obs, np.float32)],
-                      chunk)
-
 
 @jax.jit
 def _payne(mc: ModelChain, y: jax.Array) -> jax.Array:
@@ -168,8 +160,3 @@ def _payne(mc: ModelChain, y: jax.Array) -> jax.Array:
 @jax.jit
 def _synth_to_obs(mc: ModelChain, y: jax.Array, z_sp: jax.Array | None) -> jax.Array:
   return mc.synth_to_obs(y, z_sp)
-
-
-@jax.jit
-def _encode_split(mc: ModelChain, x_obs: jax.Array) -> jax.Array:
-  return mc.encode_split(x_obs)

@@ -32,8 +32,8 @@ What DIR holds at the end (the GPU machine returns at most 8 files of ≤ 16 MiB
 ≤ 2 folders deep; this writes DIR flat): campaign.json, results.json, logs.tar.gz (stage logs,
 raw JSON, the profile trace), figures.tar.gz (reports, metrics, run.json and PNGs of the runs),
 apogee_generator.npz, apogee_emulator.npz, new_lines_generator.npz, new_lines_emulator.npz
-(float32; the generator without critics: `load_generator_npz`; the emulator in The Payne's
-layout: `emulator.load_emulator`). Sizes are checked against the limits (`outputs` in
+(float32; the generator without critics, which `checkpoint.load_cycle_model` reads; the emulator
+in The Payne's layout: `emulator.load_emulator`). Sizes are checked against the limits (`outputs` in
 campaign.json). Scratch (mock files, run folders, JAX's compilation cache) goes to --work.
 
 `--tiny` runs every stage on a CPU with tiny sizes (the `smoke` networks and preset, a few
@@ -400,67 +400,9 @@ def run_folder_members(run_dir: Path, prefix: str) -> list[tuple[str, Path]]:
 # ---------------------------------------------------------------------------------------------
 # The generator as a float32 .npz (no critics, no optimizer state).
 
-GENERATOR_FORMAT = "cyclestar_jax.generator/1"
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def save_generator_npz(path: Path, cycle_model, metadata: dict | None = None) -> Path:
-  """Write a `fitting.CycleModel`'s generator: arrays `gen/<network>/<layer>/<param>` in
-  float32, `config_json` (its `Config`), `format`, `metadata_json`."""
-  import numpy as np
-
-  arrays = {f"gen/{k}": np.asarray(v, np.float32)
-            for k, v in _flatten(cycle_model.gen_params).items()}
-  arrays.update(config_json=np.asarray(json.dumps(dataclasses.asdict(cycle_model.nets.cfg))),
-                format=np.asarray(GENERATOR_FORMAT),
-                metadata_json=np.asarray(json.dumps(metadata or {}, default=str)))
-  return atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def load_generator_npz(path: str | os.PathLike):
-  """A `fitting.CycleModel` from `save_generator_npz`'s file (shapes checked against the
-  stored config's networks)."""
-  import jax
-  import numpy as np
-
-  from cyclestar_jax.config import Config
-  from cyclestar_jax.fitting.config import CycleModel
-  from cyclestar_jax.networks import make_networks
-
-  with np.load(path, allow_pickle=False) as z:
-    if "format" not in z.files or str(z["format"]) != GENERATOR_FORMAT:
-      raise ValueError(f"{path}: not a {GENERATOR_FORMAT} file")
-    conf = json.loads(str(z["config_json"]))
-    flat = {k[4:]: z[k] for k in z.files if k.startswith("gen/")}
-  cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items()})
-  nets = make_networks(cfg)
-  want = _flatten(jax.eval_shape(nets.init, jax.random.key(0))[0])
-  bad = sorted(k for k in set(want) | set(flat)
-               if k not in flat or k not in want or tuple(flat[k].shape) != want[k].shape)
-  if bad:
-    raise ValueError(f"{path}: arrays that do not fit config {cfg.name!r}: {bad[:6]}")
-  gen: dict = {}
-  for key, arr in flat.items():
-    node = gen
-    *dirs, leaf = key.split("/")
-    for d in dirs:
-      node = node.setdefault(d, {})
-    node[leaf] = jax.numpy.asarray(arr)
-  return CycleModel(nets=nets, gen_params=gen, source=str(path))
-
-
 def export_generator(run_dir: Path, dest: Path) -> dict:
   """The newest checkpoint of a training run directory → `save_generator_npz` at dest."""
-  from cyclestar_jax.checkpoint import load_cycle_model
+  from cyclestar_jax.checkpoint import load_cycle_model, save_generator_npz
 
   model = load_cycle_model(run_dir)
   ckpts = Path(run_dir) / "checkpoints"
@@ -1020,8 +962,9 @@ def _export_weights(c: Campaign, job: str) -> None:
     if v.get("bytes", 0) > MAX_FILE_BYTES:
       c.notes.append(f"{v['file']}: {v['bytes'] / MiB:.1f} MiB, over {MAX_FILE_BYTES // MiB} "
                      f"MiB: it will not come back")
-    v.setdefault("what", "generator without critics, float32 (load_generator_npz)"
-                 if k == "generator" else "The Payne's npz layout (emulator.load_emulator)")
+    v.setdefault("what", "generator without critics, float32 (checkpoint.load_cycle_model "
+                 "reads it)" if k == "generator" else
+                 "The Payne's npz layout (emulator.load_emulator)")
   c.results.setdefault(job, {})["weights"] = info
 
 
@@ -1035,10 +978,15 @@ def stage_job(c: Campaign, job: str, alloc_s: float, overhead_s: float,
     n_iter = choose_n_iter(timeout, ms, overhead_s, s.n_iter_bounds)
   module = "experiments.apogee" if job == "apogee" else "experiments.new_lines"
   run_dir = c.work / job
+  # A safety net under the estimate: training stops by the clock in time for the fits and the
+  # report (the job's own `--train-limit-s`), should the iterations run slower than measured.
+  train_limit = max(10.0, timeout - overhead_s)
   argv = c.python("-m", module, "--preset", s.preset, "--n-iter", str(n_iter), "--out",
-                  str(run_dir), "--no-progress", "--overwrite")
+                  str(run_dir), "--no-progress", "--overwrite", "--train-limit-s",
+                  f"{train_limit:.0f}")
   c.settings[f"{job}_n_iter"] = {"n_iter": n_iter, "ms_per_it": ms, "from": ms_from,
-                                 "allotted_s": round(timeout, 1), "overhead_s": overhead_s}
+                                 "allotted_s": round(timeout, 1), "overhead_s": overhead_s,
+                                 "train_limit_s": round(train_limit)}
   print(f"[{job}] {n_iter} iterations at {ms:.2f} ms ({ms_from}) in {timeout:.0f} s, "
         f"{overhead_s:.0f} s assumed outside training", flush=True)
   c.run_stage(job, argv, timeout,

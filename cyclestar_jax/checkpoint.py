@@ -36,6 +36,7 @@ from cyclestar_jax.config import Config
 from cyclestar_jax.train_step import create_train_state
 
 FORMAT = "cyclestar_jax.TrainState/1"
+GENERATOR_FORMAT = "cyclestar_jax.generator/1"  # `save_generator_npz`'s file
 # Config fields that change the shapes of the state; a checkpoint with other values is foreign.
 _ARCH_FIELDS = ("n_pix", "filters_dom", "kernels_dom", "strides_dom", "filters_sh",
                 "kernels_sh", "strides_sh", "filters_sp", "kernels_sp", "strides_sp",
@@ -228,8 +229,9 @@ def _abstract(x):
 
 
 def load_cycle_model(run_dir: str | os.PathLike):
-  """The generator of a trained Cycle-StarNet run directory (its newest valid checkpoint), as a
-  `fitting.CycleModel` holding the generator's moving average `TrainState.gen_ema`.
+  """The generator of a trained Cycle-StarNet, as a `fitting.CycleModel`: from a run directory
+  (its newest valid checkpoint's moving average `TrainState.gen_ema`) or from a generator file
+  written by `save_generator_npz` (`.npz`, e.g. shipped pretrained weights).
 
   A run directory (`experiments.train`) holds `config.json` and `checkpoints/` (orbax steps
   written by `Checkpointer`). The config is read from `config.json`, or from the checkpoint's
@@ -237,16 +239,19 @@ def load_cycle_model(run_dir: str | os.PathLike):
   architecture are skipped (with a warning) by `Checkpointer.restore_latest`.
 
   Raises:
-    FileNotFoundError: no run directory or no checkpoint in it.
-    ValueError: the config or every checkpoint is unusable (the message says why).
+    FileNotFoundError: no run directory or file, or no checkpoint in the directory.
+    ValueError: the config, the file or every checkpoint is unusable (the message says why).
   """
   from cyclestar_jax.fitting.config import CycleModel
   from cyclestar_jax.networks import make_networks
 
   run_dir = Path(run_dir)
+  if run_dir.is_file():
+    return load_generator_npz(run_dir)
   if not run_dir.is_dir():
     raise FileNotFoundError(f"{run_dir}: not a directory; expected a Cycle-StarNet run directory "
-                            "(written by experiments.train: config.json, checkpoints/)")
+                            "(written by experiments.train: config.json, checkpoints/) or a "
+                            "generator .npz file")
   where = next((c for c in (run_dir / "checkpoints", run_dir) if c.is_dir() and any(
       p.name.isdigit() and p.is_dir() for p in c.iterdir())), None)
   if where is None:
@@ -271,16 +276,93 @@ def load_cycle_model(run_dir: str | os.PathLike):
             break
     if not conf:
       raise ValueError(f"{run_dir}: no config.json and no checkpoint metadata with a config")
-  fields = {f.name for f in dataclasses.fields(Config)}
-  unknown = sorted(set(conf) - fields)
-  if unknown:
-    raise ValueError(f"{what}: unknown config fields {unknown}")
-  try:
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items()})
-  except Exception as e:  # noqa: BLE001 - ConfigError, TypeError: say which file
-    raise ValueError(f"{what}: the config cannot be used ({e})") from None
+  cfg = _config_from_dict(conf, what)
   try:
     state, _ = restore_state(where, cfg)
   except CheckpointError as e:
     raise ValueError(str(e)) from None
   return CycleModel(nets=make_networks(cfg), gen_params=state.gen_ema, source=str(where))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  """Nested dict → {"a/b/c": leaf}."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _config_from_dict(conf: dict, what: str) -> Config:
+  """A `Config` from its JSON dict (lists → tuples); ValueError naming `what` if unusable."""
+  fields = {f.name for f in dataclasses.fields(Config)}
+  unknown = sorted(set(conf) - fields)
+  if unknown:
+    raise ValueError(f"{what}: unknown config fields {unknown}")
+  try:
+    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items()})
+  except Exception as e:  # noqa: BLE001 - ConfigError, TypeError: say which file
+    raise ValueError(f"{what}: the config cannot be used ({e})") from None
+
+
+def save_generator_npz(path: str | os.PathLike, cycle_model, metadata: dict | None = None
+                       ) -> Path:
+  """Write a `fitting.CycleModel`'s generator (no critics, no optimizer state) atomically.
+
+  Arrays `gen/<network>/<layer>/<param>` in float32, `config_json` (its `Config`), `format`
+  (`GENERATOR_FORMAT`) and `metadata_json` (e.g. the command and metrics that made it).
+  `load_cycle_model` and `load_generator_npz` read it back.
+  """
+  from cyclestar_jax.fileio import atomic_write
+
+  arrays = {f"gen/{k}": np.asarray(v, np.float32)
+            for k, v in _flatten(cycle_model.gen_params).items()}
+  arrays.update(config_json=np.asarray(json.dumps(dataclasses.asdict(cycle_model.nets.cfg))),
+                format=np.asarray(GENERATOR_FORMAT),
+                metadata_json=np.asarray(json.dumps(metadata or {}, default=str)))
+  return atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def generator_metadata(path: str | os.PathLike) -> dict:
+  """The `metadata_json` dict of a `save_generator_npz` file."""
+  with np.load(path, allow_pickle=False) as z:
+    return json.loads(str(z["metadata_json"])) if "metadata_json" in z.files else {}
+
+
+def load_generator_npz(path: str | os.PathLike):
+  """A `fitting.CycleModel` from `save_generator_npz`'s file, every array's shape checked
+  against the stored config's networks.
+
+  Raises:
+    ValueError: not such a file, or arrays that do not fit its config (named).
+  """
+  from cyclestar_jax.fitting.config import CycleModel
+  from cyclestar_jax.networks import make_networks
+
+  try:
+    z = np.load(path, allow_pickle=False)
+  except Exception as e:  # noqa: BLE001 - not a zip/npz at all
+    raise ValueError(f"{path}: not a generator .npz file ({e})") from None
+  with z:
+    if "format" not in z.files or str(z["format"]) != GENERATOR_FORMAT:
+      raise ValueError(f"{path}: not a {GENERATOR_FORMAT} file (field 'format'); expected a "
+                       "file written by checkpoint.save_generator_npz")
+    conf = json.loads(str(z["config_json"]))
+    flat = {k[4:]: z[k] for k in z.files if k.startswith("gen/")}
+  cfg = _config_from_dict(conf, f"{path} (config_json)")
+  nets = make_networks(cfg)
+  want = _flatten(jax.eval_shape(nets.init, jax.random.key(0))[0])
+  bad = sorted(k for k in set(want) | set(flat)
+               if k not in flat or k not in want or tuple(flat[k].shape) != want[k].shape)
+  if bad:
+    raise ValueError(f"{path}: arrays that do not fit config {cfg.name!r}: {bad[:6]}")
+  gen: dict = {}
+  for key, arr in flat.items():
+    node = gen
+    *dirs, leaf = key.split("/")
+    for d in dirs:
+      node = node.setdefault(d, {})
+    node[leaf] = jax.numpy.asarray(arr)
+  return CycleModel(nets=nets, gen_params=gen, source=str(path))

@@ -16,6 +16,7 @@ shows its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -157,6 +158,9 @@ def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
   p.add_argument("--n-iter", type=int, default=None,
                  help="training iterations; None: the preset's. The learning-rate boundaries "
                       "are scaled in proportion")
+  p.add_argument("--train-limit-s", type=float, default=None, metavar="S",
+                 help="stop the Cycle-StarNet training after S seconds of wall clock (then fits "
+                      "and report as usual; the report says where it stopped)")
   p.add_argument("--seed", type=int, default=0, help="the mock world's seed")
   p.add_argument("--overwrite", action="store_true",
                  help="start again in an --out folder that holds another run")
@@ -164,6 +168,9 @@ def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
 
 
 def check_job_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-  """`p.error` (exit 2) for a --n-iter below 1."""
+  """`p.error` (exit 2) for a --n-iter below 1 or a --train-limit-s that is not > 0."""
   if args.n_iter is not None and args.n_iter < 1:
     p.error(f"--n-iter must be ≥ 1, got {args.n_iter}")
+  if args.train_limit_s is not None and not (math.isfinite(args.train_limit_s)
+                                             and args.train_limit_s > 0):
+    p.error(f"--train-limit-s must be a number of seconds > 0, got {args.train_limit_s}")

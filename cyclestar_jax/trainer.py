@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -299,7 +300,8 @@ class SkipWatch:
 
 def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
              ckpt: checkpoint.Checkpointer, evaluate=None, val_batch: dict | None = None,
-             log_path: Path | None = None, bar=None) -> tuple[Any, int, dict, dict]:
+             log_path: Path | None = None, bar=None, deadline: float | None = None
+             ) -> tuple[Any, int, dict, dict]:
   """Train from step `start` to `n_iter` with a runner's calls; log, validate, checkpoint.
 
   Events (a metrics line every `log_every`, a validation every `val_every`, a checkpoint every
@@ -315,6 +317,8 @@ def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
     evaluate, val_batch: `validation.make_eval_fn(...)` and its batch, or None (no validation).
     log_path: metrics.jsonl (None: another process writes it).
     bar: a tqdm bar (or None).
+    deadline: a `time.perf_counter()` value; the loop stops after the first call that ends past
+      it (then logs, validates and checkpoints as at the end). None: no time limit.
 
   Returns:
     (state, step reached, last train line, last val line).
@@ -361,6 +365,8 @@ def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
         last_val = _log_val(evaluate, state, val_batch, done, log_path)
       if done % loop.ckpt_every == 0:
         save_if_good()
+      if deadline is not None and done < n_iter and time.perf_counter() >= deadline:
+        break
   finally:
     calls.close()  # stops a streamed runner's reading thread
   if pending is not None:
@@ -403,7 +409,8 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
           n_iter: int | None = None, log_every: int = 100, val_every: int = 1000,
           val_rows: int = 64, ckpt_every: int = 1000, keep: int = 3, progress: bool = True,
           mesh=None, paired_val: bool | str | None = None, data_on_device: str = "auto",
-          steps_per_call: int | None = None, max_skipped: int = 100) -> dict:
+          steps_per_call: int | None = None, max_skipped: int = 100,
+          time_limit_s: float | None = None) -> dict:
   """Train Cycle-StarNet; see the module docstring for what is written.
 
   Args:
@@ -428,11 +435,15 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
       one launch per call, the lever at batch 8 on a GPU, DESIGN.md §7); it must divide
       every interval; default `LoopConfig.default_steps_per_call` (1 on the CPU, 10 on
       accelerators with the default intervals). Streamed data: always 1.
+    time_limit_s: wall-clock seconds for the training loop (compilation excluded): the run
+      stops at the first call that ends past it, validated and checkpointed as at the end, and
+      says so in "stopped". A resumed run gets the limit afresh. One process only. None: none.
 
   Returns:
     {"step", "train": last interval's means, "val": last validation, "out_dir", "paired_val",
     "paired_val_reason", "usable" (per domain, `data.usable_pixels`), "already_complete"
-    (a resumed run already at `n_iter`: nothing was run, the metrics are the last logged)}.
+    (a resumed run already at `n_iter`: nothing was run, the metrics are the last logged),
+    "stopped": "n_iter" or "time_limit"}.
 
   Raises:
     ValueError: bad files or settings (before anything compiles). CheckpointError: see the
@@ -442,6 +453,13 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
   n_iter = cfg.n_iter if n_iter is None else int(n_iter)
   if data_on_device not in ("auto", "yes", "no"):
     raise ValueError(f"data_on_device must be 'auto', 'yes' or 'no', got {data_on_device!r}")
+  if time_limit_s is not None:
+    if not (isinstance(time_limit_s, (int, float)) and math.isfinite(time_limit_s)
+            and time_limit_s > 0):
+      raise ValueError(f"time_limit_s must be a number of seconds > 0, got {time_limit_s!r}")
+    if jax.process_count() > 1:
+      raise ValueError("time_limit_s is for one process: processes stopping on their own "
+                       "clocks would stop at different steps; use n_iter")
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(cfg.batch_size, mesh)
   intervals = (log_every, val_every, ckpt_every)
@@ -456,13 +474,15 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
                             process_count=jax.process_count())
   try:
     return _train(cfg, stream, out, n_iter, loop, resume=resume, progress=progress, mesh=mesh,
-                  paired_opt=paired_opt, data_on_device=data_on_device)
+                  paired_opt=paired_opt, data_on_device=data_on_device,
+                  time_limit_s=time_limit_s)
   finally:
     stream.close()
 
 
 def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: LoopConfig, *,
-           resume: bool, progress: bool, mesh, paired_opt: str, data_on_device: str) -> dict:
+           resume: bool, progress: bool, mesh, paired_opt: str, data_on_device: str,
+           time_limit_s: float | None = None) -> dict:
   """`train` once the stream is open (it closes the stream)."""
   paths = stream.paths()
   usable = stream.check_usable()
@@ -489,7 +509,7 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: 
     if restored and start >= n_iter:
       last_train, last_val = _last_metrics(metrics_path)
       return {**summary, "step": start, "train": last_train, "val": last_val,
-              "already_complete": True}
+              "already_complete": True, "stopped": "n_iter"}
     if lead:
       atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
       run_info = {"loop": dataclasses.asdict(loop), "n_iter": n_iter, "start_step": start,
@@ -510,17 +530,22 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: 
           parallel.make_parallel_train_step(cfg, mesh), "train_step"), rkey)
     bar = tqdm(total=n_iter, initial=start, disable=not (progress and lead), desc=cfg.name,
                dynamic_ncols=True)
+    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     try:
       state, done, last_train, last_val = run_loop(
           runner, state, start, n_iter, loop, ckpt=ckpt, evaluate=evaluate, val_batch=val_batch,
-          log_path=metrics_path if lead else None, bar=bar)
+          log_path=metrics_path if lead else None, bar=bar, deadline=deadline)
     finally:
       bar.close()
   finally:
     ckpt.close()
   if lead:
     plot_progress(metrics_path, out / "training_progress.png")
-  return {**summary, "step": done, "train": last_train, "val": last_val}
+  stopped = "n_iter" if done >= n_iter else "time_limit"
+  if lead and stopped == "time_limit":
+    print(f"{cfg.name}: stopped at the time limit ({time_limit_s:.0f} s) after {done} of "
+          f"{n_iter} iterations; the newest checkpoint holds step {done}", file=sys.stderr)
+  return {**summary, "step": done, "train": last_train, "val": last_val, "stopped": stopped}
 
 
 def _log_train(history, step, t0, path: Path | None, bar) -> dict:

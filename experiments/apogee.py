@@ -2,7 +2,7 @@
 by Eq. 9, 10 and 11 → evaluation → OUT/report.md, OUT/metrics.json, OUT/figures/.
 
   python -m experiments.apogee [--preset smoke|cpu|paper] [--out runs/apogee] [--n-iter N]
-      [--synth S.h5 --obs O.h5] [--emulator PATH] [--model RUN_DIR] [--overwrite]
+      [--synth S.h5 --obs O.h5] [--emulator PATH] [--model RUN_DIR|GEN.npz] [--overwrite]
 
 Every stage is kept in OUT; running the same command again skips the stages already done and
 resumes an interrupted training. With no --preset: `paper` on a GPU, `cpu` on a CPU.
@@ -24,7 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--obs", default=None, help="your observed-domain HDF5 file (with --synth)")
   p.add_argument("--emulator", default=None, help="a trained emulator instead of training one")
   p.add_argument("--model", default=None,
-                 help="a trained Cycle-StarNet run directory instead of training one")
+                 help="a trained Cycle-StarNet (run directory or generator .npz) instead of "
+                 "training one")
   args = p.parse_args(argv)
   check_job_args(p, args)
   return args
@@ -41,7 +42,8 @@ def main(argv=None) -> dict:
           f"was found)")
   return pipeline.run(out, preset=preset, n_iter=args.n_iter, synth=args.synth, obs=args.obs,
                       emulator=args.emulator, model=args.model, seed=args.seed,
-                      overwrite=args.overwrite, progress=not args.no_progress)
+                      overwrite=args.overwrite, train_limit_s=args.train_limit_s,
+                      progress=not args.no_progress)
 
 
 def cli(argv=None) -> int:

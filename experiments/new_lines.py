@@ -49,11 +49,12 @@ def main(argv=None) -> dict:
     fractions = sweep.parse_sweep(args.sweep)
     return sweep.sweep(args.out or f"runs/new_lines_sweep_{preset}", fractions, preset=preset,
                        n_iter=args.n_iter, seed=args.seed, spec=args.sweep,
-                       overwrite=args.overwrite, progress=not args.no_progress)
+                       overwrite=args.overwrite, train_limit_s=args.train_limit_s,
+                       progress=not args.no_progress)
   return new_lines.run(args.out or f"runs/new_lines_{preset}", preset=preset,
                        n_iter=args.n_iter, seed=args.seed,
                        masked_fraction=args.masked_fraction, overwrite=args.overwrite,
-                       progress=not args.no_progress)
+                       train_limit_s=args.train_limit_s, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

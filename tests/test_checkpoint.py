@@ -96,3 +96,38 @@ def test_foreign_architecture_is_refused_with_the_differing_field(tmp_path, smok
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", relaxed)
   assert ckpt.restore_latest(_target(relaxed))[1]["step"] == 5
   ckpt.close()
+
+
+def test_generator_npz_round_trip_and_load_cycle_model_reads_it(tmp_path, smoke_state):
+  from cyclestar_jax import networks
+  from cyclestar_jax.fitting.config import CycleModel
+
+  cfg, state = smoke_state
+  nets = networks.make_networks(cfg)
+  model = CycleModel(nets, state.gen_ema)
+  path = checkpoint.save_generator_npz(tmp_path / "g.npz", model, {"step": 3})
+  assert checkpoint.generator_metadata(path) == {"step": 3}
+  for back in (checkpoint.load_generator_npz(path), checkpoint.load_cycle_model(path)):
+    assert back.nets.cfg == cfg and back.source == str(path)
+    want, got = jax.tree_util.tree_leaves_with_path(model.gen_params), \
+        jax.tree_util.tree_leaves_with_path(back.gen_params)
+    assert [k for k, _ in want] == [k for k, _ in got]
+    for (_, a), (_, b) in zip(want, got, strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with np.load(path) as z:  # the generator only, in float32
+    assert not any("critic" in k for k in z.files)
+    assert all(z[k].dtype == np.float32 for k in z.files if k.startswith("gen/"))
+  # not a generator file, and a file whose arrays do not fit its config: one clear line each
+  np.savez(tmp_path / "other.npz", w=np.zeros(3))
+  with pytest.raises(ValueError, match="other.npz: not a cyclestar_jax.generator/1 file"):
+    checkpoint.load_cycle_model(tmp_path / "other.npz")
+  (tmp_path / "text.npz").write_text("hello")
+  with pytest.raises(ValueError, match="text.npz: not a generator .npz file"):
+    checkpoint.load_cycle_model(tmp_path / "text.npz")
+  with np.load(path) as z:
+    arrays = {k: z[k] for k in z.files}
+  key = next(k for k in arrays if k.startswith("gen/dec_obs"))
+  arrays[key] = np.zeros((2, 2), np.float32)
+  np.savez(tmp_path / "bad.npz", **arrays)
+  with pytest.raises(ValueError, match=r"bad.npz: arrays that do not fit config 'smoke'"):
+    checkpoint.load_cycle_model(tmp_path / "bad.npz")

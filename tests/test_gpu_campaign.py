@@ -174,25 +174,6 @@ def test_headline_beside_targets():
   assert gc.headline({}) == []
 
 
-def test_generator_npz_round_trip(tmp_path):
-  import jax
-
-  from cyclestar_jax import config, networks
-  from cyclestar_jax.fitting.config import CycleModel
-
-  nets = networks.make_networks(config.get_config("smoke"))
-  gen = nets.init(jax.random.key(0))[0]
-  path = gc.save_generator_npz(tmp_path / "g.npz", CycleModel(nets, gen), {"step": 3})
-  back = gc.load_generator_npz(path)
-  assert back.nets.cfg == nets.cfg
-  for (ka, a), (kb, b) in zip(gc._flatten(gen).items(), gc._flatten(back.gen_params).items(),
-                              strict=True):
-    assert ka == kb and np.array_equal(np.asarray(a), np.asarray(b))
-  with np.load(path) as z:
-    assert not any(k.startswith("gen/critic") for k in z.files)
-    assert all(z[k].dtype == np.float32 for k in z.files if k.startswith("gen/"))
-
-
 def test_env_stage_runs_for_real(tmp_path):
   c = _campaign(tmp_path, budget=600.0)
   assert gc.stage_env(c, allow_cpu=True)

@@ -313,6 +313,48 @@ class _FakeCheckpointer:
     self.saved.append(data_position)
 
 
+class _SlowRunner(_FakeRunner):
+  """A `_FakeRunner` whose every call takes `seconds` of wall clock."""
+
+  def __init__(self, flags, seconds):
+    super().__init__(flags)
+    self.seconds = seconds
+
+  def calls(self, state, start, stop, loop):
+    for item in super().calls(state, start, stop, loop):
+      time.sleep(self.seconds)
+      yield item
+
+
+def test_time_limit_stops_the_loop_checkpointed_and_logged(tmp_path):
+  """Past the deadline the loop stops after the call in flight and ends as at n_iter: a last
+  metrics line and a checkpoint at the step reached."""
+  loop = trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50)
+  ckpt, log = _FakeCheckpointer(), tmp_path / "m.jsonl"
+  t0 = time.perf_counter()
+  _, done, last, _ = trainer.run_loop(_SlowRunner([[0]] * 100, 0.02), None, 0, 100, loop,
+                                      ckpt=ckpt, log_path=log, deadline=t0 + 0.2)
+  assert 5 <= done < 50 and time.perf_counter() - t0 < 1.5
+  assert ckpt.saved == [done] and last["step"] == done
+  assert trainer.read_metrics(log)["train"][-1]["step"] == done
+  # a deadline already past still runs one call; no deadline runs to n_iter
+  _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0, 10, loop,
+                                   ckpt=_FakeCheckpointer(), deadline=t0)
+  assert done == 1
+  _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0, 10, loop,
+                                   ckpt=_FakeCheckpointer())
+  assert done == 10
+  for bad in (0, -1.0, float("nan"), "60"):
+    with pytest.raises(ValueError, match="time_limit_s must be a number of seconds > 0"):
+      trainer.train(config.get_config("smoke"), "no.h5", "no.h5", tmp_path / "x",
+                    time_limit_s=bad)
+  from cyclestar_jax.pipeline import stages
+  note = stages.time_limit_note({"stopped": "time_limit", "time_limit_s": 600.0,
+                                 "iterations": 1234, "n_iter": 5000})
+  assert note.startswith("Training stopped at its time limit (600 s) after 1234 of 5000")
+  assert stages.time_limit_note({"stopped": "n_iter"}) == ""
+
+
 @pytest.mark.filterwarnings("ignore:step .*(non-finite metrics|checkpoint not written)")
 def test_consecutive_skipped_steps_stop_the_loop(tmp_path):
   """max_skipped skipped iterations in a row stop the loop, naming the first and its loss terms;

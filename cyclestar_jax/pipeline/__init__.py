@@ -68,7 +68,7 @@ def _identity(preset: Preset, synth, obs, emulator, model, seed: int) -> dict:
 def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None,
         synth: str | None = None, obs: str | None = None, emulator: str | None = None,
         model: str | None = None, seed: int = 0, overwrite: bool = False,
-        progress: bool = True, log=print) -> dict:
+        train_limit_s: float | None = None, progress: bool = True, log=print) -> dict:
   """The main job; returns metrics.json's dict (also written, with report.md and figures).
 
   Args:
@@ -80,6 +80,8 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     model: a trained Cycle-StarNet run directory to use instead of training one.
     seed: the mock world's seed.
     overwrite: delete a run folder of another identity instead of refusing it.
+    train_limit_s: wall-clock bound of the Cycle-StarNet training (`stage_cyclestarnet`);
+      the report says where it stopped.
     progress: progress bars.
     log: where the stage lines go.
   """
@@ -121,7 +123,7 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     emulator_path, em_info = Path(emulator), {"skipped": True, "given": str(emulator)}
   if model is None:
     model_dir, tr_info = stage("cyclestarnet", stages.stage_cyclestarnet, paths, p, synth_path,
-                               obs_path, progress=progress)
+                               obs_path, progress=progress, time_limit_s=train_limit_s)
   else:
     model_dir, tr_info = Path(model), {"given": str(model)}
   stage("fits", stages.stage_fits, paths, p, obs_path, emulator_path, model_dir,
@@ -132,6 +134,7 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
   schedule_note = (f"shortened from the preset's {base.cycle.n_iter} iterations with the "
                    f"learning-rate boundaries scaled to {list(p.cycle.lr_boundaries_gen)}"
                    if p.cycle.n_iter != base.cycle.n_iter else "")
+  schedule_note = " ".join(filter(None, [schedule_note, stages.time_limit_note(tr_info)]))
   em_held = em_info.get("held_out", {}) if isinstance(em_info, dict) else {}
   m.update({
       "preset": p.name, "device": str(jax.devices()[0]), "mock": synth is None,

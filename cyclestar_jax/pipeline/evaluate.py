@@ -189,10 +189,15 @@ def tsne_panels(rec: dict, sp_synth, sp_obs, n: int, seed: int = 0) -> dict:
 
 
 def training_curve(model_dir: Path) -> dict[str, list[float]]:
-  """Paired validation χ² against training minutes and iterations (from metrics.jsonl)."""
+  """Paired validation χ² against training minutes and iterations (from metrics.jsonl); empty
+  lists for a model without a training log (a generator .npz, e.g. pretrained weights)."""
   from cyclestar_jax.trainer import read_metrics
 
-  m = read_metrics(Path(model_dir) / "metrics.jsonl")
+  out = {"step": [], "minutes": [], "chi2": [], "chi2_all": [], "bias": []}
+  log = Path(model_dir) / "metrics.jsonl"
+  if not log.is_file():
+    return out
+  m = read_metrics(log)
   t, last, clock = [], 0, 0.0
   steps_t = {}
   for d in m["train"]:
@@ -201,7 +206,6 @@ def training_curve(model_dir: Path) -> dict[str, list[float]]:
       clock += (d["step"] - last) / rate
     last = d["step"]
     steps_t[d["step"]] = clock / 60
-  out = {"step": [], "minutes": [], "chi2": [], "chi2_all": [], "bias": []}
   for d in m["val"]:
     if "val_paired_obs_chi2" not in d:
       continue

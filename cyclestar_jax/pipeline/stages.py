@@ -148,12 +148,17 @@ def stage_emulator(paths: RunPaths, preset: Preset, synth_path: Path, *,
 
 
 def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_path: Path, *,
-                       progress: bool = True) -> tuple[Path, dict]:
+                       progress: bool = True, time_limit_s: float | None = None
+                       ) -> tuple[Path, dict]:
   """Cycle-StarNet trained to the preset's n_iter, resuming an interrupted run (skipped when
   done.json says it finished).
 
+  `time_limit_s` bounds the training's wall clock, earlier interrupted attempts included: the
+  run stops at the limit (`trainer.train`), is final (done.json) and says so ("stopped":
+  "time_limit", "iterations" below n_iter). The learning-rate boundaries are not moved.
+
   Returns:
-    (the run directory, {"iterations", "seconds", "val", ...}).
+    (the run directory, {"iterations", "n_iter", "stopped", "seconds", "val", ...}).
   """
   from cyclestar_jax import trainer
 
@@ -164,16 +169,28 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   before = _train_seconds(paths.model)
   t0 = time.perf_counter()
   cfg = preset.cycle
+  left = None if time_limit_s is None else max(1.0, time_limit_s - before)
   result = trainer.train(cfg, synth_path, obs_path, paths.model, resume=resume,
                          val_every=preset.val_every, ckpt_every=preset.ckpt_every,
                          log_every=min(100, preset.val_every), val_rows=256,
-                         progress=progress)
+                         progress=progress, time_limit_s=left)
   seconds = before + time.perf_counter() - t0
-  info = {"iterations": int(result["step"]), "seconds": seconds, "resumed": resume,
-          "val": result.get("val", {}), "config": dataclasses.asdict(cfg)}
+  info = {"iterations": int(result["step"]), "n_iter": cfg.n_iter,
+          "stopped": result.get("stopped", "n_iter"), "time_limit_s": time_limit_s,
+          "seconds": seconds, "resumed": resume, "val": result.get("val", {}),
+          "config": dataclasses.asdict(cfg)}
   _write_json(paths.model / "train_seconds.json", {"seconds": seconds})
   _write_json(done, info)
   return paths.model, {"skipped": False, **info}
+
+
+def time_limit_note(train_info: dict) -> str:
+  """A sentence for the report when the training stopped at its time limit, else ""."""
+  if not isinstance(train_info, dict) or train_info.get("stopped") != "time_limit":
+    return ""
+  return (f"Training stopped at its time limit ({train_info.get('time_limit_s', 0):.0f} s) after "
+          f"{train_info.get('iterations')} of {train_info.get('n_iter')} iterations; the "
+          "learning-rate boundaries were not moved.")
 
 
 def _train_seconds(model_dir: Path) -> float:

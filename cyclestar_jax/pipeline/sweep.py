@@ -228,14 +228,14 @@ def _check_sweep_folder(out: Path, ident: dict, overwrite: bool) -> None:
 
 def sweep(out: str | Path, fractions: Sequence[float], *, preset: str = "cpu",
           n_iter: int | None = None, seed: int = 0, spec: str | None = None,
-          overwrite: bool = False, progress: bool = True,
+          overwrite: bool = False, train_limit_s: float | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> dict:
   """Run `new_lines.run` for each masked fraction in its own subfolder and write Table 1.
 
   Args:
     out: the sweep folder (module docstring).
     fractions: masked fractions in (0, 1), e.g. `parse_sweep("0.1:0.9:0.1")`.
-    preset, n_iter, seed: of every fraction's job (`new_lines.run`).
+    preset, n_iter, seed, train_limit_s: of every fraction's job (`new_lines.run`).
     spec: the `--sweep` text, recorded in sweep.json.
     overwrite: delete a sweep folder (or a fraction's folder) of another identity instead of
       refusing it; folders of this identity are resumed either way.
@@ -297,7 +297,8 @@ def sweep(out: str | Path, fractions: Sequence[float], *, preset: str = "cpu",
     save()
     t_f = time.perf_counter()
     m = new_lines.run(out / d, preset=preset, n_iter=n_iter, seed=seed, masked_fraction=f,
-                      overwrite=overwrite, progress=progress, log=lambda s, d=d: log(f"  {d} {s}"))
+                      overwrite=overwrite, train_limit_s=train_limit_s, progress=progress,
+                      log=lambda s, d=d: log(f"  {d} {s}"))
     ran.append(time.perf_counter() - t_f)
     if not resuming:
       fresh.append(ran[-1])

@@ -33,6 +33,8 @@ class Preset:
     n_eval: test spectra per domain for the reconstruction statistics and t-SNE.
     fit_batch: fit slots (spectra × starts side by side).
     fit_max_iter: accepted L-BFGS steps per start.
+    csn_max_iter: accepted L-BFGS steps per start of the Eq. 11 fits (None: fit_max_iter).
+    fit_chunk: spectra per device call of the fits; the progress bar moves once per chunk.
     csn_starts: starts of the Eq. 11 fits (each costs a Cycle-StarNet pass per iteration; the
       cheap Eq. 9/10 fits always use the catalogue labels and the population median).
     val_every: iterations between validations during training (the training curve).
@@ -47,6 +49,8 @@ class Preset:
   n_eval: int
   fit_batch: int = 256
   fit_max_iter: int = 1000
+  csn_max_iter: int | None = None
+  fit_chunk: int = 16384
   csn_starts: tuple[str, ...] = ("catalogue", "median")
   val_every: int = 250
   ckpt_every: int = 250

@@ -226,10 +226,11 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
     msk = sp.x_msk
     if use_mask:  # The Payne's spectroscopic mask: True = masked (Kurucz deviates > 2 %)
       msk = msk & ~payne_mask()[None, :]
-    cfg = fitting.FitConfig(method=method, batch_size=preset.fit_batch,
-                            max_iter=preset.fit_max_iter,
-                            starts=preset.csn_starts if method == "obs" else
-                            ("catalogue", "median"))
+    csn = method == "obs"
+    cfg = fitting.FitConfig(
+        method=method, batch_size=preset.fit_batch, chunk_size=preset.fit_chunk,
+        max_iter=(preset.csn_max_iter or preset.fit_max_iter) if csn else preset.fit_max_iter,
+        starts=preset.csn_starts if csn else ("catalogue", "median"))
     fitter = fitting.LabelFitter(em, cfg, cycle_model=None if method == "emulator" else cycle)
     t0 = time.perf_counter()
     res = fitter.fit(sp.x, sp.x_err, msk, y_start=sp.y, progress=progress,

@@ -80,8 +80,8 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     model: a trained Cycle-StarNet run directory to use instead of training one.
     seed: the mock world's seed.
     overwrite: delete a run folder of another identity instead of refusing it.
-    train_limit_s: wall-clock bound of the Cycle-StarNet training (`stage_cyclestarnet`);
-      the report says where it stopped.
+    train_limit_s: wall-clock bound of the Cycle-StarNet training (`stage_cyclestarnet`;
+      default: the preset's `train_limit_s`); the report says where it stopped.
     progress: progress bars.
     log: where the stage lines go.
   """
@@ -123,7 +123,8 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     emulator_path, em_info = Path(emulator), {"skipped": True, "given": str(emulator)}
   if model is None:
     model_dir, tr_info = stage("cyclestarnet", stages.stage_cyclestarnet, paths, p, synth_path,
-                               obs_path, progress=progress, time_limit_s=train_limit_s)
+                               obs_path, progress=progress,
+                               time_limit_s=train_limit_s or p.train_limit_s)
   else:
     model_dir, tr_info = Path(model), {"given": str(model)}
   stage("fits", stages.stage_fits, paths, p, obs_path, emulator_path, model_dir,

@@ -40,8 +40,7 @@ PRESETS = {
         _presets.PRESETS["cpu"], name="cpu",
         cycle=dataclasses.replace(_presets.PRESETS["cpu"].cycle, name="new_lines_cpu",
                                   zsp_filters=1, lambda_synth=90.0, lambda_obs=90.0,
-                                  mask_synth_lines=True, n_iter=900,
-                                  lr_boundaries_gen=(675,), lr_boundaries_critic=(675,)),
+                                  mask_synth_lines=True),
         n_fit=2000, n_eval=256),
     "paper": dataclasses.replace(
         _presets.PRESETS["paper"], name="paper", cycle=_NL, n_fit=100_000, n_eval=1000),
@@ -255,7 +254,7 @@ def run(out: str | Path, *, preset: str = "cpu", n_iter: int | None = None, seed
   em_path, _ = stages.stage_emulator(paths, p, synth, progress=progress)
   log("[cyclestarnet] ...")
   model_dir, tr = stages.stage_cyclestarnet(paths, p, synth, obs, progress=progress,
-                                            time_limit_s=train_limit_s)
+                                            time_limit_s=train_limit_s or p.train_limit_s)
   log("[derivatives] ...")
   m = analyse(paths, p, world, obs, em_path, model_dir, seed=seed)
   m.update(preset=p.name, train_iterations=tr.get("iterations"),

@@ -41,6 +41,11 @@ def test_smoke_writes_every_key_and_file(smoke_run):
     assert p.is_file() and p.stat().st_size > 10_000, f
   report = (out / "report.md").read_text()
   assert "Eq. 11" in report and "paper" in report and "fig7_fit_example.png" in report
+  smoke = pipeline.PRESETS["smoke"]
+  assert on_disk["fit_settings"] == {"n_fit": 8, "max_iter": smoke.fit_max_iter,
+                                     "csn_max_iter": smoke.fit_max_iter,
+                                     "csn_starts": list(smoke.csn_starts)}
+  assert f"≤ {smoke.fit_max_iter} steps" in report
   for stem in ("eq9_mask", "eq9", "eq10", "eq11"):
     assert (out / "fits" / f"{stem}.h5").is_file() and (out / "fits" / f"{stem}.csv").is_file()
   assert any("report.md" in line for line in lines)

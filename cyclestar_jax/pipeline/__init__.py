@@ -144,6 +144,9 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
                            "per domain" if synth is None else f"{synth}, {obs}"),
       "train_iterations": tr_info.get("iterations"), "train_seconds": tr_info.get("seconds"),
       "schedule_note": schedule_note, "cycle_config": dataclasses.asdict(p.cycle),
+      "fit_settings": {"n_fit": p.n_fit, "max_iter": p.fit_max_iter,
+                       "csn_max_iter": p.csn_max_iter or p.fit_max_iter,
+                       "csn_starts": list(p.csn_starts)},
       "emulator_median_abs": em_held.get("median_abs"),
       "emulator_p99_abs": em_held.get("p99_abs"),
       "total_seconds": time.perf_counter() - t_all})

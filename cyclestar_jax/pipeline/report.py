@@ -102,7 +102,8 @@ def verdicts(m: dict) -> list[str]:
                + ", ".join(f"{k} {b[k]['scatter']:.3g} vs {a[k]['scatter']:.3g}"
                            for k in ("Teff", "logg", "Fe_H"))
                + (": Eq. 11 closer for all three." if len(better) == 3 else
-                  f": **Eq. 11 closer only for {better or 'none'}**."))
+                  ": **Eq. 11 closer for none of them**." if not better else
+                  f": **Eq. 11 closer only for {', '.join(better)}**."))
     edge = m["fits"]["eq11"]["at_box_edge_fraction"]
     out.append(f"- Eq. 11 fits ending at the emulator's box edge: {edge:.0%} (target < 10 %): "
                + ("met." if edge < 0.1 else "**not met**."))
@@ -134,6 +135,10 @@ def curve_table(m: dict, max_rows: int = 12) -> list[str]:
   return out
 
 
+_START_WORDS = {"catalogue": "the catalogue labels", "median": "the population median",
+                "grid": "grid points"}
+
+
 def render(m: dict) -> str:
   """The report's markdown text from metrics.json's dict."""
   preset = m.get("preset")
@@ -159,6 +164,13 @@ def render(m: dict) -> str:
   if m.get("label_errors"):
     lines += ["", "## Labels against the truth (fitted − true: bias ± scatter)", ""]
     lines += label_table(m)
+  fs = m.get("fit_settings")
+  if fs:
+    lines += ["", f"Fits: L-BFGS in the scaled label space, Eq. 9 and 10 from the catalogue "
+              f"labels and the population median, ≤ {fs['max_iter']} accepted steps; Eq. 11 "
+              f"from {' and '.join(_START_WORDS.get(k, k) for k in fs['csn_starts'])}, "
+              f"≤ {fs['csn_max_iter']} steps (a fit "
+              "that reaches the cap counts as not converged)."]
   lines += curve_table(m)
   lines += ["", "χ²_R: per star, the mean of squared normalized residuals over its unmasked "
             "network pixels (7167) with |r| > 5 left out; the table gives the median over the "

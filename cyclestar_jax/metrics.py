@@ -76,6 +76,16 @@ def chi2_r_per_star(r: np.ndarray, *, clip: float | None = CLIP) -> np.ndarray:
     return np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
 
+def pooled_chi2(r: np.ndarray, *, clip: float | None = CLIP) -> float:
+  """Mean r² over every finite pixel of every row of r [N, P] together (|r| > clip left out;
+  None: all): the trainer's validation χ² (`validation.paired_metrics`), NaN if no pixel."""
+  r = np.asarray(r, np.float64)
+  ok = np.isfinite(r)
+  if clip is not None:
+    ok &= np.abs(np.where(ok, r, 0.0)) <= clip
+  return float(np.mean(r[ok] ** 2)) if ok.any() else float("nan")
+
+
 def mean_resid_per_star(r: np.ndarray) -> np.ndarray:
   """Mean normalized residual [N] of each row of r [N, P] over its finite pixels."""
   r = np.asarray(r, np.float64)

@@ -33,6 +33,11 @@ def test_chi2_r_clipped_and_all():
   q = metrics.fit_quality(r)
   assert q["n"] == 1 and q["chi2r"] == pytest.approx(2.0)
   assert q["mean_norm_resid"] == pytest.approx(3.0)
+  # pooled: every pixel of every star together (a star with more pixels weighs more)
+  r2 = np.array([[1.0, 3.0, 9.0, np.nan], [2.0, np.nan, np.nan, np.nan]])
+  assert metrics.pooled_chi2(r2) == pytest.approx((1 + 9 + 4) / 3)
+  assert metrics.pooled_chi2(r2, clip=None) == pytest.approx((1 + 9 + 81 + 4) / 4)
+  assert np.isnan(metrics.pooled_chi2(np.full((2, 3), np.nan)))
 
 
 def test_label_errors():

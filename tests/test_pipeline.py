@@ -13,7 +13,8 @@ METRIC_KEYS = (
     "obs_rec_norm_bias", "obs_rec_norm_scatter", "obs_cycle_norm_bias",
     "obs_cycle_norm_scatter", "fit_emulator_chi2r", "fit_synth_chi2r", "fit_csn_chi2r",
     "fit_emulator_mean_norm_resid", "fit_csn_mean_norm_resid", "label_errors",
-    "train_iterations", "train_seconds", "device", "preset", "n_test")
+    "train_iterations", "train_seconds", "device", "preset", "n_test",
+    "paired_untransferred_chi2_pooled", "paired_transfer_chi2_pooled", "fit_settings")
 FIGURES = ("fig5_synthetic_residuals.png", "fig6_observed_residuals.png", "fig7_fit_example.png",
            "fig8_fit_residuals.png", "fig9_kiel_chi2.png", "fig10_tsne.png",
            "fig11_kiel_methods.png", "label_errors.png", "training_curve.png")

@@ -89,7 +89,10 @@ def paired_transfer(cycle, sp_synth_val, sp_obs_val) -> dict[str, float]:
   return {"paired_transfer_chi2r": q_t["chi2r"], "paired_transfer_chi2r_all": q_t["chi2r_all"],
           "paired_transfer_mean_norm_resid": q_t["mean_norm_resid"],
           "paired_untransferred_chi2r": q_0["chi2r"],
-          "paired_untransferred_chi2r_all": q_0["chi2r_all"], "paired_n": n,
+          "paired_untransferred_chi2r_all": q_0["chi2r_all"],
+          # pooled over the stars' pixels, as the trainer's validation (the training curve)
+          "paired_transfer_chi2_pooled": metrics.pooled_chi2(r_t),
+          "paired_untransferred_chi2_pooled": metrics.pooled_chi2(r_0), "paired_n": n,
           "mock_floor_chi2r": MOCK_FLOOR_CHI2}
 
 
@@ -274,7 +277,7 @@ def make_figures(paths: RunPaths, rec: dict, sp_synth, sp_obs, fits: dict, array
     out.append(plots.fig_training_curve(
         {"x_synth→obs vs x_obs (val, paired)": (curve["minutes"], curve["chi2"])},
         fig / "training_curve.png", floor=MOCK_FLOOR_CHI2 if y_true is not None else None,
-        baseline=paired.get("paired_untransferred_chi2r")))
+        baseline=paired.get("paired_untransferred_chi2_pooled")))
   return out
 
 

@@ -119,12 +119,12 @@ def curve_table(m: dict, max_rows: int = 12) -> list[str]:
     return []
   keep = (range(n) if n <= max_rows else
           sorted({round(i * (n - 1) / (max_rows - 1)) for i in range(max_rows)}))
-  base = m.get("paired_untransferred_chi2r")
+  base = m.get("paired_untransferred_chi2_pooled")
   out = ["", "## Training curve (paired val stars: x_synth→obs against x_obs)", "",
          "How the transfer improved with training time. χ² (within 5σ) and with all pixels are "
          "means over the val batch's pixels (the trainer's validation), not the medians over "
-         "stars of the metrics table" + (f"; untransferred: {base:.3g} (median χ²_R), mock "
-                                         f"floor {m.get('mock_floor_chi2r', 1.24):.3g}."
+         "stars of the metrics table" + (f"; untransferred on the same definition: {base:.3g}, "
+                                         f"mock floor {m.get('mock_floor_chi2r', 1.24):.3g}."
                                          if base is not None else "."), "",
          "| iteration | minutes | χ² (within 5σ) | χ² (all pixels) | mean normalized "
          "residual |",

@@ -31,10 +31,13 @@ class FakeJob:
 
   def __init__(self, fail_at: float | None = None):
     self.calls: list[float] = []
+    self.limits: list[float | None] = []
     self.fail_at = fail_at
 
-  def __call__(self, out, *, preset, n_iter, seed, masked_fraction, overwrite, progress, log):
+  def __call__(self, out, *, preset, n_iter, seed, masked_fraction, overwrite, progress, log,
+               train_limit_s=None):
     self.calls.append(masked_fraction)
+    self.limits.append(train_limit_s)
     p = new_lines.get_preset(preset, n_iter)
     paths = stages.RunPaths(out)
     stages.check_run_folder(paths, {"job": "new_lines", "preset": p.name,
@@ -85,7 +88,8 @@ def test_folder_names():
 
 
 def test_table_contents(tmp_path, monkeypatch):
-  monkeypatch.setattr(new_lines, "run", FakeJob())
+  job = FakeJob()
+  monkeypatch.setattr(new_lines, "run", job)
   real_plot, plotted = sweep.plot_sweep, []
 
   def plot_when_complete(rows, path, preset):  # the real plot once (a second each)
@@ -95,7 +99,8 @@ def test_table_contents(tmp_path, monkeypatch):
   monkeypatch.setattr(sweep, "plot_sweep", plot_when_complete)
   lines = []
   s = sweep.sweep(tmp_path / "sw", FRACTIONS, preset="smoke", spec=SPEC, progress=False,
-                  log=lines.append)
+                  log=lines.append, train_limit_s=60.0)
+  assert job.limits == [60.0] * len(FRACTIONS)  # every fraction's job gets the limit
   out = tmp_path / "sw"
   on_disk = json.loads((out / "sweep.json").read_text())
   assert on_disk["n_done"] == 5 == s["n_done"] and on_disk["spec"] == SPEC

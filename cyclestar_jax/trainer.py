@@ -581,6 +581,24 @@ def _log_val(evaluate, state, batch, step, path: Path | None) -> dict:
   return line
 
 
+def elapsed_by_step(path) -> dict[int, float]:
+  """Wall-clock seconds of the training loop up to each logged train step of a metrics.jsonl
+  file, summed from its intervals (iterations / `it_per_s`; validations, checkpoints and
+  compilation between them are not counted). Lines of an attempt that was killed and resumed
+  from an earlier checkpoint count too: that time was spent. {} for no file."""
+  if not Path(path).is_file():
+    return {}
+  out, last, clock = {}, 0, 0.0
+  for d in read_metrics(path)["train"]:
+    rate = d.get("it_per_s") or 0.0
+    step = int(d["step"])
+    if rate > 0 and step > last:
+      clock += (step - last) / rate
+    last = step
+    out[step] = clock
+  return out
+
+
 def read_metrics(path) -> dict[str, list[dict]]:
   """metrics.jsonl → {"train": [lines], "val": [lines]} (a torn last line is skipped)."""
   out: dict[str, list[dict]] = {"train": [], "val": []}

@@ -209,6 +209,22 @@ def test_metrics_file_with_a_torn_last_line(tmp_path):
 # checks made before anything compiles.
 
 
+def test_elapsed_training_time_from_the_metrics_file(tmp_path):
+  """Loop seconds per logged step, Δsteps / it_per_s summed; what a resumed time limit counts."""
+  from cyclestar_jax.pipeline import stages
+
+  log = tmp_path / "metrics.jsonl"
+  lines = [{"kind": "train", "step": 100, "it_per_s": 10.0},
+           {"kind": "val", "step": 100, "val_paired_obs_chi2": 3.0},
+           {"kind": "train", "step": 300, "it_per_s": 5.0},
+           {"kind": "train", "step": 350, "it_per_s": 0.0}]  # no rate: adds nothing
+  log.write_text("".join(json.dumps(d) + "\n" for d in lines))
+  assert trainer.elapsed_by_step(log) == {100: 10.0, 300: 50.0, 350: 50.0}
+  assert stages._train_seconds(tmp_path) == 50.0
+  assert trainer.elapsed_by_step(tmp_path / "none.jsonl") == {}
+  assert stages._train_seconds(tmp_path / "empty") == 0.0
+
+
 def test_loop_config_is_checked():
   assert trainer.LoopConfig().steps_per_call == 1
   with pytest.raises(ValueError, match=r"steps_per_call 16 must divide every interval .*"

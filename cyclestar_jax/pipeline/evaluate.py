@@ -194,21 +194,14 @@ def tsne_panels(rec: dict, sp_synth, sp_obs, n: int, seed: int = 0) -> dict:
 def training_curve(model_dir: Path) -> dict[str, list[float]]:
   """Paired validation χ² against training minutes and iterations (from metrics.jsonl); empty
   lists for a model without a training log (a generator .npz, e.g. pretrained weights)."""
-  from cyclestar_jax.trainer import read_metrics
+  from cyclestar_jax.trainer import elapsed_by_step, read_metrics
 
   out = {"step": [], "minutes": [], "chi2": [], "chi2_all": [], "bias": []}
   log = Path(model_dir) / "metrics.jsonl"
   if not log.is_file():
     return out
   m = read_metrics(log)
-  t, last, clock = [], 0, 0.0
-  steps_t = {}
-  for d in m["train"]:
-    rate = d.get("it_per_s") or 0.0
-    if rate > 0:
-      clock += (d["step"] - last) / rate
-    last = d["step"]
-    steps_t[d["step"]] = clock / 60
+  steps_t = {k: v / 60 for k, v in elapsed_by_step(log).items()}
   for d in m["val"]:
     if "val_paired_obs_chi2" not in d:
       continue

@@ -179,7 +179,6 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
           "stopped": result.get("stopped", "n_iter"), "time_limit_s": time_limit_s,
           "seconds": seconds, "resumed": resume, "val": result.get("val", {}),
           "config": dataclasses.asdict(cfg)}
-  _write_json(paths.model / "train_seconds.json", {"seconds": seconds})
   _write_json(done, info)
   return paths.model, {"skipped": False, **info}
 
@@ -194,9 +193,11 @@ def time_limit_note(train_info: dict) -> str:
 
 
 def _train_seconds(model_dir: Path) -> float:
-  """Training seconds spent by earlier (interrupted) attempts, as far as recorded."""
-  p = model_dir / "train_seconds.json"
-  return float(read_json(p)["seconds"]) if p.is_file() else 0.0
+  """Training seconds spent by earlier (interrupted) attempts: the training loop's time in
+  their metrics.jsonl (`trainer.elapsed_by_step`), which a kill leaves behind; 0 for none."""
+  from cyclestar_jax.trainer import elapsed_by_step
+
+  return max(elapsed_by_step(model_dir / "metrics.jsonl").values(), default=0.0)
 
 
 def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: Path,

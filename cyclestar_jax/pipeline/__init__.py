@@ -123,8 +123,7 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     emulator_path, em_info = Path(emulator), {"skipped": True, "given": str(emulator)}
   if model is None:
     model_dir, tr_info = stage("cyclestarnet", stages.stage_cyclestarnet, paths, p, synth_path,
-                               obs_path, progress=progress,
-                               time_limit_s=train_limit_s or p.train_limit_s)
+                               obs_path, progress=progress, time_limit_s=train_limit_s)
   else:
     model_dir, tr_info = Path(model), {"given": str(model)}
   stage("fits", stages.stage_fits, paths, p, obs_path, emulator_path, model_dir,
@@ -145,7 +144,7 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
       "train_iterations": tr_info.get("iterations"), "train_seconds": tr_info.get("seconds"),
       "schedule_note": schedule_note, "cycle_config": dataclasses.asdict(p.cycle),
       "fit_settings": {"n_fit": p.n_fit, "max_iter": p.fit_max_iter,
-                       "csn_max_iter": p.csn_max_iter or p.fit_max_iter,
+                       "csn_max_iter": p.eq11_max_iter,
                        "csn_starts": list(p.csn_starts)},
       "emulator_median_abs": em_held.get("median_abs"),
       "emulator_p99_abs": em_held.get("p99_abs"),

@@ -229,8 +229,8 @@ def render(m: dict) -> str:
 def run(out: str | Path, *, preset: str = "cpu", n_iter: int | None = None, seed: int = 0,
         masked_fraction: float | None = None, overwrite: bool = False,
         train_limit_s: float | None = None, progress: bool = True, log=print) -> dict:
-  """The line-identification job; returns metrics.json's dict. `train_limit_s` bounds the
-  Cycle-StarNet training's wall clock (`stages.stage_cyclestarnet`)."""
+  """The line-identification job; returns metrics.json's dict. `train_limit_s` (None: the
+  preset's) bounds the Cycle-StarNet training's wall clock (`stages.stage_cyclestarnet`)."""
   import shutil
 
   from cyclestar_jax import mock
@@ -254,7 +254,7 @@ def run(out: str | Path, *, preset: str = "cpu", n_iter: int | None = None, seed
   em_path, _ = stages.stage_emulator(paths, p, synth, progress=progress)
   log("[cyclestarnet] ...")
   model_dir, tr = stages.stage_cyclestarnet(paths, p, synth, obs, progress=progress,
-                                            time_limit_s=train_limit_s or p.train_limit_s)
+                                            time_limit_s=train_limit_s)
   log("[derivatives] ...")
   m = analyse(paths, p, world, obs, em_path, model_dir, seed=seed)
   m.update(preset=p.name, train_iterations=tr.get("iterations"),

@@ -58,6 +58,11 @@ class Preset:
   ckpt_every: int = 250
   train_limit_s: float | None = None
 
+  @property
+  def eq11_max_iter(self) -> int:
+    """Accepted L-BFGS steps per start of the Eq. 11 fits: `csn_max_iter`, else fit_max_iter."""
+    return self.csn_max_iter or self.fit_max_iter
+
 
 _TABLE2 = _config.get_config("kurucz_to_apogee_1")
 

@@ -153,9 +153,10 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   """Cycle-StarNet trained to the preset's n_iter, resuming an interrupted run (skipped when
   done.json says it finished).
 
-  `time_limit_s` bounds the training's wall clock, earlier interrupted attempts included: the
-  run stops at the limit (`trainer.train`), is final (done.json) and says so ("stopped":
-  "time_limit", "iterations" below n_iter). The learning-rate boundaries are not moved.
+  `time_limit_s` (None: the preset's `train_limit_s`) bounds the training's wall clock, earlier
+  interrupted attempts included: the run stops at the limit (`trainer.train`), is final
+  (done.json) and says so ("stopped": "time_limit", "iterations" below n_iter). The
+  learning-rate boundaries are not moved.
 
   Returns:
     (the run directory, {"iterations", "n_iter", "stopped", "seconds", "val", ...}).
@@ -169,6 +170,8 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   before = _train_seconds(paths.model)
   t0 = time.perf_counter()
   cfg = preset.cycle
+  if time_limit_s is None:
+    time_limit_s = preset.train_limit_s
   left = None if time_limit_s is None else max(1.0, time_limit_s - before)
   result = trainer.train(cfg, synth_path, obs_path, paths.model, resume=resume,
                          val_every=preset.val_every, ckpt_every=preset.ckpt_every,
@@ -230,7 +233,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
     csn = method == "obs"
     cfg = fitting.FitConfig(
         method=method, batch_size=preset.fit_batch, chunk_size=preset.fit_chunk,
-        max_iter=(preset.csn_max_iter or preset.fit_max_iter) if csn else preset.fit_max_iter,
+        max_iter=preset.eq11_max_iter if csn else preset.fit_max_iter,
         starts=preset.csn_starts if csn else ("catalogue", "median"))
     fitter = fitting.LabelFitter(em, cfg, cycle_model=None if method == "emulator" else cycle)
     t0 = time.perf_counter()

@@ -26,3 +26,22 @@ def test_smoke_writes_every_key_and_figure(tmp_path):
     assert (out / "figures" / f).stat().st_size > 10_000, f
   assert "Recovery error" in (out / "report.md").read_text()
   assert any("report.md" in line for line in lines)
+
+
+def test_training_sees_the_synthetic_files_unchanged_at_any_masked_fraction():
+  """The networks must train on the spectra the emulator learned: no extra mask on top of the
+  world's own selection (at 10 %, the paper's 30 % `total_mask` would hide other lines)."""
+  import numpy as np
+
+  from cyclestar_jax import data, h5io, mock, resources
+
+  world = mock.WorldConfig(experiment="new_lines", masked_fraction=0.1)
+  y = mock.sample_labels(3, rng=1)
+  x = np.asarray(mock.synthetic_spectrum(y, world), np.float32)
+  extra = resources.kurucz_response()["total_mask"].astype(bool) & ~mock.masked_pixels(world)
+  assert extra.sum() > 100 and np.all(x[:, extra].min(axis=0) < 1.0)  # lines the flag would hide
+  mean, std = resources.spectra_mean_std()
+  for name, p in new_lines.PRESETS.items():
+    got = data.standardize(h5io.Spectra(x=x, x_err=None, x_msk=None, y=None, snr=None), "synth", p.cycle)["x"]
+    drop = x.shape[1] - p.cycle.n_pix
+    np.testing.assert_allclose(got * std + mean, x[:, drop:], atol=1e-5, err_msg=name)

@@ -188,6 +188,29 @@ def test_broad_responders_do_not_win_a_feature_they_do_not_own():
   assert acc["accuracy"] == 1.0 and acc["n_scored"] == 2
 
 
+def test_owner_response_against_the_truth():
+  """Two Mg features and one Fe feature; the model gives Mg's lines half the true response and
+  makes the Fe line respond to O more than to Fe."""
+  p = 300
+  truth = np.zeros((p, 25), np.float32)
+  model = np.zeros((p, 25), np.float32)
+  truth[10:14, MG], truth[40:42, MG] = -0.1, -0.3  # feature sums −0.4 and −0.6
+  model[10:14, MG], model[40:42, MG] = -0.05, -0.15  # −0.2 and −0.3
+  truth[100:105, FE] = -0.2  # −1.0
+  model[100:105, FE], model[100:105, O] = -0.02, -0.1  # −0.1 and −0.5
+  feats = lines.Features(start=np.array([10, 40, 100]) + N_DROP,
+                         end=np.array([14, 42, 105]) + N_DROP, label=[MG, MG, FE])
+  r = lines.owner_response(model, truth, feats)
+  assert set(r) == {"Mg_H", "Fe_H"}
+  assert r["Mg_H"]["n_features"] == 2
+  np.testing.assert_allclose([r["Mg_H"]["own_model"], r["Mg_H"]["own_truth"],
+                              r["Mg_H"]["own_ratio"]], [-0.25, -0.5, 0.5], rtol=1e-5)
+  assert r["Mg_H"]["top_model"] == r["Mg_H"]["top_truth"] == "Mg_H"
+  np.testing.assert_allclose([r["Fe_H"]["own_model"], r["Fe_H"]["top_model_value"]],
+                             [-0.1, -0.5], rtol=1e-5)
+  assert r["Fe_H"]["top_model"] == "O_H" and r["Fe_H"]["top_truth"] == "Fe_H"
+
+
 def test_cn_confusion_and_accuracy():
   c, n = L.label_index("C"), L.label_index("N")
   true = np.array([c, c, n, n, MG, FE, -1])

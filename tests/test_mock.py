@@ -169,6 +169,24 @@ def test_missing_line_mode():
     world.WorldConfig(experiment="new_lines", masked_fraction=1.5)
 
 
+def test_world_derivative_spectra(jac_ref):
+  """Missing-line mode: the synthetic domain does not respond at the removed pixels and
+  responds like the truth elsewhere; the removed Fe features of the K giant deepen with Fe."""
+  w = world.WorldConfig(experiment="new_lines")
+  d = world.derivative_spectra(REF[None], w)
+  assert d["d_truth"].shape == d["d_synth"].shape == (1, resources.N_PIX, labels.N_LABELS)
+  pix = world.masked_pixels(w)
+  assert np.all(d["d_synth"][0, pix] == 0.0)
+  np.testing.assert_array_equal(d["d_synth"][0, ~pix], d["d_truth"][0, ~pix])
+  rem = world.removed_features(w)
+  fe = labels.label_index("Fe_H")
+  sums = [d["d_truth"][0, a:b, fe].sum()
+          for a, b, j in zip(rem["start"], rem["end"], rem["label"], strict=True) if j == fe]
+  assert len(sums) == 41 and max(sums) < 0.0
+  # the central differences against forward mode (the module's jacfwd fixture)
+  np.testing.assert_allclose(d["d_truth"][0][:, labels.ABUNDANCE_SLICE], jac_ref, atol=2e-4)
+
+
 def test_make_data_files_are_deterministic_and_readable(tmp_path):
   from experiments import make_data
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from jobs import run_job
 
 from cyclestar_jax import pipeline
 from experiments import apogee
@@ -23,9 +24,8 @@ FIGURES = ("fig5_synthetic_residuals.png", "fig6_observed_residuals.png", "fig7_
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("apogee") / "run"
-  lines = []
-  m = pipeline.run(out, preset="smoke", progress=False, log=lines.append)
-  return out, m, lines
+  lines = run_job("apogee", "--preset", "smoke", "--out", str(out))
+  return out, json.loads((out / "metrics.json").read_text()), lines
 
 
 def test_smoke_writes_every_key_and_file(smoke_run):

@@ -21,6 +21,7 @@ from cyclestar_jax.lines.attribution import (
     attribution_scores,
     cn_confusion,
     feature_sums,
+    owner_response,
     rank_labels,
 )
 from cyclestar_jax.lines.derivatives import (
@@ -70,6 +71,7 @@ __all__ = [
     "attribution_scores", "binned_mean", "box_width", "chain_jacobians_scaled", "cn_confusion",
     "derivative_spectra", "detection_scores", "encode_observed", "feature_sums", "grow_runs",
     "identify_lines", "kurucz_features", "mean_zsp", "nearest_observed", "overlaps",
+    "owner_response",
     "rank_labels", "recovered_features", "recovery_errors", "recovery_reducer", "reduce_label_sets",
     "relative_error_percent", "removed_features", "runs", "strong_features",
     "zsp_choice_sensitivity", "zsp_for_labels",

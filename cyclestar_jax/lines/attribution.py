@@ -228,3 +228,45 @@ def attribution_accuracy(true_labels: np.ndarray, predicted: np.ndarray) -> dict
   return {"accuracy": n_ok / n if n else float("nan"), "n_scored": n, "n_correct": n_ok,
           "cn_confusion": table,
           "cn_group_accuracy": float(table[:, :2].sum() / n_cn) if n_cn else float("nan")}
+
+
+def owner_response(delta_model: np.ndarray, delta_true: np.ndarray, features: Features, *,
+                   candidates: tuple[int, ...] = ABUNDANCE_LABELS) -> dict[str, dict]:
+  """How strongly the model's added lines respond to their owner, against the truth.
+
+  For each feature f and candidate j, R_fj = Σ_{p ∈ f} ΔD_pj (the attribution A of the module
+  docstring) of the model and of the truth (e.g. the mock world's exact derivatives,
+  `mock.derivative_spectra`: ΔD = ∂truth/∂Y − ∂synthetic/∂Y). Summarized per owner element
+  over its features (medians).
+
+  Args:
+    delta_model, delta_true: [P, 25] derivative differences (per physical unit) on the pixels
+      of `features.network_ranges(P)`.
+    features: the features, with owners in `label` (−1: skipped).
+    candidates: the labels compared.
+
+  Returns:
+    {element label name: {"n_features", "own_model", "own_truth" (median R of the owner, per
+    dex), "own_ratio" (own_model / own_truth), "top_model", "top_truth" (the candidate of most
+    negative median R), "top_model_value"}}.
+  """
+  start, end = features.network_ranges(n_pix=np.shape(delta_model)[-2])
+  cand = np.asarray(candidates)
+  r_m = np.asarray(feature_sums(jnp.asarray(delta_model)[:, cand], jnp.asarray(start),
+                                jnp.asarray(end)))
+  r_t = np.asarray(feature_sums(jnp.asarray(delta_true)[:, cand], jnp.asarray(start),
+                                jnp.asarray(end)))
+  out = {}
+  for j in sorted(set(np.asarray(features.label).tolist()) - {-1}):
+    rows = (np.asarray(features.label) == j) & (end > start)
+    if not rows.any() or j not in cand:
+      continue
+    k = int(np.flatnonzero(cand == j)[0])
+    med_m, med_t = np.median(r_m[rows], axis=0), np.median(r_t[rows], axis=0)
+    out[_labels.LABEL_NAMES[j]] = {
+        "n_features": int(rows.sum()), "own_model": float(med_m[k]), "own_truth": float(med_t[k]),
+        "own_ratio": float(med_m[k] / med_t[k]) if med_t[k] != 0 else float("nan"),
+        "top_model": _labels.LABEL_NAMES[int(cand[np.argmin(med_m)])],
+        "top_model_value": float(med_m.min()),
+        "top_truth": _labels.LABEL_NAMES[int(cand[np.argmin(med_t)])]}
+  return out

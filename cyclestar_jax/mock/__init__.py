@@ -5,6 +5,7 @@ Public:
   truth_spectrum(labels)           nature: labels [..., 25] -> flux [..., 7214] (pure JAX)
   synthetic_spectrum(labels, w)    the "Kurucz" domain (with the gap), noise-free
   observe(labels, w, rng)          the "APOGEE" domain: instrument + noise
+  derivative_spectra(labels, w)    exact ∂flux/∂label of both domains (line-identification truth)
   WorldConfig, DataSizes, make_data(out, world, sizes)
 """
 
@@ -12,6 +13,7 @@ from cyclestar_jax.mock.files import DataSizes, make_data
 from cyclestar_jax.mock.population import sample_labels
 from cyclestar_jax.mock.world import (
     WorldConfig,
+    derivative_spectra,
     masked_features,
     masked_pixels,
     observe,
@@ -21,6 +23,7 @@ from cyclestar_jax.mock.world import (
 )
 
 __all__ = [
-    "DataSizes", "WorldConfig", "make_data", "masked_features", "masked_pixels", "observe",
-    "removed_features", "sample_labels", "synthetic_spectrum", "truth_spectrum",
+    "DataSizes", "WorldConfig", "derivative_spectra", "make_data", "masked_features",
+    "masked_pixels", "observe", "removed_features", "sample_labels", "synthetic_spectrum",
+    "truth_spectrum",
 ]  # fmt: skip

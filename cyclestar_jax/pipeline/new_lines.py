@@ -1,8 +1,9 @@
 """The line-identification job (paper §4.2): mock world in missing-line mode → emulator on the
-synthetic domain (features removed) → Cycle-StarNet (`new_lines_1`: z_sp 1 × 24, λ 90/90/1)
-→ derivative spectra of many label sets, reduced on the devices → recovery errors, attributions,
-detections → metrics.json, report.md, Figs. 12–14. Same run-folder conventions as the main job
-(`stages`): every stage kept, re-runs skip what is done, training resumes.
+synthetic domain (features removed) → Cycle-StarNet (`new_lines_1`: z_sp 1 × 24, λ 90/90/1; the
+cpu preset λ 3/9/1) → derivative spectra of many label sets, reduced on the devices → recovery
+errors, attributions, detections → metrics.json, report.md, Figs. 12–14. Same run-folder
+conventions as the main job (`stages`): every stage kept, re-runs skip what is done, training
+resumes.
 
 Label sets: drawn from the mock's population (`mock.sample_labels`), each with its true
 noise-free spectrum for the recovery error; their z_sp is that of the observed test star
@@ -39,13 +40,21 @@ PRESETS = {
     "cpu": dataclasses.replace(
         _presets.PRESETS["cpu"], name="cpu",
         cycle=dataclasses.replace(_presets.PRESETS["cpu"].cycle, name="new_lines_cpu",
-                                  zsp_filters=1, lambda_synth=90.0, lambda_obs=90.0,
-                                  mask_synth_lines=False),
+                                  zsp_filters=1, lambda_synth=3.0, lambda_obs=9.0,
+                                  mask_synth_lines=False, n_iter=6000,
+                                  lr_boundaries_gen=(5000,), lr_boundaries_critic=(5000,)),
         n_fit=2000, n_eval=256),
     "paper": dataclasses.replace(
         _presets.PRESETS["paper"], name="paper",
         cycle=dataclasses.replace(_NL, mask_synth_lines=False), n_fit=100_000, n_eval=1000),
 }
+# cpu: λ_synth 3, λ_obs 9 (the APOGEE experiment's weights), not new_lines_1's 90/90. At 90/90
+# the critics win from iteration ~300 (accuracy 1.0, Eq. 4 loss 5e-4) and the transfer never
+# restores the missing lines in 3,000 iterations (recovery error 8.85 % against 6.88 % without
+# recovery); at 3/9 the game stays alive (critic accuracy ~0.8) and the same 3,000 iterations
+# restore them (0.99 %; benchmarks/README.md, "new_lines"). The paper preset keeps 90/90.
+# 6,000 iterations (lr × 0.7 at 5,000), within the 15-minute training limit on a 2-core CPU:
+# recovery 0.82 % and attribution 17 % against 0.99 % and 13 % at 3,000.
 # mask_synth_lines is off: the mock's missing-line synthetic files already have the world's
 # selection at the continuum, and the flag would add the paper's own 30 % (`total_mask`) on top,
 # so that at any other --masked-fraction the networks would train on other synthetic spectra
@@ -87,6 +96,7 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
   from cyclestar_jax.chain import ModelChain
   from cyclestar_jax.emulator import load_emulator
   from cyclestar_jax.fitting import load_cycle_model
+  from cyclestar_jax.resources import N_DROP
 
   em = load_emulator(emulator_path)
   mc = ModelChain(em, load_cycle_model(model_dir))
@@ -125,6 +135,12 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
   ds = lines.derivative_spectra(mc, y_ref[None], z_ref)
   ref_att = lines.attribute_features(ds["d_payne"][0], ds["d_synth_to_obs"][0], removed)
   ref_acc = lines.attribution_accuracy(true, ref_att["predicted"])
+  # The mock world's own derivatives: the ceiling of the ranking, and the model's response.
+  dw = mock.derivative_spectra(y_ref[None], world)
+  d_true = dw["d_truth"][0, N_DROP:] - dw["d_synth"][0, N_DROP:]
+  ceiling = lines.attribute_features(dw["d_synth"][0, N_DROP:], dw["d_truth"][0, N_DROP:],
+                                     removed)
+  response = lines.owner_response(ds["d_synth_to_obs"][0] - ds["d_payne"][0], d_true, removed)
   found = lines.recovered_features(ds["synth_to_obs"][0], ds["payne"][0])
   detection = lines.detection_scores(found, removed)
   n_sens = min(256, len(y))
@@ -145,6 +161,9 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
       "attribution_accuracy_near_reference": _pooled(att["winner"][near], true),
       "attribution_accuracy_reference_star": float(ref_acc["accuracy"]),
       "attribution_per_element": per_element,
+      "attribution_accuracy_true_derivatives": float(
+          lines.attribution_accuracy(true, ceiling["predicted"])["accuracy"]),
+      "owner_response_reference_star": response,
       "cn_confusion": np.asarray(att["cn_confusion"]).tolist(),
       "cn_confusion_rows_cols": "rows: true C, true N; columns: predicted C, N, other",
       "cn_group_accuracy": float(att["cn_group_accuracy"]),
@@ -227,6 +246,25 @@ def render(m: dict) -> str:
   for k, v in m["attribution_per_element"].items():
     lines_.append(f"| {k[:-2]} | {v['n_features']} | {v['accuracy_all']:.0%} | "
                   f"{v['accuracy_near_reference']:.0%} |")
+  resp = m.get("owner_response_reference_star", {})
+  if resp:
+    lines_ += ["", "## Why the attribution falls short (the mock world's own derivatives)", "",
+               f"With the world's exact derivative differences (∂truth/∂Y − ∂synthetic/∂Y) at "
+               f"the reference star, the same ranking attributes "
+               f"{m['attribution_accuracy_true_derivatives']:.0%} of the removed features: the "
+               "method's ceiling here. The model's added lines respond to their element as "
+               "below (median over the element's removed features of the derivative difference "
+               "summed over the feature, per dex; 'strongest' is the abundance with the most "
+               "negative median; the mock's population correlates the abundances with [Fe/H] "
+               "at r ≈ 0.9–1, so a transfer can predict a missing line from other elements' "
+               "lines).", "",
+               "| element | features | own label: model | own label: truth | model / truth | "
+               "strongest in the model | strongest in the truth |",
+               "| --- | --- | --- | --- | --- | --- | --- |"]
+    for k, v in resp.items():
+      lines_.append(f"| {k[:-2]} | {v['n_features']} | {v['own_model']:+.3f} | "
+                    f"{v['own_truth']:+.3f} | {v['own_ratio']:.2f} | {v['top_model'][:-2]} "
+                    f"({v['top_model_value']:+.3f}) | {v['top_truth'][:-2]} |")
   lines_ += ["", "## Figures", ""] + [f"- [{p}]({p})" for p in m.get("figures", [])]
   return "\n".join(lines_) + "\n"
 

@@ -41,8 +41,7 @@ PRESETS = {
         _presets.PRESETS["cpu"], name="cpu",
         cycle=dataclasses.replace(_presets.PRESETS["cpu"].cycle, name="new_lines_cpu",
                                   zsp_filters=1, lambda_synth=3.0, lambda_obs=9.0,
-                                  mask_synth_lines=False, n_iter=6000,
-                                  lr_boundaries_gen=(5000,), lr_boundaries_critic=(5000,)),
+                                  mask_synth_lines=False),
         n_fit=2000, n_eval=256),
     "paper": dataclasses.replace(
         _presets.PRESETS["paper"], name="paper",
@@ -53,8 +52,8 @@ PRESETS = {
 # restores the missing lines in 3,000 iterations (recovery error 8.85 % against 6.88 % without
 # recovery); at 3/9 the game stays alive (critic accuracy ~0.8) and the same 3,000 iterations
 # restore them (0.99 %; benchmarks/README.md, "new_lines"). The paper preset keeps 90/90.
-# 6,000 iterations (lr × 0.7 at 5,000), within the 15-minute training limit on a 2-core CPU:
-# recovery 0.82 % and attribution 17 % against 0.99 % and 13 % at 3,000.
+# The main job's 6,000 iterations (lr × 0.7 at 5,000): recovery 0.82 % and attribution 17 %
+# against 0.99 % and 13 % at 3,000.
 # mask_synth_lines is off: the mock's missing-line synthetic files already have the world's
 # selection at the continuum, and the flag would add the paper's own 30 % (`total_mask`) on top,
 # so that at any other --masked-fraction the networks would train on other synthetic spectra

@@ -10,7 +10,8 @@ KEYS = ("recovery_error_pct", "no_recovery_error_pct", "recovery_error_binned_pc
         "attribution_accuracy", "attribution_per_element", "cn_confusion",
         "attribution_accuracy_near_reference", "attribution_accuracy_reference_star",
         "zsp_sensitivity", "detection", "label_sets_per_s",
-        "attribution_accuracy_true_derivatives", "owner_response_reference_star")
+        "attribution_accuracy_true_derivatives", "owner_response_reference_star",
+        "abundance_fe_correlation")
 
 
 def test_smoke_writes_every_key_and_figure(tmp_path):

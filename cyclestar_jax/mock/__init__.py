@@ -5,7 +5,7 @@ Public:
   truth_spectrum(labels)           nature: labels [..., 25] -> flux [..., 7214] (pure JAX)
   synthetic_spectrum(labels, w)    the "Kurucz" domain (with the gap), noise-free
   observe(labels, w, rng)          the "APOGEE" domain: instrument + noise
-  derivative_spectra(labels, w)    exact ∂flux/∂label of both domains (line-identification truth)
+  derivative_spectra(labels, w)    ∂flux/∂label of both domains (the line-identification truth)
   WorldConfig, DataSizes, make_data(out, world, sizes)
 """
 

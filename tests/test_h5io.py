@@ -195,7 +195,7 @@ def test_reading_is_by_row_range_not_whole_dataset(tmp_path, monkeypatch):
   path = tmp_path / "big.h5"
   _write(path, {"train": d}, block=200)
   plans, mem_shapes = [], []
-  real_plan, real_create = h5io._read_plan, h5py.h5s.create_simple
+  real_plan, real_create = h5io.reader._read_plan, h5py.h5s.create_simple
 
   def spy_plan(ds, plan, n_out, dtype):
     plans.extend((lo, hi) for lo, hi, _ in plan)
@@ -205,7 +205,7 @@ def test_reading_is_by_row_range_not_whole_dataset(tmp_path, monkeypatch):
     mem_shapes.append(shape)
     return real_create(shape, *args)
 
-  monkeypatch.setattr(h5io, "_read_plan", spy_plan)
+  monkeypatch.setattr(h5io.reader, "_read_plan", spy_plan)
   monkeypatch.setattr(h5py.h5s, "create_simple", spy_create)
   file_bytes = os.path.getsize(path)
   with h5io.SpectraFile(path) as f:

@@ -1,143 +1,30 @@
-"""Reader and writer of the reference HDF5 data format (DESIGN.md §2). NumPy + h5py only.
-
-Format (one file per domain, as the authors' `csn_kurucz.h5` / `csn_apogee.h5`): datasets at the
-root named `"<field> <split>"` with a space, for split in `train`, `val`, `test`:
-
-  `spectra <split>`      [N, 7214] continuum-normalized flux (float32 written; any float read)
-  `spectra_err <split>`  [N, 7214] 1-sigma flux errors in raw flux units (float32)
-  `spectra_msk <split>`  [N, 7214] 1 = good pixel, 0 = bad (uint8 written; any 0/1 numbers read)
-  `labels <split>`       [N, 25] physical labels in The Payne's order (`labels.LABEL_NAMES`),
-                         float64 written, float32 accepted
-  `snr <split>`          [N] signal-to-noise ratio (float32)
-
-Only `spectra <split>` is required; the authors' synthetic files hold `spectra` and `labels` only
-and are read as they are (`x_err`, `x_msk`, `snr` are then None). Any other per-row dataset
-`"<name> <split>"` (e.g. `labels_true train`, the mock world's true labels) is an *extra*, read
-with `SpectraFile.extra`. File attributes are returned by `SpectraFile.attrs`; dict-valued
-attributes (the mock world's settings under `"world"`) are stored as JSON strings and parsed
-back to dicts; lists of strings (`"paired_splits"`: the splits whose row i is the same star in
-both domains' files, `["val"]` in the mock world's files) come back as lists of str.
-
-Reading is lazy: `SpectraFile` opens the file, checks every dataset's shape once (metadata only)
-and reads rows on demand, by row range (`read(split, start, stop)`, `iter_chunks`) or by an
-index array (`read(split, rows=idx)`, e.g. a shuffled batch), so files larger than memory work.
-
-Bad pixels (documented masking, applied by every `SpectraFile.read`; the file is not changed):
-  * NaN or ±inf flux: flux set to 1.0 (the continuum) and mask set False.
-  * NaN, ±inf, zero or negative error: error set to 1.0 (a very large error in normalized flux)
-    and mask set False.
-  * A file without `spectra_msk` gets a mask (all True but the bad pixels) as soon as a bad
-    pixel is found in the block read; otherwise `x_msk` stays None.
-  * Non-finite labels or S/N are left as they are, but counted.
-All of it is counted and reported in ONE `BadPixelWarning` per `read` call, naming the file and
-the datasets; the counts are also in the warning's `counts` attribute. So no NaN reaches the
-networks through `x` or `x_err`. Mask values other than 0/1 (e.g. an APOGEE bitmask stored by
-mistake) are an error, not a guess.
-
-Writing is atomic: `SpectraWriter` writes to a hidden temporary file next to the target and
-renames it onto the target only when every row of every split has been written and the `with`
-block exits without an exception; otherwise the temporary file is deleted and an existing file
-at the target is left untouched. (A process killed with SIGKILL leaves its `.<name>.tmp-*`
-file behind, never a half-written target. No fsync is done: the guarantee is against failed or
-interrupted runs, not power loss.) Datasets are chunked along rows, full width, so row ranges
-read fast; no compression by default, for speed.
-"""
+"""Lazy, validated reading of reference-format files (`SpectraFile`, `read_split`), with the
+bad-pixel masking the `cyclestar_jax.h5io` docstring documents."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from cyclestar_jax.h5io.format import (
+  FIELDS,
+  JSON_ATTRS,
+  SPLITS,
+  BadPixelWarning,
+  Spectra,
+  dataset_name,
+)
 from cyclestar_jax.labels import N_LABELS
 from cyclestar_jax.resources import N_PIX
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-FIELDS: tuple[str, ...] = ("spectra", "spectra_err", "spectra_msk", "labels", "snr")
-
-# Keyword of `SpectraWriter.write` / attribute of `Spectra` for each field.
-_ARG_OF_FIELD = {
-    "spectra": "x", "spectra_err": "x_err", "spectra_msk": "x_msk", "labels": "y", "snr": "snr",
-}  # fmt: skip
-_PIXEL_FIELDS = ("spectra", "spectra_err", "spectra_msk")
-_DISK_DTYPE = {
-    "spectra": np.float32, "spectra_err": np.float32, "spectra_msk": np.uint8,
-    "labels": np.float64, "snr": np.float32,
-}  # fmt: skip
-_JSON_ATTRS = ("world",)  # attributes that must hold a JSON object
-# Target chunk sizes in bytes: (256, 7214) float32 uncompressed, as the data loader reads whole
-# row blocks; small chunks when compressed, since a compressed chunk is always read whole.
-_CHUNK_BYTES = 256 * N_PIX * 4
-_CHUNK_BYTES_COMPRESSED = 16 * N_PIX * 4
 _CLUSTER_GAP = 4  # an index read fetches the gaps between rows up to this many apart
-
-
-class BadPixelWarning(UserWarning):
-  """Non-finite flux or non-positive / non-finite errors were masked during a read.
-
-  Attributes:
-    counts: dict of counts, keys `flux_nonfinite`, `err_nonfinite`, `err_nonpositive`,
-      `labels_nonfinite`, `snr_nonfinite` (only the nonzero ones).
-  """
-
-  def __init__(self, message: str, counts: Mapping[str, int] | None = None):
-    super().__init__(message)
-    self.counts = dict(counts or {})
-
-
-def dataset_name(field: str, split: str) -> str:
-  """The reference dataset name of a field in a split: `dataset_name("spectra", "train")` is
-  `"spectra train"`."""
-  if not field or " " in field:
-    raise ValueError(f"field name must be non-empty without spaces, got {field!r}")
-  if not split or any(c.isspace() for c in split):
-    raise ValueError(f"split name must be non-empty without spaces, got {split!r}")
-  return f"{field} {split}"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Spectra:
-  """One block of rows of one split, in memory.
-
-  Attributes:
-    x: [N, n_pix] float32 continuum-normalized flux.
-    x_err: [N, n_pix] float32 1-sigma flux errors in raw flux units; None if the file has none.
-    x_msk: [N, n_pix] bool, True = good pixel; None if the file has no mask (and no bad pixel
-      was found in this block).
-    y: [N, 25] float64 physical labels in `LABEL_NAMES` order; None if the file has none.
-    snr: [N] float32 signal-to-noise ratio; None if the file has none.
-  """
-
-  x: np.ndarray
-  x_err: np.ndarray | None = None
-  x_msk: np.ndarray | None = None
-  y: np.ndarray | None = None
-  snr: np.ndarray | None = None
-
-  def __post_init__(self):
-    if self.x.ndim != 2:
-      raise ValueError(f"Spectra.x must be [N, n_pix], got shape {self.x.shape}")
-    n = self.x.shape[0]
-    for name, want in (("x_err", self.x.shape), ("x_msk", self.x.shape),
-                       ("y", (n, N_LABELS)), ("snr", (n,))):
-      v = getattr(self, name)
-      if v is not None and v.shape != want:
-        raise ValueError(f"Spectra.{name} has shape {v.shape}; expected {want}")
-
-  def __len__(self) -> int:
-    return int(self.x.shape[0])
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading
 
 
 def _plan_rows(rows: np.ndarray) -> tuple[list[tuple[int, int, np.ndarray | None]], np.ndarray]:
@@ -325,11 +212,11 @@ class SpectraFile:
     self._check_open()
     for k, v in self._f.attrs.items():
       v = _decode_attr(v)
-      if isinstance(v, str) and (k in _JSON_ATTRS or v.lstrip().startswith("{")):
+      if isinstance(v, str) and (k in JSON_ATTRS or v.lstrip().startswith("{")):
         try:
           parsed = json.loads(v)
         except json.JSONDecodeError as e:
-          if k in _JSON_ATTRS:
+          if k in JSON_ATTRS:
             raise ValueError(
                 f"{self.path}: attribute {k!r} is not valid JSON ({e}); expected a JSON "
                 "object") from None
@@ -593,271 +480,3 @@ def read_split(path: str | os.PathLike, split: str = "train", *, stop: int | Non
 def _expected_names() -> str:
   return ", ".join(repr(dataset_name(f, "<split>")) for f in FIELDS) + \
       f" with <split> in {', '.join(SPLITS)}; only 'spectra <split>' is required"
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing
-
-
-def _json_default(v: Any) -> Any:
-  if isinstance(v, np.ndarray):
-    return v.tolist()
-  if isinstance(v, np.generic):
-    return v.item()
-  if dataclasses.is_dataclass(v) and not isinstance(v, type):
-    return dataclasses.asdict(v)
-  if isinstance(v, os.PathLike):
-    return os.fspath(v)
-  raise TypeError(f"{type(v).__name__} is not JSON serializable")
-
-
-def _chunk_rows(n_rows: int, row_bytes: int, compressed: bool) -> int:
-  target = _CHUNK_BYTES_COMPRESSED if compressed else _CHUNK_BYTES
-  return max(1, min(n_rows, target // max(row_bytes, 1)))
-
-
-def _missing_ranges(written: np.ndarray) -> list[tuple[int, int]]:
-  edges = np.diff(np.concatenate([[0], (~written).astype(np.int8), [0]]))
-  lo, hi = np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()
-  return list(zip(lo, hi, strict=True))
-
-
-class SpectraWriter:
-  """Writes a reference-format HDF5 file in row blocks, atomically.
-
-  Args:
-    path: the target file; written as a hidden temporary file in the same folder and renamed
-      onto `path` on success (see the module docstring).
-    sizes: rows per split, e.g. {"train": 100_000, "val": 1000, "test": 1000}.
-    n_pix: pixels per spectrum.
-    fields: the reference fields to write (must include "spectra"); every `write` call must
-      give all of them.
-    extra_fields: extra per-row datasets `"<name> <split>"`: {name: (row_shape, dtype)}, e.g.
-      {"labels_true": ((25,), np.float64)}; given to `write` as keyword arguments `name=...`.
-    attrs: file attributes; dict values (e.g. "world", the mock world's settings) are stored as
-      JSON strings, lists of strings (e.g. "paired_splits") as string arrays.
-    compression: h5py compression ("gzip", "lzf", a gzip level 0-9) or None (default, fastest).
-
-  Example:
-    with SpectraWriter(path, {"train": n}) as w:
-      for start in range(0, n, 4096):
-        w.write("train", start, x=..., x_err=..., x_msk=..., y=..., snr=...)
-  """
-
-  def __init__(self, path: str | os.PathLike, sizes: Mapping[str, int], *, n_pix: int = N_PIX,
-               fields: Sequence[str] = FIELDS,
-               extra_fields: Mapping[str, tuple[tuple[int, ...], Any]] | None = None,
-               attrs: Mapping[str, Any] | None = None, compression: str | int | None = None):
-    self.path = Path(path)
-    if not self.path.parent.is_dir():
-      raise FileNotFoundError(f"{self.path}: folder {str(self.path.parent)!r} does not exist")
-    if self.path.is_dir():
-      raise ValueError(f"{self.path}: is a directory, expected a file path")
-    self.n_pix = int(n_pix)
-    if self.n_pix < 1:
-      raise ValueError(f"{self.path}: n_pix must be >= 1, got {n_pix}")
-    self.fields = tuple(fields)
-    unknown = [f for f in self.fields if f not in FIELDS]
-    if unknown or "spectra" not in self.fields:
-      raise ValueError(
-          f"{self.path}: fields must be a subset of {FIELDS} including 'spectra', got "
-          f"{self.fields}")
-    if not sizes:
-      raise ValueError(f"{self.path}: sizes is empty; expected e.g. {{'train': N}}")
-    self.sizes = {}
-    for split, n in sizes.items():
-      dataset_name("spectra", split)  # validates the split name
-      if int(n) != n or n < 0:
-        raise ValueError(f"{self.path}: sizes[{split!r}] = {n!r}; expected an integer >= 0")
-      self.sizes[split] = int(n)
-    self.extra_fields: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    for name, spec in (extra_fields or {}).items():
-      if name in FIELDS or name in _ARG_OF_FIELD.values() or not name or " " in name:
-        raise ValueError(
-            f"{self.path}: extra field name {name!r} must be non-empty, without spaces, and "
-            f"not one of {FIELDS + tuple(_ARG_OF_FIELD.values())}")
-      try:
-        shape, dtype = spec
-        self.extra_fields[name] = (tuple(int(s) for s in shape), np.dtype(dtype))
-      except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"{self.path}: extra_fields[{name!r}] = {spec!r}; expected (row_shape, dtype), "
-            f"e.g. ((25,), np.float64) ({e})") from None
-    self.compression = compression
-    self._written = {s: np.zeros(n, dtype=bool) for s, n in self.sizes.items()}
-    self._tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    self._f: h5py.File | None = h5py.File(self._tmp, "x")
-    try:
-      self._create(attrs or {})
-    except BaseException:
-      self.abort()
-      raise
-
-  def _create(self, attrs: Mapping[str, Any]) -> None:
-    f = self._f
-    for k, v in attrs.items():
-      if isinstance(v, (list, tuple)) and all(isinstance(e, str) for e in v):
-        v = np.array(v, dtype=h5py.string_dtype())  # read back as a list of str
-      try:
-        f.attrs[k] = json.dumps(v, default=_json_default) if isinstance(v, Mapping) else v
-      except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"{self.path}: attribute {k!r} = {v!r:.80} cannot be stored ({e}); use numbers, "
-            "strings, arrays or JSON-serializable dicts") from None
-    comp = self.compression
-    kw = {"compression": comp, "shuffle": True} if comp is not None else {}
-    for split, n in self.sizes.items():
-      shapes = {
-          "spectra": (self.n_pix,), "spectra_err": (self.n_pix,), "spectra_msk": (self.n_pix,),
-          "labels": (N_LABELS,), "snr": (),
-      }  # fmt: skip
-      specs = [(fld, shapes[fld], np.dtype(_DISK_DTYPE[fld])) for fld in self.fields]
-      specs += [(name, shape, dt) for name, (shape, dt) in self.extra_fields.items()]
-      for name, row_shape, dtype in specs:
-        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
-        chunks = (_chunk_rows(n, row_bytes, comp is not None),) + row_shape if n else None
-        f.create_dataset(dataset_name(name, split), shape=(n,) + row_shape, dtype=dtype,
-                         chunks=chunks, **(kw if n else {}))
-
-  def write(self, split: str, start: int, *, x: np.ndarray, x_err: np.ndarray | None = None,
-            x_msk: np.ndarray | None = None, y: np.ndarray | None = None,
-            snr: np.ndarray | None = None, **extra: np.ndarray) -> None:
-    """Writes rows [start, start + B) of a split.
-
-    Args:
-      split: a split of `sizes`.
-      start: first row.
-      x: [B, n_pix] flux. x_err: [B, n_pix] raw flux errors. x_msk: [B, n_pix] bool or 0/1,
-        True = good. y: [B, 25] physical labels. snr: [B]. Each must be given iff its field is
-        in `fields`. extra: one [B, *row_shape] array per declared extra field.
-
-    Raises:
-      ValueError / KeyError / IndexError naming the file, split and field on bad input.
-    """
-    f = self._open_file()
-    if split not in self.sizes:
-      raise KeyError(f"{self.path}: split {split!r} not declared in sizes {self.sizes}")
-    given = {"spectra": x, "spectra_err": x_err, "spectra_msk": x_msk, "labels": y, "snr": snr}
-    for field, arr in given.items():
-      arg = _ARG_OF_FIELD[field]
-      if field in self.fields and arr is None:
-        raise ValueError(
-            f"{self.path}: write to split {split!r}: {arg!r} (dataset "
-            f"{dataset_name(field, split)!r}) missing; fields {self.fields} are declared")
-      if field not in self.fields and arr is not None:
-        raise ValueError(
-            f"{self.path}: write to split {split!r}: {arg!r} given but field {field!r} is not "
-            f"in the declared fields {self.fields}")
-    unknown = sorted(set(extra) - set(self.extra_fields))
-    missing = sorted(set(self.extra_fields) - set(extra))
-    if unknown or missing:
-      what = (f"extra fields missing {missing}" if missing else "") + \
-          (", " if missing and unknown else "") + \
-          (f"unknown arguments {unknown}" if unknown else "")
-      raise ValueError(
-          f"{self.path}: write to split {split!r}: {what}; declared extra fields: "
-          f"{sorted(self.extra_fields)}")
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[1] != self.n_pix:
-      raise ValueError(
-          f"{self.path}: write to split {split!r}: 'x' (dataset "
-          f"{dataset_name('spectra', split)!r}) has shape {x.shape}; expected [B, {self.n_pix}] "
-          f"({self.n_pix} pixels)")
-    b = x.shape[0]
-    start = int(start)
-    n = self.sizes[split]
-    if not 0 <= start <= start + b <= n:
-      raise IndexError(
-          f"{self.path}: write to split {split!r}: rows [{start}, {start + b}) out of range; "
-          f"the split has rows [0, {n})")
-    rows = {
-        "spectra": (self.n_pix,), "spectra_err": (self.n_pix,), "spectra_msk": (self.n_pix,),
-        "labels": (N_LABELS,), "snr": (),
-    }  # fmt: skip
-    out: dict[str, np.ndarray] = {}
-    for field in self.fields:
-      out[field] = self._check(split, field, _ARG_OF_FIELD[field], given[field],
-                               (b,) + rows[field], np.dtype(_DISK_DTYPE[field]))
-    for name, (row_shape, dtype) in self.extra_fields.items():
-      out[name] = self._check(split, name, name, extra[name], (b,) + row_shape, dtype)
-    if b == 0:
-      return
-    for name, arr in out.items():
-      f[dataset_name(name, split)].write_direct(arr, dest_sel=np.s_[start:start + b])
-    self._written[split][start:start + b] = True
-
-  def _check(self, split: str, name: str, arg: str, arr, shape: tuple[int, ...],
-             dtype: np.dtype) -> np.ndarray:
-    arr = np.asarray(arr)
-    if name == "snr" and arr.shape == shape + (1,):
-      arr = arr.reshape(shape)
-    what = f"{self.path}: write to split {split!r}: {arg!r} (dataset {dataset_name(name, split)!r})"
-    if arr.shape != shape:
-      hint = {"spectra_err": f" ({self.n_pix} pixels)", "spectra_msk": f" ({self.n_pix} pixels)",
-              "labels": f" ({N_LABELS} labels in LABEL_NAMES order)"}.get(name, "")
-      raise ValueError(f"{what} has shape {arr.shape}; expected {shape}{hint}")
-    if arr.dtype.kind not in "biuf" and arr.dtype.kind != dtype.kind:
-      raise ValueError(f"{what} has dtype {arr.dtype}; expected numbers ({dtype})")
-    if name == "spectra_msk" and arr.dtype != np.bool_:
-      if arr.size and not np.all((arr == 0) | (arr == 1)):
-        raise ValueError(f"{what} holds values other than 0/1; expected bool (True = good)")
-    if name == "spectra_msk" and arr.dtype == np.bool_:
-      return np.ascontiguousarray(arr).view(np.uint8)
-    return np.ascontiguousarray(arr, dtype=dtype)
-
-  def _open_file(self) -> h5py.File:
-    if self._f is None:
-      raise ValueError(f"{self.path}: the writer is closed")
-    return self._f
-
-  def missing_rows(self) -> dict[str, list[tuple[int, int]]]:
-    """Row ranges [lo, hi) not yet written, per split (empty lists when complete)."""
-    return {s: _missing_ranges(w) for s, w in self._written.items()}
-
-  def close(self) -> None:
-    """Finishes: renames the temporary file onto `path` if every row was written.
-
-    Raises:
-      ValueError: rows are missing (the message lists them); the temporary file is removed
-        and an existing file at `path` is left as it was.
-    """
-    if self._f is None:
-      return
-    missing = {s: r for s, r in self.missing_rows().items() if r}
-    if missing:
-      self.abort()
-      desc = "; ".join(
-          f"split {s!r}: rows " + ", ".join(f"[{a}, {b})" for a, b in r[:5]) +
-          (f" and {len(r) - 5} more ranges" if len(r) > 5 else "") + f" of {self.sizes[s]}"
-          for s, r in missing.items())
-      raise ValueError(f"{self.path}: not written, rows missing: {desc}; the file was left as "
-                       "it was")
-    self._f.close()
-    self._f = None
-    os.replace(self._tmp, self.path)
-
-  def abort(self) -> None:
-    """Discards everything written: closes and deletes the temporary file (idempotent)."""
-    if self._f is not None:
-      try:
-        self._f.close()
-      finally:
-        self._f = None
-        self._tmp.unlink(missing_ok=True)
-
-  def __enter__(self) -> SpectraWriter:
-    return self
-
-  def __exit__(self, exc_type, exc, tb) -> None:
-    if exc_type is not None:
-      self.abort()
-    else:
-      self.close()
-
-  def __del__(self):
-    # A writer dropped without close() must not leave its temporary file behind.
-    if getattr(self, "_f", None) is not None:
-      try:
-        self.abort()
-      except Exception:  # noqa: BLE001  (interpreter shutdown)
-        pass

@@ -181,11 +181,15 @@ def test_multi_step_equals_single_steps(smoke):
   # Same numbers up to rounding. XLA fuses the scanned body differently from the single step,
   # and Adam's first steps (update ≈ ±lr for any gradient well above its noise) turn rounding
   # differences of tiny gradients into parameter differences below lr: so the losses of every
-  # step are compared tightly, and the parameters to within the learning rate.
+  # step are compared tightly, and the parameters to within the learning rate. A gradient norm
+  # after the first step is the most sensitive of the metrics to those parameter differences
+  # (CI measured 1.9e-4 relative at the third step), so it gets 1e-3 there.
   for k in want_metrics[0]:
     assert got_metrics[k].shape == (n,)
-    np.testing.assert_allclose(got_metrics[k], [m[k] for m in want_metrics], rtol=1e-4,
-                               atol=1e-6, err_msg=k)
+    want = np.array([m[k] for m in want_metrics])
+    np.testing.assert_allclose(got_metrics[k][0], want[0], rtol=1e-4, atol=1e-6, err_msg=k)
+    rtol = 1e-3 if k.startswith("grad_norm") else 1e-4
+    np.testing.assert_allclose(got_metrics[k][1:], want[1:], rtol=rtol, atol=1e-6, err_msg=k)
   assert int(got_state.n_skipped) == int(want_state.n_skipped)
   for a, b in zip(jax.tree.leaves((got_state.gen_params, got_state.critic_params)),
                   jax.tree.leaves((want_state.gen_params, want_state.critic_params)), strict=True):

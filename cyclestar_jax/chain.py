@@ -55,6 +55,13 @@ def transfer_synth_to_obs(nets: Any, gen_params: dict, x_synth: jax.Array,
   return unstandardize(nets.decode_obs_from(gen_params, h_sh, h_sp))
 
 
+def autoencode_synth(nets: Any, gen_params: dict, x_synth: jax.Array) -> jax.Array:
+  """T_synth→synth = D_synth(D_sh(E_sh(E_synth(·)))) of raw synthetic spectra [B, 7167] → raw flux
+  [B, 7167]: the synthetic domain's own round trip through the shared latent."""
+  z_sh = nets.encode_synth(gen_params, standardize(x_synth))
+  return unstandardize(nets.decode_synth(gen_params, z_sh))
+
+
 def synth_to_obs_scaled(nets: Any, params: dict, theta: jax.Array,
                         h_sp: jax.Array | None) -> jax.Array:
   """T_synth→obs(Payne(θ)) of one star: θ [n_labels], h_sp [L_interm, C_sp] or None →

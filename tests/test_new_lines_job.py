@@ -11,7 +11,7 @@ KEYS = ("recovery_error_pct", "no_recovery_error_pct", "recovery_error_binned_pc
         "attribution_accuracy_near_reference", "attribution_accuracy_reference_star",
         "zsp_sensitivity", "detection", "label_sets_per_s",
         "attribution_accuracy_true_derivatives", "owner_response_reference_star",
-        "abundance_fe_correlation")
+        "abundance_fe_correlation", "label_sensitivity")
 
 
 def test_smoke_writes_every_key_and_figure(tmp_path):
@@ -32,6 +32,7 @@ def test_smoke_writes_every_key_and_figure(tmp_path):
     assert (out / "figures" / f).stat().st_size > 10_000, f
   report = (out / "report.md").read_text()
   assert "Recovery error" in report and "the method's ceiling" in report
+  assert "## Label sensitivity" in report
   assert any("report.md" in line for line in lines)
 
 

@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from jobs import run_job
 
-from cyclestar_jax import pipeline
+from cyclestar_jax import pipeline, sensitivity
 from experiments import apogee
 
 METRIC_KEYS = (
@@ -15,10 +16,12 @@ METRIC_KEYS = (
     "obs_cycle_norm_scatter", "fit_emulator_chi2r", "fit_synth_chi2r", "fit_csn_chi2r",
     "fit_emulator_mean_norm_resid", "fit_csn_mean_norm_resid", "label_errors",
     "train_iterations", "train_seconds", "device", "preset", "n_test",
-    "paired_untransferred_chi2_pooled", "paired_transfer_chi2_pooled", "fit_settings")
+    "paired_untransferred_chi2_pooled", "paired_transfer_chi2_pooled", "fit_settings",
+    "label_sensitivity")
 FIGURES = ("fig5_synthetic_residuals.png", "fig6_observed_residuals.png", "fig7_fit_example.png",
            "fig8_fit_residuals.png", "fig9_kiel_chi2.png", "fig10_tsne.png",
-           "fig11_kiel_methods.png", "label_errors.png", "training_curve.png")
+           "fig11_kiel_methods.png", "label_errors.png", "label_sensitivity.png",
+           "training_curve.png")
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +40,21 @@ def test_smoke_writes_every_key_and_file(smoke_run):
   assert on_disk["train_iterations"] == pipeline.PRESETS["smoke"].cycle.n_iter
   for method in ("Eq. 9 (Payne)", "Eq. 11 (Cycle-StarNet)"):
     assert set(on_disk["label_errors"][method]["Teff"]) == {"bias", "scatter", "n"}
+  sens = on_disk["label_sensitivity"]
+  assert sens["n"] == 8 and len(sens["labels"]) == 25
+  for v in sens["labels"].values():  # a gain and a correlation per pair and label
+    assert set(v) == {f"{p}_{s}" for p in sensitivity.PAIRS for s in ("gain", "r")}
+  # The numbers are tested by hand in test_sensitivity; a 20-second smoke emulator follows its
+  # world only roughly, so here: every Teff statistic exists, and correlations are correlations.
+  assert all(np.isfinite(v) for v in sens["labels"]["Teff"].values())
+  assert all(-1 - 1e-9 <= v[f"{p}_r"] <= 1 + 1e-9 for v in sens["labels"].values()
+             for p in sensitivity.PAIRS if np.isfinite(v[f"{p}_r"]))
   for f in FIGURES:
     p = out / "figures" / f
     assert p.is_file() and p.stat().st_size > 10_000, f
   report = (out / "report.md").read_text()
   assert "Eq. 11" in report and "paper" in report and "fig7_fit_example.png" in report
+  assert "## Label sensitivity" in report
   smoke = pipeline.PRESETS["smoke"]
   assert on_disk["fit_settings"] == {"n_fit": 8, "max_iter": smoke.fit_max_iter,
                                      "csn_max_iter": smoke.fit_max_iter,

@@ -217,8 +217,9 @@ def training_curve(model_dir: Path) -> dict[str, list[float]]:
 
 def make_figures(paths: RunPaths, rec: dict, sp_synth, sp_obs, fits: dict, arrays: dict,
                  y_true: np.ndarray | None, tsne: dict | None, curve: dict,
-                 paired: dict) -> list[str]:
-  """The paper's Figs. 5–11 (and label errors, training curve) into OUT/figures/."""
+                 paired: dict, sensitivity: dict | None = None) -> list[str]:
+  """The paper's Figs. 5–11 (and label errors, label sensitivity, training curve) into
+  OUT/figures/."""
   from cyclestar_jax import plots
 
   fig = paths.figures
@@ -266,12 +267,35 @@ def make_figures(paths: RunPaths, rec: dict, sp_synth, sp_obs, fits: dict, array
     out.append(plots.fig_label_errors(
         y_true[:n_fit], {FIT_TITLES[s]: arrays["y"][s] for s in FIT_METHODS},
         fig / "label_errors.png", names=KEY_LABELS))
+  if sensitivity is not None:
+    lab = sensitivity["labels"]
+    out.append(plots.fig_label_sensitivity(
+        {title: [lab[n][key] for n in LABEL_NAMES] for key, title in SENSITIVITY_BARS
+         if key in lab["Teff"]},
+        fig / "label_sensitivity.png", n_stars=sensitivity["n"]))
   if curve["step"]:
     out.append(plots.fig_training_curve(
         {"x_synth→obs vs x_obs (val, paired)": (curve["minutes"], curve["chi2"])},
         fig / "training_curve.png", floor=MOCK_FLOOR_CHI2 if y_true is not None else None,
         baseline=paired.get("paired_untransferred_chi2_pooled")))
   return out
+
+
+SENSITIVITY_BARS = (("payne_truth_gain", "Payne vs truth (Eq. 9's model)"),
+                    ("autoencoder_gain", "T_synth→synth∘Payne vs Payne"),
+                    ("transfer_gain", "T_synth→obs∘Payne vs Payne"),
+                    ("csn_gain", "T_synth→obs∘Payne vs truth (Eq. 11's model)"))
+
+
+def label_sensitivity(em, cycle, sp_test, y: np.ndarray, world: dict | None) -> dict:
+  """`sensitivity.label_sensitivity` at the first `sensitivity.N_STARS` fitted test stars, at
+  labels y (the truth with the mock `world`'s settings; else the catalogue's, truth-free)."""
+  from cyclestar_jax import mock, sensitivity
+
+  n = min(sensitivity.N_STARS, len(y))
+  return sensitivity.label_sensitivity(
+      chain.ModelChain(em, cycle), y[:n], sp_test.x[:n],
+      None if world is None else mock.WorldConfig.from_json_dict(world))
 
 
 def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: Path,
@@ -289,6 +313,8 @@ def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: P
     sp_test = fo.read("test", 0, n_fit)
     y_true = (fo.extra("labels_true", "test", 0, n_fit)
               if "labels_true" in fo.extra_names("test") else None)
+    world = fo.attrs.get("world") if y_true is not None else None
+    y_sens = y_true if y_true is not None else sp_test.y  # the catalogue's on the user's data
     paired_ok = "val" in fs.splits and "val" in fo.splits and fs.n("val") == fo.n("val")
     sp_sv = fs.read("val", 0, min(256, fs.n("val"))) if paired_ok else None
     sp_ov = fo.read("val", 0, min(256, fo.n("val"))) if paired_ok else None
@@ -308,11 +334,14 @@ def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: P
   if y_true is not None:
     out["label_errors"] = {FIT_TITLES[s]: fits[s]["label_errors"] for s in FIT_METHODS}
   out["n_test"] = int(n_fit)
+  if y_sens is not None and np.isfinite(y_sens).all():
+    out["label_sensitivity"] = label_sensitivity(em, cycle, sp_test, y_sens, world)
   tsne = tsne_panels(rec, sp_synth, sp_obs_eval, n_tsne or out["n_eval"])
   curve = training_curve(model_dir)
   out["training_curve"] = curve
   out["figures"] = [str(Path(p).relative_to(paths.out)) for p in make_figures(
-      paths, rec, sp_synth, sp_obs_eval, fits, arrays, y_true, tsne, curve, paired)]
+      paths, rec, sp_synth, sp_obs_eval, fits, arrays, y_true, tsne, curve, paired,
+      out.get("label_sensitivity"))]
   return json.loads(json.dumps(out, default=float))
 
 

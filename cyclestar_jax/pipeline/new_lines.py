@@ -22,12 +22,14 @@ import jax
 import numpy as np
 
 from cyclestar_jax import config as _config
+from cyclestar_jax import sensitivity
 from cyclestar_jax.emulator_train import EmulatorTrainConfig
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.labels import ABUNDANCE_SLICE, LABEL_NAMES, label_index
 from cyclestar_jax.mock import DataSizes
 from cyclestar_jax.pipeline import presets as _presets
 from cyclestar_jax.pipeline import stages
+from cyclestar_jax.pipeline.report import sensitivity_table
 
 _NL = _config.get_config("new_lines_1")
 PRESETS = {
@@ -144,6 +146,8 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
   n_sens = min(256, len(y))
   sens = lines.zsp_choice_sensitivity(mc, y[:n_sens], y_obs, z_obs, removed)
   x_true_ref = np.asarray(mock.truth_spectrum(y_ref[None]))[0]
+  n_lab = min(sensitivity.N_STARS, len(y_obs))
+  label_sens = sensitivity.label_sensitivity(mc, y_obs[:n_lab], x_obs[:n_lab], world)
   metrics = {
       "n_label_sets": int(len(y)), "derivative_seconds": seconds,
       "label_sets_per_s": len(y) / seconds, "device": str(jax.devices()[0]),
@@ -172,6 +176,7 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
       "zsp_choice": lines.DEFAULT_ZSP,
       "zsp_sensitivity": {k: v for k, v in sens.items() if k not in ("results",)},
       "n_near_reference": int(near.sum()),
+      "label_sensitivity": label_sens,
   }
   figs = _figures(paths, ds, x_true_ref, removed, ref_att, rec, metrics)
   metrics["figures"] = [str(Path(p).relative_to(paths.out)) for p in figs]
@@ -277,6 +282,7 @@ def render(m: dict) -> str:
       lines_.append(f"| {k[:-2]} | {v['n_features']} | {v['own_model']:+.3f} | "
                     f"{v['own_truth']:+.3f} | {v['own_ratio']:.2f} | {v['top_model'][:-2]} "
                     f"({v['top_model_value']:+.3f}) | {v['top_truth'][:-2]} |")
+  lines_ += sensitivity_table(m)
   lines_ += ["", "## Figures", ""] + [f"- [{p}]({p})" for p in m.get("figures", [])]
   return "\n".join(lines_) + "\n"
 

@@ -104,6 +104,18 @@ def verdicts(m: dict) -> list[str]:
                + (": Eq. 11 closer for all three." if len(better) == 3 else
                   ": **Eq. 11 closer for none of them**." if not better else
                   f": **Eq. 11 closer only for {', '.join(better)}**."))
+    sens = (m.get("label_sensitivity") or {}).get("labels")
+    if sens and "csn_gain" in sens["Teff"]:
+      keys = ("Teff", "logg", "Fe_H")
+      out.append("- Label sensitivity (Teff, log g, [Fe/H]; 1 = full): Eq. 11's model "
+                 "T_synth→obs∘Payne responds with gains "
+                 + ", ".join(f"{sens[k]['csn_gain']:.2f}" for k in keys)
+                 + " of the truth's, Eq. 9's Payne with "
+                 + ", ".join(f"{sens[k]['payne_truth_gain']:.2f}" for k in keys)
+                 + "; the synthetic round trip T_synth→synth keeps "
+                 + ", ".join(f"{sens[k]['autoencoder_gain']:.2f}" for k in keys)
+                 + " of Payne's. A gain g amplifies the fitted label's errors by about 1/g "
+                 "(section \"Label sensitivity\").")
     edge = m["fits"]["eq11"]["at_box_edge_fraction"]
     out.append(f"- Eq. 11 fits ending at the emulator's box edge: {edge:.0%} (target < 10 %): "
                + ("met." if edge < 0.1 else "**not met**."))
@@ -132,6 +144,35 @@ def curve_table(m: dict, max_rows: int = 12) -> list[str]:
   for i in keep:
     out.append(f"| {c['step'][i]} | {c['minutes'][i]:.1f} | {c['chi2'][i]:.3f} | "
                f"{c['chi2_all'][i]:.3f} | {c['bias'][i]:+.3f} |")
+  return out
+
+
+def sensitivity_table(m: dict) -> list[str]:
+  """Markdown: the label sensitivity of the models (`sensitivity`); [] without it."""
+  sens = m.get("label_sensitivity")
+  if not sens:
+    return []
+  lab = sens["labels"]
+  truth = "csn_gain" in lab["Teff"]
+  out = ["", "## Label sensitivity (derivative spectra)", "",
+         f"At the {'true' if truth else 'catalogue'} labels of {sens['n']} test stars, the "
+         "gain of each model's derivative spectrum ∂M/∂y against the reference's, "
+         "⟨∂M/∂y, ∂R/∂y⟩ / ⟨∂R/∂y, ∂R/∂y⟩ (1: the model responds to the label fully; "
+         "median over the stars; r: the correlation of their shapes). A fit moves a label "
+         "by about 1/gain times its true change, so noise and model error reach the fitted "
+         "label amplified by 1/gain. T_synth→synth is the synthetic spectrum's round trip "
+         "through the shared latent, which every transfer passes: a gain lost there is lost "
+         "for T_synth→obs too.", "",
+         "The truth is the mock world's own noise-free physics; without it (the user's data) "
+         "only the two columns against Payne exist.", "",
+         "| label | Payne vs synthetic | Payne vs truth (Eq. 9) | T_synth→synth∘Payne vs Payne "
+         "| T_synth→obs∘Payne vs Payne | T_synth→obs∘Payne vs truth (Eq. 11) | r (Eq. 11) |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
+  cols = ("payne_gain", "payne_truth_gain", "autoencoder_gain", "transfer_gain", "csn_gain",
+          "csn_r")
+  for name, v in lab.items():
+    out.append(f"| {name} | " + " | ".join(f"{v[c]:.2f}" if c in v else "—" for c in cols)
+               + " |")
   return out
 
 
@@ -171,6 +212,7 @@ def render(m: dict) -> str:
               f"from {' and '.join(_START_WORDS.get(k, k) for k in fs['csn_starts'])}, "
               f"≤ {fs['csn_max_iter']} steps (a fit "
               "that reaches the cap counts as not converged)."]
+  lines += sensitivity_table(m)
   lines += curve_table(m)
   lines += ["", "χ²_R: per star, the mean of squared normalized residuals over its unmasked "
             "network pixels (7167) with |r| > 5 left out; the table gives the median over the "

@@ -15,6 +15,7 @@ from cyclestar_jax.plots._base import (
   _figure,
   _finite_limits,
   _kiel_axes,
+  _label_tex,
   _label_unit,
   _marker_size,
   _save,
@@ -183,3 +184,36 @@ def _running_median(x: np.ndarray, y: np.ndarray, n_bins: int = 10) -> tuple[np.
   xs = np.array([np.median(x[p]) for p in parts if p.size])
   ys = np.array([np.median(y[p]) for p in parts if p.size])
   return xs, ys
+
+
+def fig_label_sensitivity(gains: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
+                          names: Sequence[str] = LABEL_NAMES, n_stars: int | None = None) -> str:
+  """Per-label gain of model derivative spectra against reference ones (`sensitivity`).
+
+  Args:
+    gains: legend entry → [len(names)] gains (1: the model responds to the label as fully as
+      the reference; 0: not at all), one bar per label and entry.
+    path: output PNG.
+    names: the labels, in the order of the gains.
+    n_stars: stars behind each median (for the title).
+  """
+  entries = list(gains.items())
+  k = max(len(entries), 1)
+  x = np.arange(len(names))
+  fig = _figure(max(8.0, 0.42 * len(names) + 1.5), 3.6)
+  ax = fig.subplots()
+  width = 0.8 / k
+  for i, (entry, g) in enumerate(entries):
+    ax.bar(x + (i - (k - 1) / 2) * width, np.clip(np.asarray(g, np.float64), -0.5, 2.0), width,
+           color=f"C{i}", label=entry)
+  ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
+  ax.axhline(0.0, color="0.3", lw=0.6)
+  ax.set_xticks(x, [_label_tex(n) for n in names], rotation=60, fontsize=8)
+  ax.set_xlim(-0.6, len(names) - 0.4)
+  ax.set_ylim(-0.5, 2.0)
+  ax.set_ylabel("gain ⟨∂M/∂y, ∂R/∂y⟩ / ⟨∂R/∂y, ∂R/∂y⟩")
+  ax.legend(fontsize=8, loc="upper right")
+  ax.set_title("label sensitivity of the models (median over "
+               f"{n_stars if n_stars is not None else 'the'} stars; 1 = full, clipped to "
+               "[−0.5, 2])", fontsize=10)
+  return _save(fig, path)

@@ -84,3 +84,18 @@ def outside_box(y: np.ndarray, y_min: np.ndarray, y_max: np.ndarray) -> np.ndarr
   """Boolean [N] mask of label sets [N, 25] with any label outside [y_min, y_max]."""
   y = np.asarray(y)
   return np.any((y < y_min) | (y > y_max), axis=-1)
+
+
+def abundance_fe_correlation(y: np.ndarray) -> dict[str, float]:
+  """Pearson r of each abundance [X/H] with [Fe/H] over label sets y [n, 25] (NaN for a
+  constant column): how far an emulator trained on them can tell the elements apart."""
+  y = np.asarray(y, np.float64)
+  fe = y[:, label_index("Fe_H")]
+  out = {}
+  for e in ELEMENTS:
+    if e == "Fe":
+      continue
+    x = y[:, label_index(f"{e}_H")]
+    ok = x.std() > 0 and fe.std() > 0
+    out[f"{e}_H"] = float(np.corrcoef(x, fe)[0, 1]) if ok else float("nan")
+  return out

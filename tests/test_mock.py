@@ -151,6 +151,37 @@ def test_population_is_apogee_like():
   np.testing.assert_array_equal(y, population.sample_labels(5000, 3))
 
 
+def test_payne_grid_labels_free_the_abundances_from_fe():
+  pop, grid = population.sample_labels(5000, 3), population.sample_grid_labels(5000, 3)
+  assert grid.shape == (5000, 25)
+  r_pop = labels.abundance_fe_correlation(pop)
+  r_grid = labels.abundance_fe_correlation(grid)
+  assert set(r_grid) == {f"{e}_H" for e in labels.ELEMENTS if e != "Fe"}
+  assert min(r_pop.values()) > 0.85  # the population ties every abundance to [Fe/H] ...
+  assert max(r_grid.values()) < 0.8  # ... the grid lets each vary on its own
+  fe = labels.label_index("Fe_H")
+  xfe = np.delete(grid[:, 3:23], fe - 3, axis=1) - grid[:, [fe]]
+  assert 0.25 < xfe.std(axis=0).min()  # ≥ the ±0.5 dex uniform's 0.29, less clipping
+  # Teff, log g, [Fe/H] where the stars are, jittered; the broadening labels uniform
+  assert population.TEFF_RANGE[0] <= grid[:, 0].min() and grid[:, 0].max() <= 6800
+  assert population.LOGG_RANGE[0] <= grid[:, 1].min() and grid[:, 1].max() <= 5.0
+  for j, (lo, hi) in population.GRID_UNIFORM.items():
+    assert lo <= grid[:, j].min() and grid[:, j].max() <= hi
+    assert abs(np.corrcoef(grid[:, j], grid[:, 1])[0, 1]) < 0.1  # vturb no longer tracks log g
+  np.testing.assert_array_equal(grid, population.sample_grid_labels(5000, 3))
+
+
+def test_abundance_fe_correlation_by_hand():
+  y = np.zeros((4, 25))
+  y[:, labels.label_index("Fe_H")] = [0, 1, 2, 3]
+  y[:, labels.label_index("Mg_H")] = [0, 2, 4, 6]  # r = 1
+  y[:, labels.label_index("Ni_H")] = [3, 2, 1, 0]  # r = -1
+  y[:, labels.label_index("C_H")] = [0, 1, 1, 0]  # r = 0
+  r = labels.abundance_fe_correlation(y)
+  assert r["Mg_H"] == pytest.approx(1) and r["Ni_H"] == pytest.approx(-1)
+  assert r["C_H"] == pytest.approx(0, abs=1e-12) and np.isnan(r["Ca_H"])  # constant: NaN
+
+
 def test_missing_line_mode():
   paper = world.WorldConfig(experiment="new_lines")
   assert world.masked_features(paper).sum() == 133
@@ -193,7 +224,7 @@ def test_make_data_files_are_deterministic_and_readable(tmp_path):
   args = ["--n-train", "40", "--n-val", "8", "--n-test", "8", "--seed", "7", "--no-progress"]
   make_data.main(["--out", str(tmp_path / "a"), *args])
   make_data.main(["--out", str(tmp_path / "b"), *args])
-  for name in ("synth.h5", "obs.h5"):
+  for name in ("synth.h5", "obs.h5", "payne_grid.h5"):
     with h5io.SpectraFile(tmp_path / "a" / name) as fa, \
          h5io.SpectraFile(tmp_path / "b" / name) as fb:
       assert fa.splits == ("train", "val", "test") and fa.n("train") == 40
@@ -211,6 +242,12 @@ def test_make_data_files_are_deterministic_and_readable(tmp_path):
     assert s.x_err is None and s.x_msk is None and s.snr is None  # the authors' synth format
     o = fo.read("val")
     assert o.x_err is not None and o.x_msk is not None and o.snr is not None
+  with h5io.SpectraFile(tmp_path / "a" / "payne_grid.h5") as fg:  # the emulator's grid
+    g = fg.read("train", 0, 2)
+    np.testing.assert_array_equal(g.y, fg.extra("labels_true", "train", 0, 2))
+    w = world.WorldConfig.from_json_dict(fg.attrs["world"])
+    np.testing.assert_allclose(g.x, world.synthetic_spectra(g.y, w), atol=1e-6)
+    assert max(labels.abundance_fe_correlation(fg.read("train").y).values()) < 0.9
   assert (tmp_path / "a" / "examples.png").stat().st_size > 10_000
 
 

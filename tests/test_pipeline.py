@@ -55,6 +55,11 @@ def test_smoke_writes_every_key_and_file(smoke_run):
   report = (out / "report.md").read_text()
   assert "Eq. 11" in report and "paper" in report and "fig7_fit_example.png" in report
   assert "## Label sensitivity" in report
+  # The emulator learnt the mock's Payne grid, whose abundances vary on their own.
+  assert on_disk["emulator_training"] == "payne_grid.h5"
+  assert on_disk["emulator_abundance_fe_correlation"] < 0.9
+  assert "Emulator (The Payne) trained on `payne_grid.h5`" in report
+  assert (out / "data" / "payne_grid.h5").is_file()
   smoke = pipeline.PRESETS["smoke"]
   assert on_disk["fit_settings"] == {"n_fit": 8, "max_iter": smoke.fit_max_iter,
                                      "csn_max_iter": smoke.fit_max_iter,
@@ -108,3 +113,15 @@ def test_curve_table_keeps_every_validation_up_to_twelve():
   long = table(40)
   assert len(long) == 12 and long[0].startswith("| 1 |") and long[-1].startswith("| 40 |")
   assert report.curve_table({}) == []
+
+
+def test_report_warns_of_an_emulator_that_cannot_tell_the_elements_apart():
+  from cyclestar_jax.pipeline import report
+
+  tied = report.emulator_note({"emulator_training": "my_synth.h5",
+                               "emulator_abundance_fe_correlation": 0.99})
+  assert "my_synth.h5" in tied[0] and "0.99" in tied[0] and "cannot tell the elements" in tied[0]
+  free = report.emulator_note({"emulator_training": "payne_grid.h5",
+                               "emulator_abundance_fe_correlation": 0.77})
+  assert "0.77" in free[0] and "cannot tell" not in free[0]
+  assert report.emulator_note({"emulator_training": None}) == []

@@ -1,4 +1,5 @@
-"""Writing the mock world to reference-format HDF5 files (`synth.h5`, `obs.h5`).
+"""Writing the mock world to reference-format HDF5 files (`synth.h5`, `obs.h5`, and the
+emulator's training grid `payne_grid.h5`).
 
 The synthetic and observed files hold different, unpaired stars in `train` and `test`; the
 `val` split is paired (the same stars in both files, row for row), as the authors'
@@ -26,6 +27,7 @@ from cyclestar_jax.mock import population
 from cyclestar_jax.mock import world as _world
 
 BLOCK = 1024  # spectra generated and written together (bounds memory)
+PAYNE_GRID_FILE = "payne_grid.h5"  # the emulator's training set, beside synth.h5 and obs.h5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,22 @@ def write_synthetic(path, world: _world.WorldConfig, sizes: DataSizes, *,
                        extra={"labels_true": ((25,), np.float64)}, progress=progress, rows=rows)
 
 
+def write_payne_grid(path, world: _world.WorldConfig, sizes: DataSizes, *,
+                     progress: bool = True) -> Path:
+  """Write the emulator's training set to `path`: the synthetic domain's physics (gap
+  included, noise-free) at grid labels like The Payne's (`population.sample_grid_labels`:
+  abundances varied independently of [Fe/H]), in the synthetic format, `sizes` rows per split.
+  The Cycle-StarNet synthetic domain (`write_synthetic`) keeps the population's labels, as the
+  paper's Kurucz spectra kept APOGEE-Payne's; only the emulator, The Payne, is trained here.
+  """
+  def rows(split, b, m):
+    y = population.sample_grid_labels(m, _block_rng(world, "grid-labels", split, b))
+    return {"x": _world.synthetic_spectra(y, world), "y": y, "labels_true": y}
+
+  return _write_domain(path, world, sizes, domain="payne_grid", fields=("spectra", "labels"),
+                       extra={"labels_true": ((25,), np.float64)}, progress=progress, rows=rows)
+
+
 def write_observed(path, world: _world.WorldConfig, sizes: DataSizes, *,
                    progress: bool = True) -> Path:
   """Write the observed domain's spectra (instrument + noise) to `path`."""
@@ -108,7 +126,8 @@ def _bar(sizes: DataSizes, progress: bool, desc: str):
 
 def make_data(out, world: _world.WorldConfig, sizes: DataSizes, *, progress: bool = True
               ) -> dict[str, float]:
-  """Write `out/synth.h5` and `out/obs.h5`; returns a summary (sizes, seconds, file sizes)."""
+  """Write `out/synth.h5`, `out/obs.h5` and `out/payne_grid.h5` (the emulator's training set,
+  `write_payne_grid`); returns a summary (sizes, seconds, file sizes)."""
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
@@ -116,9 +135,12 @@ def make_data(out, world: _world.WorldConfig, sizes: DataSizes, *, progress: boo
   t1 = time.perf_counter()
   write_observed(out / "obs.h5", world, sizes, progress=progress)
   t2 = time.perf_counter()
+  write_payne_grid(out / PAYNE_GRID_FILE, world, sizes, progress=progress)
+  t3 = time.perf_counter()
   return {
       "experiment": world.experiment, "seed": world.seed, **sizes.as_dict(),
-      "synth_seconds": t1 - t0, "obs_seconds": t2 - t1,
+      "synth_seconds": t1 - t0, "obs_seconds": t2 - t1, "payne_grid_seconds": t3 - t2,
       "synth_mb": (out / "synth.h5").stat().st_size / 1e6,
-      "obs_mb": (out / "obs.h5").stat().st_size / 1e6, "n_pix": resources.N_PIX,
+      "obs_mb": (out / "obs.h5").stat().st_size / 1e6,
+      "payne_grid_mb": (out / PAYNE_GRID_FILE).stat().st_size / 1e6, "n_pix": resources.N_PIX,
   }

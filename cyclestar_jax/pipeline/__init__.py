@@ -62,6 +62,7 @@ def _identity(preset: Preset, synth, obs, emulator, model, seed: int) -> dict:
           "data": "mock" if synth is None else [str(Path(synth).resolve()),
                                                 str(Path(obs).resolve())],
           "seed": seed, "emulator": None if emulator is None else str(Path(emulator).resolve()),
+          "emulator_training": stages.EMULATOR_TRAINING if synth is None else "synth.h5",
           "model": None if model is None else str(Path(model).resolve())}
 
 
@@ -146,6 +147,10 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
       "fit_settings": {"n_fit": p.n_fit, "max_iter": p.fit_max_iter,
                        "csn_max_iter": p.eq11_max_iter,
                        "csn_starts": list(p.csn_starts)},
+      "emulator_training": (f"given: {emulator}" if emulator is not None else
+                            Path(em_info.get("data", "")).name or None),
+      "emulator_abundance_fe_correlation": (em_info.get("abundance_fe_correlation")
+                                            if emulator is None else None),
       "emulator_median_abs": em_held.get("median_abs"),
       "emulator_p99_abs": em_held.get("p99_abs"),
       "total_seconds": time.perf_counter() - t_all})

@@ -281,7 +281,8 @@ def make_figures(paths: RunPaths, rec: dict, sp_synth, sp_obs, fits: dict, array
   return out
 
 
-SENSITIVITY_BARS = (("payne_truth_gain", "Payne vs truth (Eq. 9's model)"),
+SENSITIVITY_BARS = (("payne_gain", "Payne vs its synthetic world (the emulator alone)"),
+                    ("payne_truth_gain", "Payne vs truth (Eq. 9's model)"),
                     ("autoencoder_gain", "T_synth→synth∘Payne vs Payne"),
                     ("transfer_gain", "T_synth→obs∘Payne vs Payne"),
                     ("csn_gain", "T_synth→obs∘Payne vs truth (Eq. 11's model)"))

@@ -25,7 +25,7 @@ from cyclestar_jax import config as _config
 from cyclestar_jax import sensitivity
 from cyclestar_jax.emulator_train import EmulatorTrainConfig
 from cyclestar_jax.fileio import atomic_write_text
-from cyclestar_jax.labels import ABUNDANCE_SLICE, LABEL_NAMES, label_index
+from cyclestar_jax.labels import LABEL_NAMES, abundance_fe_correlation, label_index
 from cyclestar_jax.mock import DataSizes
 from cyclestar_jax.pipeline import presets as _presets
 from cyclestar_jax.pipeline import stages
@@ -166,7 +166,7 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
       "attribution_accuracy_true_derivatives": float(
           lines.attribution_accuracy(true, ceiling["predicted"])["accuracy"]),
       "owner_response_reference_star": response,
-      "abundance_fe_correlation": _fe_correlation(y),
+      "abundance_fe_correlation": abundance_fe_correlation(y),
       "cn_confusion": np.asarray(att["cn_confusion"]).tolist(),
       "cn_confusion_rows_cols": "rows: true C, true N; columns: predicted C, N, other",
       "cn_group_accuracy": float(att["cn_group_accuracy"]),
@@ -181,14 +181,6 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
   figs = _figures(paths, ds, x_true_ref, removed, ref_att, rec, metrics)
   metrics["figures"] = [str(Path(p).relative_to(paths.out)) for p in figs]
   return metrics
-
-
-def _fe_correlation(y: np.ndarray) -> dict[str, float]:
-  """Pearson r of each abundance with [Fe/H] over label sets y [N, 25] (the population's ties
-  that let a transfer predict one element's lines from another's)."""
-  fe = y[:, label_index("Fe_H")]
-  return {LABEL_NAMES[j]: float(np.corrcoef(y[:, j], fe)[0, 1])
-          for j in range(ABUNDANCE_SLICE.start, ABUNDANCE_SLICE.stop) if LABEL_NAMES[j] != "Fe_H"}
 
 
 def _pooled(winner: np.ndarray, true: np.ndarray) -> float:
@@ -300,6 +292,7 @@ def run(out: str | Path, *, preset: str = "cpu", n_iter: int | None = None, seed
   paths = stages.RunPaths(Path(out))
   world = mock.WorldConfig(experiment="new_lines", seed=seed, masked_fraction=masked_fraction)
   ident = {"job": "new_lines", "preset": p.name, "n_iter": p.cycle.n_iter, "seed": seed,
+           "emulator_training": stages.EMULATOR_TRAINING,
            "masked_fraction": masked_fraction}
   if overwrite and paths.out.exists():
     try:

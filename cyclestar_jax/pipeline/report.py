@@ -147,6 +147,32 @@ def curve_table(m: dict, max_rows: int = 12) -> list[str]:
   return out
 
 
+# Above this |r| of an abundance with [Fe/H] over the emulator's training labels, its partial
+# derivatives are poorly determined (the mock's population: 0.87–1.0; its Payne grid: ≤ 0.8).
+EMULATOR_CORRELATION_WARN = 0.9
+
+
+def emulator_note(m: dict) -> list[str]:
+  """Markdown: what the emulator (The Payne) learnt from, and a warning when its training labels
+  tie the abundances to [Fe/H] too tightly for Eq. 9–11 to separate them; [] if unknown."""
+  src, r = m.get("emulator_training"), m.get("emulator_abundance_fe_correlation")
+  if not src:
+    return []
+  text = f"Emulator (The Payne) trained on `{src}`"
+  if src == "payne_grid.h5":
+    text += (" (the mock world's synthetic physics at grid labels like The Payne's, every "
+             "abundance varied independently of [Fe/H]; the Cycle-StarNet synthetic domain "
+             "keeps the population's labels, as in the paper)")
+  if r is not None and r == r:  # not NaN
+    text += f"; the largest |r| of an abundance with [Fe/H] over its training labels is {r:.2f}"
+    if r > EMULATOR_CORRELATION_WARN:
+      text += (f". **Above {EMULATOR_CORRELATION_WARN}, the emulator cannot tell the elements "
+               "apart and every fitted abundance (and with them Teff and log g) suffers**: train "
+               "it on a grid whose abundances vary independently, as The Payne's, and pass "
+               "`--emulator`")
+  return [text + ".", ""]
+
+
 def sensitivity_table(m: dict) -> list[str]:
   """Markdown: the label sensitivity of the models (`sensitivity`); [] without it."""
   sens = m.get("label_sensitivity")
@@ -195,6 +221,7 @@ def render(m: dict) -> str:
               "works, not what real stars are. The paper's numbers are on real APOGEE; the "
               "mock's own floor of χ²_R is 1.24 (the reported errors are ~10 % too small), "
               "so absolute χ²_R values cannot match the paper's.", ""]
+  lines += emulator_note(m)
   lines += ["## Summary", ""] + verdicts(m) + ["", "## Metrics", "",
                                                "| metric | this run | paper (APOGEE) | "
                                                "target met |", "| --- | --- | --- | --- |"]

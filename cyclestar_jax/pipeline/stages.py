@@ -1,7 +1,8 @@
 """The main job's stages (paper §4.1), one function each, every one kept in the run folder.
 
     OUT/run.json            preset, data identity, stage times (checked on every re-run)
-    OUT/data/               synth.h5, obs.h5 (the mock world; absent with --synth/--obs)
+    OUT/data/               synth.h5, obs.h5, payne_grid.h5 (the mock world and the emulator's
+                            training grid; absent with --synth/--obs)
     OUT/emulator/           emulator.npz, metrics.json, residuals.png (or --emulator PATH)
     OUT/model/              the Cycle-StarNet run: checkpoints/, metrics.jsonl, done.json
     OUT/fits/               eq9_mask.h5, eq9.h5, eq10.h5, eq11.h5 (+ .csv): the test fits
@@ -31,6 +32,11 @@ FIT_TITLES = {"eq9_mask": "Eq. 9, The Payne's mask", "eq9": "Eq. 9 (Payne)",
               "eq10": "Eq. 10 (obs→synth, Payne)", "eq11": "Eq. 11 (Cycle-StarNet)"}
 
 
+# What the mock runs' emulator learns from (part of a run folder's identity: a folder made
+# before the grid existed, whose emulator learnt the synthetic file, is refused, not mixed).
+EMULATOR_TRAINING = "payne_grid.h5"
+
+
 class RunFolderError(ValueError):
   """The output folder holds a run of another preset or other data."""
 
@@ -52,6 +58,10 @@ class RunPaths:
   @property
   def emulator(self) -> Path:
     return self.out / "emulator"
+
+  @property
+  def payne_grid(self) -> Path:
+    return self.data / "payne_grid.h5"
 
   @property
   def model(self) -> Path:
@@ -121,7 +131,7 @@ def stage_data(paths: RunPaths, preset: Preset, *, seed: int = 0, world=None,
   from cyclestar_jax import mock
 
   synth, obs, done = paths.data / "synth.h5", paths.data / "obs.h5", paths.data / "make_data.json"
-  if done.is_file() and synth.is_file() and obs.is_file():
+  if done.is_file() and synth.is_file() and obs.is_file() and paths.payne_grid.is_file():
     return synth, obs, {"skipped": True, **read_json(done)}
   t0 = time.perf_counter()
   world = mock.WorldConfig(seed=seed) if world is None else world
@@ -130,20 +140,38 @@ def stage_data(paths: RunPaths, preset: Preset, *, seed: int = 0, world=None,
   return synth, obs, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
 
 
+def emulator_training_file(paths: RunPaths, synth_path: Path) -> Path:
+  """What the emulator learns from: the mock world's Payne grid when the run made one
+  (`mock.files.write_payne_grid`), else the synthetic domain's file (the user's data)."""
+  return paths.payne_grid if paths.payne_grid.is_file() else Path(synth_path)
+
+
 def stage_emulator(paths: RunPaths, preset: Preset, synth_path: Path, *,
                    progress: bool = True) -> tuple[Path, dict]:
-  """The Payne trained on the synthetic domain's train split (skipped when trained already).
+  """The Payne trained on `emulator_training_file`'s train split (skipped when trained already).
+  Its metrics carry `abundance_fe_correlation`, the largest |r| of an abundance with [Fe/H] over
+  its training labels: near 1, it cannot tell the elements apart (`labels`).
 
   Returns:
     (emulator.npz, its metrics dict).
   """
+  import h5py
+
   from cyclestar_jax.emulator_train import train_emulator
+  from cyclestar_jax.labels import abundance_fe_correlation
 
   npz, done = paths.emulator / "emulator.npz", paths.emulator / "metrics.json"
   if npz.is_file() and done.is_file():
     return npz, {"skipped": True, **read_json(done)}
   t0 = time.perf_counter()
-  summary = train_emulator(synth_path, paths.emulator, preset.emulator, progress=progress)
+  train_path = emulator_training_file(paths, synth_path)
+  with h5py.File(train_path, "r") as f:  # the labels alone (the reference format's names)
+    y = f["labels train"][:preset.emulator.n_train] if "labels train" in f else None
+  r = np.abs([v for v in abundance_fe_correlation(y).values() if np.isfinite(v)]
+             if y is not None and len(y) > 1 else [])
+  summary = train_emulator(train_path, paths.emulator, preset.emulator, progress=progress)
+  summary["abundance_fe_correlation"] = float(r.max()) if r.size else float("nan")
+  _write_json(done, summary)
   return npz, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
 
 

@@ -200,7 +200,7 @@ def fig_label_sensitivity(gains: Mapping[str, Sequence[float]], path: str | os.P
   entries = list(gains.items())
   k = max(len(entries), 1)
   x = np.arange(len(names))
-  fig = _figure(max(8.0, 0.42 * len(names) + 1.5), 3.6)
+  fig = _figure(max(8.0, 0.42 * len(names) + 1.5), 4.4)
   ax = fig.subplots()
   width = 0.8 / k
   for i, (entry, g) in enumerate(entries):
@@ -212,8 +212,9 @@ def fig_label_sensitivity(gains: Mapping[str, Sequence[float]], path: str | os.P
   ax.set_xlim(-0.6, len(names) - 0.4)
   ax.set_ylim(-0.5, 2.0)
   ax.set_ylabel("gain ⟨∂M/∂y, ∂R/∂y⟩ / ⟨∂R/∂y, ∂R/∂y⟩")
-  ax.legend(fontsize=8, loc="upper right")
-  ax.set_title("label sensitivity of the models (median over "
+  ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(k, 3),
+            frameon=False)
+  fig.suptitle("label sensitivity of the models (median over "
                f"{n_stars if n_stars is not None else 'the'} stars; 1 = full, clipped to "
                "[−0.5, 2])", fontsize=10)
   return _save(fig, path)

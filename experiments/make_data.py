@@ -1,4 +1,5 @@
-"""Make the mock APOGEE world's data files: DIR/synth.h5, DIR/obs.h5 and DIR/examples.png.
+"""Make the mock APOGEE world's data files: DIR/synth.h5, DIR/obs.h5, DIR/payne_grid.h5 (the
+emulator's training grid) and DIR/examples.png.
 
   python -m experiments.make_data --out runs/mock [--experiment apogee|new_lines]
       [--n-train N] [--n-val N] [--n-test N] [--seed S] [--masked-fraction F]
@@ -51,10 +52,12 @@ def main(argv=None) -> dict:
   summary = mock.make_data(args.out, world, sizes, progress=not args.no_progress)
   figures.plot_examples(args.out / "synth.h5", args.out / "obs.h5", args.out / "examples.png")
   atomic_write_text(args.out / "make_data.json", json.dumps(summary, indent=2))
-  print(f"wrote {args.out}/synth.h5 ({summary['synth_mb']:.0f} MB) and obs.h5 "
-        f"({summary['obs_mb']:.0f} MB): {args.experiment}, {sizes.n_train}/{sizes.n_val}/"
-        f"{sizes.n_test} train/val/test stars per domain, seed {args.seed}, in "
-        f"{summary['synth_seconds'] + summary['obs_seconds']:.0f} s; examples.png")
+  seconds = summary["synth_seconds"] + summary["obs_seconds"] + summary["payne_grid_seconds"]
+  print(f"wrote {args.out}/synth.h5 ({summary['synth_mb']:.0f} MB), obs.h5 "
+        f"({summary['obs_mb']:.0f} MB) and payne_grid.h5 ({summary['payne_grid_mb']:.0f} MB, "
+        f"the emulator's training grid): {args.experiment}, {sizes.n_train}/{sizes.n_val}/"
+        f"{sizes.n_test} train/val/test stars per domain, seed {args.seed}, in {seconds:.0f} s; "
+        "examples.png")
   return summary
 
 

@@ -1,6 +1,6 @@
 """Train The Payne emulator on the synthetic-domain spectra of a reference-format HDF5 file.
 
-  python -m experiments.train_emulator --data runs/mock/synth.h5 --out runs/mock/emulator \
+  python -m experiments.train_emulator --data runs/mock/payne_grid.h5 --out runs/mock/emulator \
       [--max-epochs 300] [--time-limit 1800] [--batch-size 512] [--lr 2e-3] [--patience 30]
 
 Writes OUT/emulator.npz (The Payne's npz layout, loadable with
@@ -24,9 +24,10 @@ _DEFAULTS = EmulatorTrainConfig()
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = cli.parser(__doc__.split("\n")[0])
-  p.add_argument("--data", default="runs/mock/synth.h5",
+  p.add_argument("--data", default="runs/mock/payne_grid.h5",
                  help="reference-format HDF5 file with 'spectra train' and 'labels train' "
-                      "(default: the mock world's synthetic domain, runs/mock/synth.h5)")
+                      "(default: the mock world's emulator grid, runs/mock/payne_grid.h5: "
+                      "abundances varied independently, as in The Payne's own training set)")
   p.add_argument("--out", default="runs/mock/emulator", help="output directory")
   p.add_argument("--max-epochs", type=int, default=_DEFAULTS.max_epochs,
                  help="passes over the training set (budget, with --time-limit)")

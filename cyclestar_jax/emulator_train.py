@@ -59,7 +59,13 @@ from cyclestar_jax.emulator import (
 )
 from cyclestar_jax.fileio import atomic_write
 from cyclestar_jax.h5io import SpectraFile, read_split
-from cyclestar_jax.labels import LABEL_NAMES, label_index, outside_box, scale_labels
+from cyclestar_jax.labels import (
+    LABEL_NAMES,
+    abundance_fe_correlation,
+    label_index,
+    outside_box,
+    scale_labels,
+)
 from cyclestar_jax.plots import plot_emulator_residuals
 
 # Accuracy asked of the default recipe on held-out mock spectra (issue 3).
@@ -539,6 +545,14 @@ def _read(path: Path, split: str, limit: int | None
   return data.x, data.y, _good_mask(data.x_msk, data.x, split)
 
 
+def max_abundance_fe_correlation(y: np.ndarray) -> float:
+  """The largest |r| of an abundance with [Fe/H] over training labels y [N, 25]
+  (`labels.abundance_fe_correlation`; NaN when none is defined): near 1, the emulator cannot
+  learn each element's own effect, and its fits trade the abundances against each other."""
+  r = np.abs([v for v in abundance_fe_correlation(y).values() if np.isfinite(v)])
+  return float(r.max()) if r.size else float("nan")
+
+
 def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
                    cfg: EmulatorTrainConfig = EmulatorTrainConfig(), *,
                    progress: bool = True) -> dict[str, Any]:
@@ -593,6 +607,7 @@ def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
   summary = {
       "data": str(data_path), "held_out_split": test_split, "val_split": val_source,
       "n_train": int(len(x_train)), "n_val": int(len(val[0])), "n_masked_pixels": n_masked,
+      "abundance_fe_correlation": max_abundance_fe_correlation(y_train),
       "targets": {"median_abs": TARGET_MEDIAN_ABS, "p99_abs": TARGET_P99_ABS},
       "meets_targets": bool(metrics["median_abs"] <= TARGET_MEDIAN_ABS
                             and metrics["p99_abs"] <= TARGET_P99_ABS),

@@ -127,7 +127,7 @@ def sample_grid_labels(n: int, rng=0) -> np.ndarray:
   rng = _as_rng(rng)
   y = sample_labels(n, rng)
   fe = _labels.label_index("Fe_H")
-  for j in range(3, 3 + len(_labels.ELEMENTS)):
+  for j in range(_labels.ABUNDANCE_SLICE.start, _labels.ABUNDANCE_SLICE.stop):
     if j != fe:
       y[:, j] += rng.uniform(-GRID_XFE_HALF_WIDTH, GRID_XFE_HALF_WIDTH, n)
   y[:, 0] = np.clip(y[:, 0] + rng.uniform(-GRID_TEFF_JITTER, GRID_TEFF_JITTER, n), *TEFF_RANGE)

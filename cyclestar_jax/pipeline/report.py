@@ -3,7 +3,7 @@ mock world, the labels against the truth; where a target is missed, it says so."
 
 from __future__ import annotations
 
-from cyclestar_jax.pipeline.stages import FIT_METHODS, FIT_TITLES
+from cyclestar_jax.pipeline.stages import EMULATOR_TRAINING, FIT_METHODS, FIT_TITLES
 
 # (key in metrics.json, description, paper on real APOGEE, target check or None, format)
 _ROWS = (
@@ -159,7 +159,7 @@ def emulator_note(m: dict) -> list[str]:
   if not src:
     return []
   text = f"Emulator (The Payne) trained on `{src}`"
-  if src == "payne_grid.h5":
+  if src == EMULATOR_TRAINING:
     text += (" (the mock world's synthetic physics at grid labels like The Payne's, every "
              "abundance varied independently of [Fe/H]; the Cycle-StarNet synthetic domain "
              "keeps the population's labels, as in the paper)")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cyclestar_jax.fileio import atomic_write_text
+from cyclestar_jax.mock.files import PAYNE_GRID_FILE
 from cyclestar_jax.pipeline.presets import Preset
 
 # Fit methods of the report: file stem → (FitConfig.method, Payne's spectroscopic mask?).
@@ -34,7 +35,7 @@ FIT_TITLES = {"eq9_mask": "Eq. 9, The Payne's mask", "eq9": "Eq. 9 (Payne)",
 
 # What the mock runs' emulator learns from (part of a run folder's identity: a folder made
 # before the grid existed, whose emulator learnt the synthetic file, is refused, not mixed).
-EMULATOR_TRAINING = "payne_grid.h5"
+EMULATOR_TRAINING = PAYNE_GRID_FILE
 
 
 class RunFolderError(ValueError):
@@ -61,7 +62,7 @@ class RunPaths:
 
   @property
   def payne_grid(self) -> Path:
-    return self.data / "payne_grid.h5"
+    return self.data / PAYNE_GRID_FILE
 
   @property
   def model(self) -> Path:
@@ -149,29 +150,19 @@ def emulator_training_file(paths: RunPaths, synth_path: Path) -> Path:
 def stage_emulator(paths: RunPaths, preset: Preset, synth_path: Path, *,
                    progress: bool = True) -> tuple[Path, dict]:
   """The Payne trained on `emulator_training_file`'s train split (skipped when trained already).
-  Its metrics carry `abundance_fe_correlation`, the largest |r| of an abundance with [Fe/H] over
-  its training labels: near 1, it cannot tell the elements apart (`labels`).
+  Its metrics carry `abundance_fe_correlation` (`emulator_train.max_abundance_fe_correlation`).
 
   Returns:
     (emulator.npz, its metrics dict).
   """
-  import h5py
-
   from cyclestar_jax.emulator_train import train_emulator
-  from cyclestar_jax.labels import abundance_fe_correlation
 
   npz, done = paths.emulator / "emulator.npz", paths.emulator / "metrics.json"
   if npz.is_file() and done.is_file():
     return npz, {"skipped": True, **read_json(done)}
   t0 = time.perf_counter()
-  train_path = emulator_training_file(paths, synth_path)
-  with h5py.File(train_path, "r") as f:  # the labels alone (the reference format's names)
-    y = f["labels train"][:preset.emulator.n_train] if "labels train" in f else None
-  r = np.abs([v for v in abundance_fe_correlation(y).values() if np.isfinite(v)]
-             if y is not None and len(y) > 1 else [])
-  summary = train_emulator(train_path, paths.emulator, preset.emulator, progress=progress)
-  summary["abundance_fe_correlation"] = float(r.max()) if r.size else float("nan")
-  _write_json(done, summary)
+  summary = train_emulator(emulator_training_file(paths, synth_path), paths.emulator,
+                           preset.emulator, progress=progress)
   return npz, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
 
 

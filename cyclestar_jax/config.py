@@ -100,6 +100,15 @@ class Config:
   lambda_obs: float = 9.0  # λ_obs of Eq. 1 (rec + cycle, observed domain)
   lambda_adv: float = 1.0  # λ_adv of Eq. 1 (generator's adversarial terms)
   lambda_critic: float = 1.0  # weight of the critic loss (Eq. 4); authors' loss_weight_dis
+  # Not in the paper: weight of the synthetic autoencoder's and cycle's distances on a third
+  # batch of synthetic spectra whose labels vary each element on its own (the emulator's grid;
+  # `losses.grid_terms`). The domains' spectra tie every abundance to [Fe/H], so without it the
+  # shared latent needs to keep only their common direction, and Eq. 11 fits lose the rest.
+  # 0 (the paper): no grid batch.
+  lambda_grid: float = 0.0
+  # With the grid term on: whether the grid batch also takes the synthetic cycle
+  # (x_grid→obs→synth, through D_obs and E_obs) or only the synthetic autoencoder.
+  grid_cycle: bool = True
   n_iter: int = 350_000  # iterations of the paper's run (the authors' .ini says 5e5)
   use_real_as_true: bool = False  # critics' "true" samples: inputs instead of reconstructions
   mask_synth_lines: bool = False  # §4.2: synthetic spectra have the masked lines at continuum
@@ -215,7 +224,7 @@ def _validate(cfg: Config) -> None:
     v = getattr(cfg, name)
     if not (math.isfinite(v) and v > 0):
       raise ConfigError(f"{where}: {name} must be finite and > 0, got {v}")
-  for name in ("lambda_synth", "lambda_obs", "lambda_adv", "lambda_critic"):
+  for name in ("lambda_synth", "lambda_obs", "lambda_adv", "lambda_critic", "lambda_grid"):
     v = getattr(cfg, name)
     if not (math.isfinite(v) and v >= 0):
       raise ConfigError(f"{where}: {name} must be finite and ≥ 0, got {v}")
@@ -343,6 +352,7 @@ _INI_OURS = {
     "activation_slope": ("activation_slope", "float"), "seed": ("seed", "int"),
     "zsp_pairing": ("zsp_pairing", "str"), "error_floor": ("error_floor", "float"),
     "error_mask_threshold": ("error_mask_threshold", "float"),
+    "lambda_grid": ("lambda_grid", "float"), "grid_cycle": ("grid_cycle", "bool"),
 }  # fmt: skip
 
 

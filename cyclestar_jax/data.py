@@ -29,6 +29,11 @@ drawn from (seed, domain, e). A batch is therefore a pure function of (seed, ste
 step s gives exactly the batches an uninterrupted run would have seen. Only the rows of a batch
 are read (memory bounded for files larger than RAM); a background thread reads ahead.
 With several processes, each reads its own slice of every global batch.
+
+Grid batches (optional, `Config.lambda_grid` > 0): a third stream `grid` of synthetic spectra
+at labels that vary each element on its own (the emulator's training grid, e.g. the mock's
+`payne_grid.h5`), standardized as synthetic spectra and shuffled like the others (domain index
+2 in the seed). Only the synthetic autoencoder and the synthetic cycle see them (`losses`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from cyclestar_jax import h5io, resources
 from cyclestar_jax.config import Config
 
 DOMAINS = ("synth", "obs")
+GRID = "grid"  # the optional third stream: synthetic spectra at decorrelated labels
 MIN_USABLE_FRACTION = 0.01  # a training split needs at least 1% of its network pixels unmasked
 MIN_PIXELS_PER_SPECTRUM = 100  # unmasked pixels that make a spectrum count as usable
 USABLE_SAMPLE_ROWS = 2048  # rows checked by `usable_pixels` (spread evenly over the split)
@@ -144,8 +150,9 @@ def _epoch_permutation(seed: int, domain: int, epoch: int, n: int) -> np.ndarray
 @dataclasses.dataclass
 class _Domain:
   file: h5io.SpectraFile
-  index: int  # 0 synth, 1 obs: part of the shuffle seed
+  index: int  # 0 synth, 1 obs, 2 grid: part of the shuffle seed
   n: int
+  kind: str  # how `standardize` treats it: "synth" or "obs"
   cache: dict = dataclasses.field(default_factory=dict)
 
   def rows(self, seed: int, positions: np.ndarray) -> np.ndarray:
@@ -167,30 +174,39 @@ class BatchStream:
   Args:
     synth_path, obs_path: reference-format HDF5 files of the two domains.
     cfg: config (batch_size is the global batch per domain; seed orders the data).
+    grid_path: optional file of synthetic spectra at decorrelated labels, read as a third
+      stream `grid` (module docstring); required when `cfg.lambda_grid` > 0, refused otherwise.
     split: split to draw from (default "train").
     process_index, process_count: this process's slice of every global batch (multi-host).
 
   Raises:
-    ValueError: the two files have different pixel counts, or not `cfg.n_pix + 47`
-      (`check_pixel_count`), or a split is empty (naming the files).
+    ValueError: the files have different pixel counts, or not `cfg.n_pix + 47`
+      (`check_pixel_count`), or a split is empty (naming the files), or `grid_path` and
+      `cfg.lambda_grid` disagree.
   """
 
   def __init__(self, synth_path, obs_path, cfg: Config, *, split: str = "train",
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, grid_path=None):
     self.cfg, self.split = cfg, split
     if cfg.batch_size % process_count:
       raise ValueError(f"batch size {cfg.batch_size} does not split over {process_count} "
                        f"processes")
     self.local_batch = cfg.batch_size // process_count
     self._local = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
+    if (grid_path is None) != (cfg.lambda_grid == 0):
+      raise ValueError(f"config {cfg.name!r}: lambda_grid = {cfg.lambda_grid} needs a grid file "
+                       f"exactly when it is > 0; got grid_path={grid_path!r}")
     files = {"synth": h5io.SpectraFile(synth_path, n_pix=None),
              "obs": h5io.SpectraFile(obs_path, n_pix=None)}
     try:
-      p_s, p_o = files["synth"].n_pix, files["obs"].n_pix
-      if p_s != p_o:
-        raise ValueError(f"pixel counts differ: {synth_path} has {p_s} pixels per spectrum, "
-                         f"{obs_path} has {p_o}; both domains must share one grid")
-      check_pixel_count(p_s, cfg, f"{synth_path}, {obs_path}")
+      if grid_path is not None:
+        files[GRID] = h5io.SpectraFile(grid_path, n_pix=None)
+      p_s = files["synth"].n_pix
+      for f in files.values():
+        if f.n_pix != p_s:
+          raise ValueError(f"pixel counts differ: {synth_path} has {p_s} pixels per spectrum, "
+                           f"{f.path} has {f.n_pix}; every stream must share one grid")
+      check_pixel_count(p_s, cfg, ", ".join(str(f.path) for f in files.values()))
       self._domains = {}
       for i, (name, f) in enumerate(files.items()):
         if split not in f.splits:
@@ -198,7 +214,7 @@ class BatchStream:
         n = f.n(split)
         if n == 0:
           raise ValueError(f"{f.path}: split {split!r} is empty")
-        self._domains[name] = _Domain(f, i, n)
+        self._domains[name] = _Domain(f, i, n, "obs" if name == "obs" else "synth")
     except BaseException:
       for f in files.values():
         f.close()
@@ -206,7 +222,7 @@ class BatchStream:
     self.n_pix_file = p_s
 
   def sizes(self) -> dict[str, int]:
-    """Spectra per domain in the split."""
+    """Spectra per stream in the split ("synth", "obs" and, with a grid, "grid")."""
     return {k: d.n for k, d in self._domains.items()}
 
   def paths(self) -> dict[str, Path]:
@@ -216,7 +232,8 @@ class BatchStream:
   def standardized_split(self, domain: str, *, block: int = 4096) -> dict[str, np.ndarray]:
     """The whole split of one domain standardized in host memory (what staging copies to the
     devices), read block by block: {"x", "x_err"} float32 and {"x_msk"} uint8 [N, n_pix]."""
-    return _standardized_split(self._domains[domain].file, domain, self.cfg, self.split, block)
+    d = self._domains[domain]
+    return _standardized_split(d.file, d.kind, self.cfg, self.split, block)
 
   def check_usable(self, *, max_rows: int = USABLE_SAMPLE_ROWS) -> dict[str, dict]:
     """Refuse a split with too little to learn from (module docstring), before any compilation.
@@ -229,7 +246,7 @@ class BatchStream:
     """
     out = {}
     for name, d in self._domains.items():
-      u = usable_pixels(d.file, name, self.cfg, self.split, max_rows=max_rows)
+      u = usable_pixels(d.file, d.kind, self.cfg, self.split, max_rows=max_rows)
       what = (f"{d.file.path}: split {self.split!r} ({'observed' if name == 'obs' else 'synthetic'}"
               f" domain, {u['rows_checked']} of {d.n} spectra checked)")
       why = (f"(mask 0 in the file, raw error > {self.cfg.error_mask_threshold} or not finite, "
@@ -266,7 +283,7 @@ class BatchStream:
     out = {}
     for name, rows in self.rows_at(step).items():
       sp = self._domains[name].file.read(self.split, rows=rows)
-      for k, v in standardize(sp, name, self.cfg).items():
+      for k, v in standardize(sp, self._domains[name].kind, self.cfg).items():
         out[k.replace("x", f"x_{name}", 1)] = v
     return out
 

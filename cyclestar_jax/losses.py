@@ -23,6 +23,8 @@ from cyclestar_jax.networks import CycleStarNet
 
 BATCH_KEYS = ("x_synth", "x_synth_err", "x_synth_msk", "x_obs", "x_obs_err", "x_obs_msk")
 GEN_TERMS = ("rec_synth", "rec_obs", "cc_synth", "cc_obs", "gen_synth", "gen_obs")
+GRID_KEYS = ("x_grid", "x_grid_err", "x_grid_msk")  # the grid batch (`Config.lambda_grid` > 0)
+GRID_TERMS = ("rec_grid", "cc_grid")
 CRITIC_TERMS = ("dis_real_synth", "dis_fake_synth", "dis_real_obs", "dis_fake_obs")
 CRITIC_ACCURACIES = ("acc_real_synth", "acc_fake_synth", "acc_real_obs", "acc_fake_obs")
 
@@ -68,10 +70,14 @@ def accuracy(logits: jax.Array, label: float) -> jax.Array:
 
 
 def generator_objective(terms: dict[str, jax.Array], cfg: Config) -> jax.Array:
-  """Eq. 1: λ_synth (rec + cc)_synth + λ_obs (rec + cc)_obs + λ_adv (gen_synth + gen_obs)."""
-  return (cfg.lambda_synth * (terms["rec_synth"] + terms["cc_synth"])
-          + cfg.lambda_obs * (terms["rec_obs"] + terms["cc_obs"])
-          + cfg.lambda_adv * (terms["gen_synth"] + terms["gen_obs"]))
+  """Eq. 1: λ_synth (rec + cc)_synth + λ_obs (rec + cc)_obs + λ_adv (gen_synth + gen_obs),
+  plus λ_grid (rec + cc)_grid when `cfg.lambda_grid` > 0 (cc_grid only with `cfg.grid_cycle`)."""
+  total = (cfg.lambda_synth * (terms["rec_synth"] + terms["cc_synth"])
+           + cfg.lambda_obs * (terms["rec_obs"] + terms["cc_obs"])
+           + cfg.lambda_adv * (terms["gen_synth"] + terms["gen_obs"]))
+  if cfg.lambda_grid > 0:
+    total = total + cfg.lambda_grid * sum(terms[k] for k in GRID_TERMS if k in terms)
+  return total
 
 
 def critic_objective(terms: dict[str, jax.Array], cfg: Config) -> jax.Array:
@@ -79,16 +85,23 @@ def critic_objective(terms: dict[str, jax.Array], cfg: Config) -> jax.Array:
   return cfg.lambda_critic * sum(terms[k] for k in CRITIC_TERMS)
 
 
-def _check_batch(batch: dict, n_pix: int) -> None:
-  missing = [k for k in BATCH_KEYS if k not in batch]
+def batch_keys(cfg: Config) -> tuple[str, ...]:
+  """The keys a train step's batch holds under `cfg`: `BATCH_KEYS`, and `GRID_KEYS` when
+  `cfg.lambda_grid` > 0."""
+  return BATCH_KEYS + (GRID_KEYS if cfg.lambda_grid > 0 else ())
+
+
+def _check_batch(batch: dict, cfg: Config) -> None:
+  keys, n_pix = batch_keys(cfg), cfg.n_pix
+  missing = [k for k in keys if k not in batch]
   if missing:
-    raise KeyError(f"batch is missing {missing}; expected keys {BATCH_KEYS}")
-  for k in BATCH_KEYS:
+    raise KeyError(f"batch is missing {missing}; expected keys {keys}")
+  for k in keys:
     if batch[k].ndim != 2 or batch[k].shape[1] != n_pix:
       raise ValueError(f"batch[{k!r}] has shape {batch[k].shape}; expected [B, {n_pix}]")
-  if batch["x_synth"].shape[0] != batch["x_obs"].shape[0]:
-    raise ValueError(f"synthetic and observed batches differ in size: "
-                     f"{batch['x_synth'].shape[0]} vs {batch['x_obs'].shape[0]}")
+  sizes = {k: batch[k].shape[0] for k in ("x_synth", "x_obs", "x_grid") if k in keys}
+  if len(set(sizes.values())) != 1:
+    raise ValueError(f"the batches differ in size: {sizes}")
 
 
 def generator_loss(gen_params: dict, critic_params: dict, batch: dict, *, nets: CycleStarNet,
@@ -98,14 +111,15 @@ def generator_loss(gen_params: dict, critic_params: dict, batch: dict, *, nets: 
   Args:
     gen_params: generator parameters (differentiated).
     critic_params: critic parameters (used, not updated).
-    batch: `BATCH_KEYS` → [B, n_pix] standardized spectra, standardized errors, 0/1 masks.
+    batch: `batch_keys(cfg)` → [B, n_pix] standardized spectra, standardized errors, 0/1 masks.
     nets: the networks.
     zsp_perm: optional [B] permutation for the z_sp lent to x_synth→obs (see `cycle_forward`).
 
   Returns:
-    (loss, (terms, outputs)): scalar Eq. 1; `GEN_TERMS` scalars; the forward pass's outputs.
+    (loss, (terms, outputs)): scalar Eq. 1; `GEN_TERMS` (and `GRID_TERMS` with a grid batch)
+    scalars; the forward pass's outputs.
   """
-  _check_batch(batch, nets.cfg.n_pix)
+  _check_batch(batch, nets.cfg)
   xs, xs_err, xs_msk = batch["x_synth"], batch["x_synth_err"], batch["x_synth_msk"]
   xo, xo_err, xo_msk = batch["x_obs"], batch["x_obs_err"], batch["x_obs_msk"]
   out = nets.cycle_forward(gen_params, xs, xo, zsp_perm)
@@ -121,7 +135,34 @@ def generator_loss(gen_params: dict, critic_params: dict, batch: dict, *, nets: 
       "gen_synth": bce_logits(logit_synth_fake, 1.0),
       "gen_obs": bce_logits(logit_obs_fake, 1.0),
   }
+  if nets.cfg.lambda_grid > 0:
+    terms.update(grid_terms(gen_params, batch, out.get("zsp_lent"), nets=nets))
   return generator_objective(terms, nets.cfg), (terms, out)
+
+
+def grid_terms(gen_params: dict, batch: dict, zsp_lent: jax.Array | None, *,
+               nets: CycleStarNet) -> dict[str, jax.Array]:
+  """The grid batch's distances (`Config.lambda_grid`; not in the paper).
+
+  `rec_grid` = d(x_grid→synth, x_grid) and (with `cfg.grid_cycle`) `cc_grid` =
+  d(x_grid→obs→synth, x_grid), the synthetic domain's Eq. 3 and Eq. 7 on spectra whose labels
+  vary each element on its own.
+  They make the shared latent keep every label's direction, not only the ones along which the
+  domains' stars vary together; no critic sees these spectra, so they do not ask the observed
+  domain to look like them.
+
+  Args:
+    gen_params: generator parameters.
+    batch: holds `GRID_KEYS` [B, n_pix] (standardized as synthetic spectra).
+    zsp_lent: the z_sp lent to x_grid→obs (`cycle_forward`'s `zsp_lent`), or None.
+    nets: the networks.
+  """
+  xg, xg_err, xg_msk = batch["x_grid"], batch["x_grid_err"], batch["x_grid_msk"]
+  out = nets.grid_forward(gen_params, xg, zsp_lent)
+  terms = {"rec_grid": distance(out["x_gridgrid"], xg, xg_err, xg_msk)}
+  if "x_gridobssynth" in out:
+    terms["cc_grid"] = distance(out["x_gridobssynth"], xg, xg_err, xg_msk)
+  return terms
 
 
 def critic_loss(critic_params: dict, outputs: dict, batch: dict, *, nets: CycleStarNet):

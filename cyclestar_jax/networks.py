@@ -465,6 +465,29 @@ class CycleStarNet:
       out.update(zsp_obs=zsp_obs, zsp_synthobs=zsp_synthobs, zsp_lent=zsp_lent)
     return out
 
+  def grid_forward(self, gen_params: dict, x_grid: jax.Array,
+                   zsp_lent: jax.Array | None) -> dict[str, jax.Array]:
+    """The synthetic round trips of a grid batch (`Config.lambda_grid`; not in the paper).
+
+    Args:
+      gen_params: generator parameters.
+      x_grid: standardized synthetic spectra at decorrelated labels [B, n_pix].
+      zsp_lent: the z_sp lent to x_grid→obs [B, L_z, C_sp] (the observed batch's, as for
+        x_synth→obs), or None without a split latent.
+
+    Returns:
+      {"x_gridgrid": D_synth(D_sh(z_sh)), and with `cfg.grid_cycle` "x_gridobssynth":
+      x_grid→obs→synth}, each [B, n_pix].
+    """
+    p = gen_params
+    h = self.decode_shared(p, self.encode_synth(p, x_grid))
+    out = {"x_gridgrid": self._apply(p, "dec_synth", h)}
+    if self.cfg.grid_cycle:
+      hsp = self.decode_split(p, zsp_lent) if self.cfg.use_split else None
+      zsh_gridobs, _ = self.encode_obs(p, self.decode_obs_from(p, h, hsp))
+      out["x_gridobssynth"] = self.decode_synth(p, zsh_gridobs)
+    return out
+
 
 def _lookup(tree: dict, names: list[str]) -> dict:
   for n in names:

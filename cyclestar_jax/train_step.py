@@ -236,11 +236,11 @@ def gather_batch(staged: dict, rows: dict) -> dict:
     rows: {"synth": [B], "obs": [B]} int32 row indices of the iteration (`BatchStream.rows_at`).
 
   Returns:
-    The train step's batch: `losses.BATCH_KEYS` → float32 [B, n_pix], equal to what
-    `data.BatchStream.batch_at` gives for the same rows.
+    The train step's batch: every staged key (`losses.batch_keys(cfg)`) → float32 [B, n_pix],
+    equal to what `data.BatchStream.batch_at` gives for the same rows.
   """
-  return {k: jnp.take(staged[k], rows[k.split("_")[1]], axis=0).astype(jnp.float32)
-          for k in losses.BATCH_KEYS}
+  return {k: jnp.take(v, rows[k.split("_")[1]], axis=0).astype(jnp.float32)
+          for k, v in staged.items()}
 
 
 def make_staged_step(cfg: Config, nets: CycleStarNet | None = None, train_step=None):

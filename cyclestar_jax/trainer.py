@@ -410,7 +410,7 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
           val_rows: int = 64, ckpt_every: int = 1000, keep: int = 3, progress: bool = True,
           mesh=None, paired_val: bool | str | None = None, data_on_device: str = "auto",
           steps_per_call: int | None = None, max_skipped: int = 100,
-          time_limit_s: float | None = None) -> dict:
+          time_limit_s: float | None = None, grid_path=None) -> dict:
   """Train Cycle-StarNet; see the module docstring for what is written.
 
   Args:
@@ -438,6 +438,8 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
     time_limit_s: wall-clock seconds for the training loop (compilation excluded): the run
       stops at the first call that ends past it, validated and checkpointed as at the end, and
       says so in "stopped". A resumed run gets the limit afresh. One process only. None: none.
+    grid_path: file of synthetic spectra at decorrelated labels for the grid batch; needed
+      exactly when `cfg.lambda_grid` > 0 (`data.BatchStream`).
 
   Returns:
     {"step", "train": last interval's means, "val": last validation, "out_dir", "paired_val",
@@ -471,7 +473,7 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
   paired_opt = validation.paired_val_option(paired_val)
   out.mkdir(parents=True, exist_ok=True)
   stream = data.BatchStream(synth_path, obs_path, cfg, process_index=jax.process_index(),
-                            process_count=jax.process_count())
+                            process_count=jax.process_count(), grid_path=grid_path)
   try:
     return _train(cfg, stream, out, n_iter, loop, resume=resume, progress=progress, mesh=mesh,
                   paired_opt=paired_opt, data_on_device=data_on_device,

@@ -8,6 +8,7 @@ splits is the same star, which decides whether the `val_paired_*` numbers mean a
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import jax
@@ -64,7 +65,8 @@ def make_eval_fn(cfg: Config, paired: bool = False):
   for z_sh of each domain (`zsh_synth_val`, `zsh_obs_val`) and z_sp (`zsp_val`). With
   `paired` (row i of both domains is the same star), also `val_paired_*` (`paired_metrics`).
   """
-  nets = make_networks(cfg)
+  # The validation batch has no grid rows: its losses are Eq. 1's terms alone.
+  nets = make_networks(dataclasses.replace(cfg, lambda_grid=0.0))
 
   @jax.jit
   def evaluate(gen_params, critic_params, batch):

@@ -2,7 +2,8 @@
 by Eq. 9, 10 and 11 → evaluation → OUT/report.md, OUT/metrics.json, OUT/figures/.
 
   python -m experiments.apogee [--preset smoke|cpu|paper] [--out runs/apogee] [--n-iter N]
-      [--synth S.h5 --obs O.h5] [--emulator PATH] [--model RUN_DIR|GEN.npz] [--overwrite]
+      [--synth S.h5 --obs O.h5 [--grid G.h5]] [--emulator PATH] [--model RUN_DIR|GEN.npz]
+      [--overwrite]
 
 Every stage is kept in OUT; running the same command again skips the stages already done and
 resumes an interrupted training. With no --preset: `paper` on a GPU, `cpu` on a CPU.
@@ -22,6 +23,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   add_job_args(p, job="apogee")
   p.add_argument("--synth", default=None, help="your synthetic-domain HDF5 file (with --obs)")
   p.add_argument("--obs", default=None, help="your observed-domain HDF5 file (with --synth)")
+  p.add_argument("--grid", default=None,
+                 help="with --synth: synthetic spectra at labels that vary each element on its "
+                      "own (The Payne's training grid); the emulator learns them instead of "
+                      "--synth")
   p.add_argument("--emulator", default=None, help="a trained emulator instead of training one")
   p.add_argument("--model", default=None,
                  help="a trained Cycle-StarNet (run directory or generator .npz) instead of "
@@ -41,7 +46,7 @@ def main(argv=None) -> dict:
     print(f"preset: {preset} (no --preset given; {'a GPU' if preset == 'paper' else 'a CPU'} "
           f"was found)")
   return pipeline.run(out, preset=preset, n_iter=args.n_iter, synth=args.synth, obs=args.obs,
-                      emulator=args.emulator, model=args.model, seed=args.seed,
+                      emulator=args.emulator, model=args.model, seed=args.seed, grid=args.grid,
                       overwrite=args.overwrite, train_limit_s=args.train_limit_s,
                       progress=not args.no_progress)
 

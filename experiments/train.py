@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import jax
 
@@ -42,6 +43,7 @@ import jax
 from cyclestar_jax import cli, config, trainer, validation
 
 _LOOP = trainer.LoopConfig()
+DEFAULT_LAMBDA_GRID = 3.0  # --grid without --lambda-grid: the APOGEE experiment's λ_synth
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--batch-size", type=int, default=None,
                  help="global batch per domain; None = the config's")
   p.add_argument("--seed", type=int, default=None, help="seed; None = the config's")
+  p.add_argument("--grid", default=None,
+                 help="synthetic spectra at labels that vary each element on its own (e.g. the "
+                      "emulator's training grid): the synthetic autoencoder and cycle also learn "
+                      "them (not in the paper; Config.lambda_grid)")
+  p.add_argument("--lambda-grid", type=float, default=None,
+                 help="weight of the grid batch's distances (default with --grid: 3, the "
+                      "APOGEE experiment's λ_synth)")
   p.add_argument("--log-every", type=int, default=_LOOP.log_every,
                  help="iterations between metrics lines")
   p.add_argument("--val-every", type=int, default=_LOOP.val_every,
@@ -83,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   cli.add_distributed_args(p)
   args = p.parse_args(argv)
   cli.check_distributed_args(p, args)
+  if args.lambda_grid is not None and not (args.grid and args.lambda_grid > 0):
+    p.error(f"--lambda-grid {args.lambda_grid}: give it with --grid, and > 0")
+  if args.grid is not None and not Path(args.grid).is_file():
+    p.error(f"--grid {args.grid}: no such file")
   for name in ("n_iter", "batch_size"):
     v = getattr(args, name)
     if v is not None and v < (0 if name == "n_iter" else 1):
@@ -94,8 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
   cli.initialize_distributed(args)
   cfg = config.get_config(args.config)
-  overrides = {k: v for k, v in (("batch_size", args.batch_size), ("seed", args.seed))
-               if v is not None}
+  lam = (args.lambda_grid or cfg.lambda_grid or DEFAULT_LAMBDA_GRID) if args.grid else None
+  overrides = {k: v for k, v in (("batch_size", args.batch_size), ("seed", args.seed),
+                                 ("lambda_grid", lam)) if v is not None}
   cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
   summary = trainer.train(cfg, args.synth, args.obs, args.out, resume=args.resume,
                           n_iter=args.n_iter, log_every=args.log_every,
@@ -103,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
                           ckpt_every=args.ckpt_every, keep=args.keep,
                           progress=not args.no_progress, paired_val=args.paired_val,
                           data_on_device=args.data_on_device,
-                          steps_per_call=args.steps_per_call, max_skipped=args.max_skipped)
+                          steps_per_call=args.steps_per_call, max_skipped=args.max_skipped,
+                          grid_path=args.grid)
   if jax.process_index() == 0:
     if summary["already_complete"]:
       print(f"{args.out}: run already complete at step {summary['step']} (--n-iter "

@@ -215,3 +215,43 @@ def test_staged_batches_equal_streamed_batches(files):
     assert int(one_done) == 1 and one["x_obs"].shape == (8, cfg.n_pix)
     with pytest.raises(ValueError, match="rows must be"):
       staged_step(0, staged, {d: r[None] for d, r in rows.items()}, None)
+
+
+def test_grid_stream_is_a_third_synthetic_stream(files, tmp_path):
+  """A grid file (`Config.lambda_grid` > 0) is read as a third shuffled stream, standardized as
+  synthetic spectra, staged like the others; it is needed exactly when lambda_grid > 0."""
+  import jax
+
+  from cyclestar_jax import parallel
+  from cyclestar_jax import train_step as ts
+
+  synth, obs, _, _ = files
+  grid = tmp_path / "grid.h5"
+  kw = _write(grid, 12, observed=False, seed=5)
+  cfg = dataclasses.replace(config.get_config("smoke"), batch_size=8, lambda_grid=1.0)
+  with data.BatchStream(synth, obs, cfg, grid_path=grid) as stream:
+    assert stream.sizes() == {"synth": 20, "obs": 28, "grid": 12}
+    b = stream.batch_at(1)  # rows 8..15 of an epoch of 12: crosses the boundary
+    assert set(b) == {f"x_{d}{s}" for d in ("synth", "obs", "grid") for s in ("", "_err", "_msk")}
+    rows = stream.rows_at(1)["grid"]
+    assert rows.shape == (8,)
+    want = (kw["x"][rows, 47:] - MEAN) / STD
+    np.testing.assert_allclose(b["x_grid"], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b["x_grid_err"], cfg.error_floor / STD, rtol=1e-6)  # synthetic
+    assert b["x_grid_msk"].min() == 1.0
+    # The grid has its own order: epoch permutations drawn with domain index 2.
+    np.testing.assert_array_equal(stream.rows_at(0)["grid"],
+                                  data._epoch_permutation(cfg.seed, 2, 0, 12)[:8])
+    staged = parallel.stage_on_devices(stream, parallel.replicated_sharding(parallel.make_mesh()))
+    got = jax.jit(ts.gather_batch)(staged, {k: np.asarray(v, np.int32)
+                                            for k, v in stream.rows_at(1).items()})
+    for k, v in b.items():
+      np.testing.assert_array_equal(np.asarray(got[k]), v, err_msg=k)
+  with pytest.raises(ValueError, match="lambda_grid = 1.0 needs a grid file"):
+    data.BatchStream(synth, obs, cfg)
+  with pytest.raises(ValueError, match="lambda_grid = 0.0 needs a grid file"):
+    data.BatchStream(synth, obs, dataclasses.replace(cfg, lambda_grid=0.0), grid_path=grid)
+  short = tmp_path / "short.h5"
+  _write(short, 12, observed=False, seed=6, n_pix=N_PIX - 1)
+  with pytest.raises(ValueError, match="short.h5 has 7213"):
+    data.BatchStream(synth, obs, cfg, grid_path=short)

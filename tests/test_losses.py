@@ -109,3 +109,64 @@ def test_batch_errors_are_named():
   with pytest.raises(ValueError, match="x_obs_err.*7167"):
     losses.generator_loss(gen, critic, dict(batch, x_obs_err=batch["x_obs_err"][:, :7000]),
                           nets=nets)
+
+
+def _with_grid(batch, rng):
+  xg = rng.normal(size=batch["x_synth"].shape).astype(np.float32)
+  return dict(batch, x_grid=xg, x_grid_err=np.full_like(xg, 0.2), x_grid_msk=np.ones_like(xg))
+
+
+def test_grid_terms_are_the_synthetic_round_trips_of_the_grid_batch():
+  """λ_grid > 0 adds d(x_grid→synth, x_grid) and d(x_grid→obs→synth, x_grid), the z_sp lent by
+  the observed batch, to Eq. 1; λ_grid = 0 is the paper's loss, grid rows or not."""
+  cfg = dataclasses.replace(config.get_config("smoke"), lambda_grid=2.5)
+  nets = networks.make_networks(cfg)
+  gen, critic = nets.init(jax.random.key(0))
+  rng = np.random.default_rng(1)
+  batch = _with_grid(_batch(rng, 2, cfg.n_pix), rng)
+
+  @jax.jit
+  def run(gen, critic, batch):
+    g_loss, (terms, _) = losses.generator_loss(gen, critic, batch, nets=nets)
+    xg, err, msk = batch["x_grid"], batch["x_grid_err"], batch["x_grid_msk"]
+    zg = nets.encode_synth(gen, xg)
+    _, zpo = nets.encode_obs(gen, batch["x_obs"])
+    zgo, _ = nets.encode_obs(gen, nets.decode_obs(gen, zg, zpo))
+    ref = {"rec_grid": losses.distance(nets.decode_synth(gen, zg), xg, err, msk),
+           "cc_grid": losses.distance(nets.decode_synth(gen, zgo), xg, err, msk)}
+    return g_loss, terms, ref
+
+  g_loss, terms, ref = run(gen, critic, batch)
+  for k in losses.GRID_TERMS:
+    np.testing.assert_allclose(terms[k], ref[k], rtol=1e-5, err_msg=k)
+    assert float(terms[k]) > 0
+  paper = dataclasses.replace(cfg, lambda_grid=0.0)
+  p_loss, (p_terms, _) = losses.generator_loss(gen, critic, batch,
+                                               nets=networks.make_networks(paper))
+  assert set(p_terms) == set(losses.GEN_TERMS)
+  np.testing.assert_allclose(g_loss, p_loss + 2.5 * (terms["rec_grid"] + terms["cc_grid"]),
+                             rtol=1e-5)
+  # grid_cycle off: the grid batch takes the synthetic autoencoder only.
+  rec_only = dataclasses.replace(cfg, grid_cycle=False)
+  r_loss, (r_terms, _) = losses.generator_loss(gen, critic, batch,
+                                               nets=networks.make_networks(rec_only))
+  assert "cc_grid" not in r_terms
+  np.testing.assert_allclose(r_terms["rec_grid"], ref["rec_grid"], rtol=1e-5)
+  np.testing.assert_allclose(r_loss, p_loss + 2.5 * r_terms["rec_grid"], rtol=1e-5)
+
+
+def test_grid_batch_errors_are_named():
+  cfg = dataclasses.replace(config.get_config("smoke"), lambda_grid=1.0)
+  nets = networks.make_networks(cfg)
+  gen, critic = jax.eval_shape(nets.init, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch = _batch(rng, 2, cfg.n_pix)
+  assert losses.batch_keys(cfg) == losses.BATCH_KEYS + losses.GRID_KEYS
+  with pytest.raises(KeyError, match="x_grid"):
+    losses.generator_loss(gen, critic, batch, nets=nets)
+  grid = _with_grid(batch, rng)
+  with pytest.raises(ValueError, match="differ in size.*x_grid"):
+    losses.generator_loss(gen, critic, dict(grid, **{k: grid[k][:1] for k in losses.GRID_KEYS}),
+                          nets=nets)
+  with pytest.raises(config.ConfigError, match="lambda_grid"):
+    dataclasses.replace(cfg, lambda_grid=-1.0)

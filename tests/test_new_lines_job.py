@@ -1,6 +1,7 @@
 """The line-identification job (`experiments.new_lines`) end to end on the smoke preset."""
 
 import json
+from pathlib import Path
 
 from jobs import run_job
 
@@ -33,6 +34,12 @@ def test_smoke_writes_every_key_and_figure(tmp_path):
   report = (out / "report.md").read_text()
   assert "Recovery error" in report and "the method's ceiling" in report
   assert "## Label sensitivity" in report
+  # The grid term: the synthetic autoencoder also learnt the run's payne_grid.h5.
+  assert Path(on_disk["grid_file"]).name == "payne_grid.h5"
+  assert on_disk["cycle_config"]["lambda_grid"] == 3.0
+  assert "also learnt `payne_grid.h5` (λ_grid = 3" in report
+  train_log = (out / "model" / "metrics.jsonl").read_text()
+  assert '"rec_grid"' in train_log and '"cc_grid"' in train_log
   assert any("report.md" in line for line in lines)
 
 

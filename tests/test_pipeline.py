@@ -92,6 +92,9 @@ def test_bad_inputs_fail_before_any_work(tmp_path, capsys):
                      "--obs", "b.h5"]) == 2
   assert "a.h5: no such file" in capsys.readouterr().err
   assert not Path(tmp_path / "r").exists()
+  assert apogee.cli(["--preset", "smoke", "--out", str(tmp_path / "r"), "--grid", "g.h5"]) == 2
+  assert "--grid goes with --synth/--obs" in capsys.readouterr().err
+  assert not Path(tmp_path / "r").exists()
 
 
 def test_n_iter_scales_the_learning_rate_boundaries():
@@ -125,3 +128,47 @@ def test_report_warns_of_an_emulator_that_cannot_tell_the_elements_apart():
                                "emulator_abundance_fe_correlation": 0.77})
   assert "0.77" in free[0] and "cannot tell" not in free[0]
   assert report.emulator_note({"emulator_training": None}) == []
+
+
+def test_grid_term_uses_the_runs_payne_grid_or_turns_off(tmp_path):
+  """λ_grid > 0 trains on the run's payne_grid.h5 (the mock world); with only the user's
+  synthetic file there is no separate grid, and the term is off."""
+  import dataclasses
+
+  from cyclestar_jax.pipeline import stages
+
+  p = pipeline.get_preset("smoke")
+  p = dataclasses.replace(p, cycle=dataclasses.replace(p.cycle, lambda_grid=2.0))
+  paths = stages.RunPaths(tmp_path / "run")
+  synth = tmp_path / "synth.h5"
+  synth.write_bytes(b"")
+  cfg, grid = stages.cycle_config_and_grid(paths, p, synth)
+  assert grid is None and cfg.lambda_grid == 0.0 and cfg.name == p.cycle.name
+  paths.data.mkdir(parents=True)
+  paths.payne_grid.write_bytes(b"")
+  cfg, grid = stages.cycle_config_and_grid(paths, p, synth)
+  assert grid == paths.payne_grid and cfg == p.cycle
+  paper = dataclasses.replace(p, cycle=dataclasses.replace(p.cycle, lambda_grid=0.0))
+  assert stages.cycle_config_and_grid(paths, paper, synth) == (paper.cycle, None)
+
+
+def test_users_grid_file_is_checked_before_any_work(tmp_path):
+  from cyclestar_jax import h5io
+  from cyclestar_jax.resources import N_PIX
+
+  def write(name, n_pix, splits=("train", "test")):
+    path = tmp_path / name
+    with h5io.SpectraWriter(path, {s: 2 for s in splits}, n_pix=n_pix,
+                            fields=("spectra",)) as w:
+      for s in splits:
+        w.write(s, 0, x=np.ones((2, n_pix), np.float32))
+    return str(path)
+
+  synth, obs = write("s.h5", N_PIX), write("o.h5", N_PIX)
+  pipeline.check_inputs(synth, obs, None, None, write("g.h5", N_PIX))
+  with pytest.raises(ValueError, match=r"--grid .*g2.h5 has 7000"):
+    pipeline.check_inputs(synth, obs, None, None, write("g2.h5", 7000))
+  with pytest.raises(ValueError, match=r"--grid .*g3.h5: no 'test' split"):
+    pipeline.check_inputs(synth, obs, None, None, write("g3.h5", N_PIX, ("train",)))
+  with pytest.raises(FileNotFoundError, match="--grid nope.h5: no such file"):
+    pipeline.check_inputs(synth, obs, None, None, "nope.h5")

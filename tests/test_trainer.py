@@ -490,3 +490,28 @@ def test_command_line_errors_are_one_line(toy_files, tmp_path, capsys, monkeypat
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert all(d in out for d in defaults), mod.__name__
+
+
+def test_grid_batch_trains_the_same_staged_or_streamed(toy_files, tmp_path):
+  """With `lambda_grid` > 0 the grid file is a third stream: logged (`rec_grid`, `cc_grid`),
+  staged on the device like the domains, and the same run either way; without it, refused."""
+  import jax
+
+  synth, obs = toy_files
+  grid = tmp_path / "grid.h5"
+  write_toy_domain(grid, 32, False, 2)
+  cfg = dataclasses.replace(config.get_config("smoke"), lambda_grid=1.0)
+  kw = dict(n_iter=4, log_every=2, val_every=4, ckpt_every=4, progress=False, grid_path=grid)
+  state = {}
+  for name, where in (("stream", "no"), ("staged", "yes")):
+    trainer.train(cfg, synth, obs, tmp_path / name, data_on_device=where, **kw)
+    m = trainer.read_metrics(tmp_path / name / "metrics.jsonl")
+    assert all(d["rec_grid"] > 0 and d["cc_grid"] > 0 for d in m["train"])
+    run = json.loads((tmp_path / name / "run.json").read_text())
+    assert run["n_spectra"] == {"synth": 64, "obs": 64, "grid": 32}
+    state[name] = checkpoint.restore_state(tmp_path / name / "checkpoints", cfg, 4)[0]
+  for a, b in zip(jax.tree.leaves(state["stream"]), jax.tree.leaves(state["staged"]),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="lambda_grid"):
+    trainer.train(cfg, synth, obs, tmp_path / "no_grid", **{**kw, "grid_path": None})

@@ -27,7 +27,7 @@ def default_preset() -> str:
 
 
 def check_inputs(synth: str | None, obs: str | None, emulator: str | None,
-                 model: str | None) -> None:
+                 model: str | None, grid: str | None = None) -> None:
   """The user's files, checked before any work: one clear error naming the file and field."""
   from cyclestar_jax import h5io
   from cyclestar_jax.resources import N_PIX
@@ -35,9 +35,13 @@ def check_inputs(synth: str | None, obs: str | None, emulator: str | None,
   if (synth is None) != (obs is None):
     raise ValueError("--synth and --obs go together: give both files (the synthetic and the "
                      "observed domain) or neither (the mock world)")
+  if grid is not None and synth is None:
+    raise ValueError("--grid goes with --synth/--obs: the mock world makes its own grid "
+                     "(data/payne_grid.h5)")
   if synth is not None:
     pix = {}
-    for what, path in (("--synth", synth), ("--obs", obs)):
+    files = (("--synth", synth), ("--obs", obs)) + ((("--grid", grid),) if grid else ())
+    for what, path in files:
       if not Path(path).is_file():
         raise FileNotFoundError(f"{what} {path}: no such file")
       with h5io.SpectraFile(path, n_pix=None) as f:
@@ -46,9 +50,10 @@ def check_inputs(synth: str | None, obs: str | None, emulator: str | None,
             raise ValueError(f"{what} {path}: no '{split}' split (datasets 'spectra {split}', "
                              f"...); the file has {list(f.splits)}")
         pix[what] = f.n_pix
-    if pix["--synth"] != pix["--obs"]:
-      raise ValueError(f"--synth {synth} has spectra of {pix['--synth']} pixels but --obs {obs} "
-                       f"has {pix['--obs']}: the two files must be on the same grid")
+    for what, path in files[1:]:
+      if pix[what] != pix["--synth"]:
+        raise ValueError(f"--synth {synth} has spectra of {pix['--synth']} pixels but {what} "
+                         f"{path} has {pix[what]}: the files must be on the same wavelength grid")
     if pix["--synth"] != N_PIX:
       raise ValueError(f"--synth {synth}: spectra of {pix['--synth']} pixels; expected the "
                        f"APOGEE grid's {N_PIX}")
@@ -57,19 +62,23 @@ def check_inputs(synth: str | None, obs: str | None, emulator: str | None,
       raise FileNotFoundError(f"{what} {path}: no such file or directory")
 
 
-def _identity(preset: Preset, synth, obs, emulator, model, seed: int) -> dict:
+def _identity(preset: Preset, synth, obs, emulator, model, seed: int, grid=None) -> dict:
   return {"preset": preset.name, "n_iter": preset.cycle.n_iter,
           "data": "mock" if synth is None else [str(Path(synth).resolve()),
                                                 str(Path(obs).resolve())],
           "seed": seed, "emulator": None if emulator is None else str(Path(emulator).resolve()),
-          "emulator_training": stages.EMULATOR_TRAINING if synth is None else "synth.h5",
-          "model": None if model is None else str(Path(model).resolve())}
+          "emulator_training": (stages.EMULATOR_TRAINING if synth is None else "synth.h5"
+                                if grid is None else str(Path(grid).resolve())),
+          "model": None if model is None else str(Path(model).resolve()),
+          **(stages.grid_identity(preset)
+             if (synth is None or grid is not None) and model is None else {})}
 
 
 def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None,
         synth: str | None = None, obs: str | None = None, emulator: str | None = None,
         model: str | None = None, seed: int = 0, overwrite: bool = False,
-        train_limit_s: float | None = None, progress: bool = True, log=print) -> dict:
+        train_limit_s: float | None = None, progress: bool = True, log=print,
+        grid: str | None = None) -> dict:
   """The main job; returns metrics.json's dict (also written, with report.md and figures).
 
   Args:
@@ -77,6 +86,9 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     preset: "smoke", "cpu", "paper" (default: `default_preset()`).
     n_iter: shorten (or lengthen) the preset's training, learning-rate boundaries scaled.
     synth, obs: the user's reference-format files (default: the mock world, made in out/data).
+    grid: with synth/obs, synthetic spectra at labels that vary each element on its own (The
+      Payne's training grid): the emulator learns them, and so does Cycle-StarNet's synthetic
+      autoencoder when the preset's `lambda_grid` > 0 (the mock world makes its own).
     emulator: a trained emulator to use instead of training one.
     model: a trained Cycle-StarNet run directory to use instead of training one.
     seed: the mock world's seed.
@@ -86,10 +98,11 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     progress: progress bars.
     log: where the stage lines go.
   """
-  check_inputs(synth, obs, emulator, model)
+  check_inputs(synth, obs, emulator, model, grid)
   p = get_preset(preset or default_preset(), n_iter)
   paths = RunPaths(Path(out))
-  ident = _identity(p, synth, obs, emulator, model, seed)
+  ident = _identity(p, synth, obs, emulator, model, seed, grid)
+  grid = None if grid is None else Path(grid)
   if overwrite and paths.out.exists():
     try:
       stages.check_run_folder(paths, ident)
@@ -119,12 +132,13 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     synth_path, obs_path = Path(synth), Path(obs)
   if emulator is None:
     emulator_path, em_info = stage("emulator", stages.stage_emulator, paths, p, synth_path,
-                                   progress=progress)
+                                   progress=progress, grid=grid)
   else:
     emulator_path, em_info = Path(emulator), {"skipped": True, "given": str(emulator)}
   if model is None:
     model_dir, tr_info = stage("cyclestarnet", stages.stage_cyclestarnet, paths, p, synth_path,
-                               obs_path, progress=progress, time_limit_s=train_limit_s)
+                               obs_path, progress=progress, time_limit_s=train_limit_s,
+                               grid=grid)
   else:
     model_dir, tr_info = Path(model), {"given": str(model)}
   stage("fits", stages.stage_fits, paths, p, obs_path, emulator_path, model_dir,
@@ -143,7 +157,9 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
                            f"{seed}, {p.sizes.n_train}/{p.sizes.n_val}/{p.sizes.n_test} stars "
                            "per domain" if synth is None else f"{synth}, {obs}"),
       "train_iterations": tr_info.get("iterations"), "train_seconds": tr_info.get("seconds"),
-      "schedule_note": schedule_note, "cycle_config": dataclasses.asdict(p.cycle),
+      "schedule_note": schedule_note,
+      "cycle_config": tr_info.get("config", dataclasses.asdict(p.cycle)),
+      "grid_file": tr_info.get("grid_file"),
       "fit_settings": {"n_fit": p.n_fit, "max_iter": p.fit_max_iter,
                        "csn_max_iter": p.eq11_max_iter,
                        "csn_starts": list(p.csn_starts)},

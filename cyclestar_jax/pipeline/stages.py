@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cyclestar_jax import config as _config
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.mock.files import PAYNE_GRID_FILE
 from cyclestar_jax.pipeline.presets import Preset
@@ -141,14 +142,39 @@ def stage_data(paths: RunPaths, preset: Preset, *, seed: int = 0, world=None,
   return synth, obs, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
 
 
-def emulator_training_file(paths: RunPaths, synth_path: Path) -> Path:
-  """What the emulator learns from: the mock world's Payne grid when the run made one
-  (`mock.files.write_payne_grid`), else the synthetic domain's file (the user's data)."""
+def emulator_training_file(paths: RunPaths, synth_path: Path, grid: Path | None = None) -> Path:
+  """What the emulator learns from: the user's grid (`--grid`) if given, else the mock world's
+  Payne grid when the run made one (`mock.files.write_payne_grid`), else the synthetic domain's
+  file (the user's data)."""
+  if grid is not None:
+    return Path(grid)
   return paths.payne_grid if paths.payne_grid.is_file() else Path(synth_path)
 
 
+def cycle_config_and_grid(paths: RunPaths, preset: Preset, synth_path: Path,
+                          grid: Path | None = None) -> tuple[_config.Config, Path | None]:
+  """The Cycle-StarNet config to train and its grid file (`Config.lambda_grid`).
+
+  With the grid term on, the grid batch comes from the emulator's training grid when the run
+  has one apart from the synthetic domain (`--grid`, or the mock world's payne_grid.h5); without
+  one the term is turned off, as training on the synthetic file twice adds nothing.
+  """
+  cfg = preset.cycle
+  grid = emulator_training_file(paths, synth_path, grid)
+  if cfg.lambda_grid > 0 and grid.resolve() != Path(synth_path).resolve():
+    return cfg, grid
+  return dataclasses.replace(cfg, lambda_grid=0.0), None
+
+
+def grid_identity(preset: Preset) -> dict:
+  """The grid term's part of a run folder's identity: {"lambda_grid": λ} when it is on, else
+  nothing, so that folders made before it existed stay valid for presets without it."""
+  lam = preset.cycle.lambda_grid
+  return {"lambda_grid": lam} if lam > 0 else {}
+
+
 def stage_emulator(paths: RunPaths, preset: Preset, synth_path: Path, *,
-                   progress: bool = True) -> tuple[Path, dict]:
+                   progress: bool = True, grid: Path | None = None) -> tuple[Path, dict]:
   """The Payne trained on `emulator_training_file`'s train split (skipped when trained already).
   Its metrics carry `abundance_fe_correlation` (`emulator_train.max_abundance_fe_correlation`).
 
@@ -161,14 +187,14 @@ def stage_emulator(paths: RunPaths, preset: Preset, synth_path: Path, *,
   if npz.is_file() and done.is_file():
     return npz, {"skipped": True, **read_json(done)}
   t0 = time.perf_counter()
-  summary = train_emulator(emulator_training_file(paths, synth_path), paths.emulator,
+  summary = train_emulator(emulator_training_file(paths, synth_path, grid), paths.emulator,
                            preset.emulator, progress=progress)
   return npz, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
 
 
 def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_path: Path, *,
-                       progress: bool = True, time_limit_s: float | None = None
-                       ) -> tuple[Path, dict]:
+                       progress: bool = True, time_limit_s: float | None = None,
+                       grid: Path | None = None) -> tuple[Path, dict]:
   """Cycle-StarNet trained to the preset's n_iter, resuming an interrupted run (skipped when
   done.json says it finished).
 
@@ -188,19 +214,19 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   resume = (paths.model / "checkpoints").is_dir()
   before = _train_seconds(paths.model)
   t0 = time.perf_counter()
-  cfg = preset.cycle
+  cfg, grid = cycle_config_and_grid(paths, preset, synth_path, grid)
   if time_limit_s is None:
     time_limit_s = preset.train_limit_s
   left = None if time_limit_s is None else max(1.0, time_limit_s - before)
   result = trainer.train(cfg, synth_path, obs_path, paths.model, resume=resume,
                          val_every=preset.val_every, ckpt_every=preset.ckpt_every,
                          log_every=min(100, preset.val_every), val_rows=256,
-                         progress=progress, time_limit_s=left)
+                         progress=progress, time_limit_s=left, grid_path=grid)
   seconds = before + time.perf_counter() - t0
   info = {"iterations": int(result["step"]), "n_iter": cfg.n_iter,
           "stopped": result.get("stopped", "n_iter"), "time_limit_s": time_limit_s,
           "seconds": seconds, "resumed": resume, "val": result.get("val", {}),
-          "config": dataclasses.asdict(cfg)}
+          "grid_file": None if grid is None else str(grid), "config": dataclasses.asdict(cfg)}
   _write_json(done, info)
   return paths.model, {"skipped": False, **info}
 

@@ -37,9 +37,10 @@ def test_smoke_writes_every_key_and_figure(tmp_path):
   # The grid term: the synthetic autoencoder also learnt the run's payne_grid.h5.
   assert Path(on_disk["grid_file"]).name == "payne_grid.h5"
   assert on_disk["cycle_config"]["lambda_grid"] == 3.0
-  assert "also learnt `payne_grid.h5` (λ_grid = 3" in report
+  assert not on_disk["cycle_config"]["grid_cycle"]
+  assert "autoencoder also learnt `payne_grid.h5` (λ_grid = 3" in report
   train_log = (out / "model" / "metrics.jsonl").read_text()
-  assert '"rec_grid"' in train_log and '"cc_grid"' in train_log
+  assert '"rec_grid"' in train_log and '"cc_grid"' not in train_log
   assert any("report.md" in line for line in lines)
 
 

@@ -186,7 +186,9 @@ def grid_note(m: dict) -> list[str]:
   lam = (m.get("cycle_config") or {}).get("lambda_grid", 0.0)
   if not grid or not lam:
     return []
-  return [f"Cycle-StarNet's synthetic autoencoder and synthetic cycle also learnt "
+  cycle = (m.get("cycle_config") or {}).get("grid_cycle", True)
+  what = "synthetic autoencoder and synthetic cycle" if cycle else "synthetic autoencoder"
+  return [f"Cycle-StarNet's {what} also learnt "
           f"`{Path(grid).name}` (λ_grid = {lam:g}; not in the paper): spectra whose abundances "
           "vary on their own, so that the shared latent keeps every label's direction and not "
           "only those along which the domains' stars vary together. No critic sees them.", ""]

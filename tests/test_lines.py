@@ -182,6 +182,7 @@ def test_broad_responders_do_not_win_a_feature_they_do_not_own():
   assert np.asarray(lines.ABUNDANCE_LABELS)[np.argmin(raw[0])] == O  # raw sums would say O
   out = lines.attribute_features(d_payne, d_so, feats)
   np.testing.assert_array_equal(out["predicted"], [MG, O])
+  np.testing.assert_array_equal(out["predicted_raw_sums"], [O, O])
   assert out["ranking"][0, 0] == MG and TEFF not in out["ranking"]
   assert out["ranking"][0, -1] == FE  # positive: the line weakens with Fe
   acc = lines.attribution_accuracy(feats.label, out["predicted"])

@@ -12,7 +12,7 @@ KEYS = ("recovery_error_pct", "no_recovery_error_pct", "recovery_error_binned_pc
         "attribution_accuracy_near_reference", "attribution_accuracy_reference_star",
         "zsp_sensitivity", "detection", "label_sets_per_s",
         "attribution_accuracy_true_derivatives", "owner_response_reference_star",
-        "abundance_fe_correlation", "label_sensitivity")
+        "abundance_fe_correlation", "label_sensitivity", "attribution_reference_star_raw_sums")
 
 
 def test_smoke_writes_every_key_and_figure(tmp_path):
@@ -33,7 +33,9 @@ def test_smoke_writes_every_key_and_figure(tmp_path):
     assert (out / "figures" / f).stat().st_size > 10_000, f
   report = (out / "report.md").read_text()
   assert "Recovery error" in report and "the method's ceiling" in report
-  assert "## Label sensitivity" in report
+  assert "## Label sensitivity" in report and "By raw sums instead" in report
+  rc = on_disk["attribution_reference_star_raw_sums"]
+  assert rc["true_derivatives_accuracy"] >= 0.9 and 0.0 <= rc["agreement"] <= 1.0
   # The grid term: the synthetic autoencoder also learnt the run's payne_grid.h5.
   assert Path(on_disk["grid_file"]).name == "payne_grid.h5"
   assert on_disk["cycle_config"]["lambda_grid"] == 3.0

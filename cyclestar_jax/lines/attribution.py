@@ -94,8 +94,9 @@ def attribute_features(d_payne: np.ndarray, d_synth_to_obs: np.ndarray, features
 
   Returns:
     `attribution_scores`' arrays as NumPy, plus "ranking" [..., F, C] (label positions, most
-    negative score first) and "predicted" [..., F] (its first column; −1 for a feature with no
-    pixel on these pixels).
+    negative score first), "predicted" [..., F] (its first column; −1 for a feature with no
+    pixel on these pixels) and "predicted_raw_sums" [..., F] (the winner by the raw sums A, no
+    background: where it differs from "predicted", the model's attribution is ambiguous).
   """
   start, end = features.network_ranges(n_pix=np.shape(d_payne)[-2])
   out = attribution_scores(jnp.asarray(d_payne), jnp.asarray(d_synth_to_obs), jnp.asarray(start),
@@ -103,6 +104,8 @@ def attribute_features(d_payne: np.ndarray, d_synth_to_obs: np.ndarray, features
   out = {k: np.asarray(v) for k, v in out.items()}
   out["ranking"] = rank_labels(out["score"], candidates)
   out["predicted"] = np.where(end == start, -1, out["ranking"][..., 0])
+  out["predicted_raw_sums"] = np.where(end == start, -1,
+                                       rank_labels(out["attribution"], candidates)[..., 0])
   return out
 
 

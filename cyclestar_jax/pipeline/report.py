@@ -121,8 +121,9 @@ def verdicts(m: dict) -> list[str]:
     if len(better) < 3:
       out.append("- What was tried for the label scatter on the cpu preset (Payne-like grid for "
                  "the emulator, fits by free-label set and from the truth, the grid term, z_sh "
-                 "25) and what each gave: benchmarks/README.md, sections \"Why the labels "
-                 "suffered\" and \"The grid term and a wider z_sh\".")
+                 "12 against 25 over two training seeds) and what each gave: "
+                 "benchmarks/README.md, sections \"Why the labels suffered\", \"The grid term "
+                 "and a wider z_sh\" and \"z_sh 25 against 12, two seeds\".")
     edge = m["fits"]["eq11"]["at_box_edge_fraction"]
     out.append(f"- Eq. 11 fits ending at the emulator's box edge: {edge:.0%} (target < 10 %): "
                + ("met." if edge < 0.1 else "**not met**."))

@@ -316,7 +316,7 @@ class SpectraFile:
       split, start, stop, rows: as in `read`.
 
     Returns:
-      [B, ...] array in the dataset's dtype, no masking.
+      [B, ...] array in the dataset's dtype, no masking; a string dataset as str objects.
     """
     ds = self._split(split)
     if name in FIELDS:
@@ -332,6 +332,8 @@ class SpectraFile:
           f"{self.path}: dataset {dataset_name(name, split)!r} has shape {d.shape} but "
           f"{dataset_name('spectra', split)!r} has shape {ds['spectra'].shape}; expected "
           f"{n} rows")
+    if h5py.check_string_dtype(d.dtype) is not None:
+      d = d.asstr()  # strings come back as str, not bytes
     if rows is None:
       start, stop = self._check_range(split, n, start, stop)
       return d[start:stop]

@@ -57,7 +57,9 @@ class SpectraWriter:
     fields: the reference fields to write (must include "spectra"); every `write` call must
       give all of them.
     extra_fields: extra per-row datasets `"<name> <split>"`: {name: (row_shape, dtype)}, e.g.
-      {"labels_true": ((25,), np.float64)}; given to `write` as keyword arguments `name=...`.
+      {"labels_true": ((25,), np.float64)}, or `str` for UTF-8 strings (e.g. {"apogee_id":
+      ((), str)}, read back as str by `SpectraFile.extra`); given to `write` as keyword
+      arguments `name=...`.
     attrs: file attributes; dict values (e.g. "world", the mock world's settings) are stored as
       JSON strings, lists of strings (e.g. "paired_splits") as string arrays.
     compression: h5py compression ("gzip", "lzf", a gzip level 0-9) or None (default, fastest).
@@ -102,7 +104,8 @@ class SpectraWriter:
             f"not one of {FIELDS + tuple(ARG_OF_FIELD.values())}")
       try:
         shape, dtype = spec
-        self.extra_fields[name] = (tuple(int(s) for s in shape), np.dtype(dtype))
+        dt = np.dtype(h5py.string_dtype()) if dtype is str else np.dtype(dtype)
+        self.extra_fields[name] = (tuple(int(s) for s in shape), dt)
       except (TypeError, ValueError) as e:
         raise ValueError(
             f"{self.path}: extra_fields[{name!r}] = {spec!r}; expected (row_shape, dtype), "
@@ -207,7 +210,10 @@ class SpectraWriter:
     if b == 0:
       return
     for name, arr in out.items():
-      f[dataset_name(name, split)].write_direct(arr, dest_sel=np.s_[start:start + b])
+      if arr.dtype.kind == "O":  # strings: h5py converts them, write_direct cannot
+        f[dataset_name(name, split)][start:start + b] = arr
+      else:
+        f[dataset_name(name, split)].write_direct(arr, dest_sel=np.s_[start:start + b])
     self._written[split][start:start + b] = True
 
   def _check(self, split: str, name: str, arg: str, arr, shape: tuple[int, ...],
@@ -220,6 +226,10 @@ class SpectraWriter:
       hint = {"spectra_err": f" ({self.n_pix} pixels)", "spectra_msk": f" ({self.n_pix} pixels)",
               "labels": f" ({N_LABELS} labels in LABEL_NAMES order)"}.get(name, "")
       raise ValueError(f"{what} has shape {arr.shape}; expected {shape}{hint}")
+    if dtype.kind == "O":
+      if arr.size and not all(isinstance(v, (str, bytes)) for v in arr.flat):
+        raise ValueError(f"{what} holds non-strings; expected str")
+      return np.asarray(arr, dtype=object)
     if arr.dtype.kind not in "biuf" and arr.dtype.kind != dtype.kind:
       raise ValueError(f"{what} has dtype {arr.dtype}; expected numbers ({dtype})")
     if name == "spectra_msk" and arr.dtype != np.bool_:

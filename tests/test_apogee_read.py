@@ -315,3 +315,14 @@ def test_label_csv(tmp_path):
   p.write_text("APOGEE_ID,Teff\n2M1,4000\n")
   with pytest.raises(ValueError, match="labels.csv: CSV label columns missing: logg"):
     catalog.read_label_csv(p)
+
+
+def test_import_does_not_need_astropy():
+  """The GPU machines have no astropy: importing the package and the reader must not load it."""
+  import subprocess
+  import sys
+
+  code = ("import sys, cyclestar_jax, cyclestar_jax.apogee, cyclestar_jax.apogee.prepare; "
+          "from cyclestar_jax.apogee import read_star, ReadConfig; "
+          f"read_star({str(REAL)!r}, ReadConfig()); assert 'astropy' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True)

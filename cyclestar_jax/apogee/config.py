@@ -91,7 +91,7 @@ class PrepareConfig:
   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
   seed: int = 0  # of the split assignment
   workers: int = 2  # spawned reader processes (0: read in this process)
-  shard_files: int = 512  # files per shard (bounds memory; the unit of resume)
+  shard_files: int = 256  # files per shard (bounds memory; the unit of resume)
   n_plot: int = 3  # stars shown in normalization.png
 
   def check(self) -> PrepareConfig:

@@ -76,8 +76,9 @@ def fit_continuum(flux: np.ndarray, err: np.ndarray, good: np.ndarray, *, degree
       raise StarRejected("continuum", f"{name} chip: {n_sel} good continuum pixels, fewer than "
                          f"{min_pixels}")
     w = 1.0 / np.asarray(err[a:b][sel], np.float64)
-    coef = np.linalg.lstsq(basis[sel] * w[:, None], np.asarray(flux[a:b][sel], np.float64) * w,
-                           rcond=None)[0]
+    vw = basis[sel] * w[:, None]
+    # Normal equations: a (degree+1)² system, well conditioned for Chebyshev terms on [−1, 1].
+    coef = np.linalg.solve(vw.T @ vw, vw.T @ (np.asarray(flux[a:b][sel], np.float64) * w))
     out[a:b] = basis @ coef
     if not np.all(out[a:b] > 0):
       raise StarRejected("continuum", f"{name} chip: the fitted continuum is not positive")

@@ -15,10 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 TEXT_SUFFIXES = (".py", ".md", ".cfg", ".toml", ".ini")
-# Built from parts, so that this file does not match itself.
+# Built from parts, so that this file matches neither the patterns nor a plain grep for them.
 FORBIDDEN = {
-    "the old design notes": re.compile(re.escape("DESIGN" + ".md")),
-    "a path into ../shared": re.compile(r"\.\./" + r"shared\b"),
+    "the old design notes": re.compile(re.escape("DES" + "IGN.md")),
+    "a relative path into the shared folder": re.compile(r"\.\./" + r"shared\b"),
     "the team's shared folder": re.compile("/work/" + r"shared\b"),
 }
 _SKIP_DIRS = {".git", ".venv", "venv", "runs", "build", "dist", "node_modules", "__pycache__",

@@ -17,8 +17,8 @@ Quality: on the first `--quality-n` spectra, the same fits are compared with an 
 units of the formal error, median χ²_R of both, and the widths of (fit − truth)/σ for Teff,
 log g and [Fe/H] of both (1 for fits that are as good as the data allow).
 
-Reference: the authors' code fits one spectrum in 0.7 s on one H100 (Eq. 11; DESIGN.md §5), i.e.
-1.43 spectra/s; `ratio_vs_reference_h100` divides by that and is meaningful only when this runs
+Reference: the authors' code fits one spectrum in 0.7 s on one H100 (Eq. 11; benchmarks/README.md),
+i.e. 1.43 spectra/s; `ratio_vs_reference_h100` divides by that and is meaningful only when this runs
 on an H100 (on a CPU it compares a CPU with a GPU).
 """
 
@@ -47,7 +47,7 @@ from cyclestar_jax.fitting import CycleModel, FitConfig, LabelFitter, load_cycle
 from cyclestar_jax.labels import N_LABELS, label_index, unscale_labels
 from cyclestar_jax.resources import N_DROP, spectra_mean_std
 
-REFERENCE_S_PER_SPECTRUM = 0.7  # authors' code, Eq. 11, one H100 (DESIGN.md §5)
+REFERENCE_S_PER_SPECTRUM = 0.7  # authors' code, Eq. 11, one H100 (benchmarks/README.md)
 
 
 def flux_like_emulator(seed: int = 0) -> Emulator:

@@ -86,7 +86,7 @@ STAGES = ("env", "mock", "train_step", "train_step_e2e", "fit", "jacobians", "to
 MIN_STAGE_S = 3.0  # a stage left less than this is skipped
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
 
-# Issue 12's targets (one H200) and the authors' figures (DESIGN.md §5, PyTorch on one H100).
+# Issue 12's targets (one H200) and the authors' figures (PyTorch, one H100; benchmarks/README.md).
 AUTHORS_MS_H100 = {8: 47.3, 64: 53.1, 256: 74.3}
 TRAIN_TARGET_MS = {8: (4.7, 2.4), 256: (18.0, 7.0)}  # (target, aim) in ms per iteration
 STAGED_MIN_RATIO = 0.9  # staged it/s ≥ 0.9 × pre-staged (within 10 %)

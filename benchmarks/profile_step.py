@@ -14,7 +14,7 @@ two Adam updates, and the whole jitted step.
 Reported per component: applications per iteration, ms per application, ms per iteration, share
 of the sum of components, XLA's FLOP count and the achieved GFLOP/s. For the whole step: ms,
 FLOPs, and the compiled program's size (fusions, convolutions, dots: on a GPU each fusion is
-roughly one kernel launch, which is what costs at batch 8, DESIGN.md §7). The sum of the parts
+roughly one kernel launch, which is what costs at batch 8, docs/devices.md). The sum of the parts
 against the whole step says how much XLA fuses away or what the launches add. For a timeline on
 a GPU, add `--profile DIR` to `benchmarks.train_step` and open it in TensorBoard or Perfetto.
 """

@@ -39,7 +39,7 @@ may use TF32, `torch.backends.cudnn.allow_tf32`; matmuls follow `allow_tf32` of
 `torch.backends.cuda.matmul`, reported), the counterpart of JAX's default precision; `bf16`
 runs the forward passes under `torch.autocast(dtype=torch.bfloat16)`.
 
-Reference (DESIGN.md §5): the authors' PyTorch code on one H100, 47.3 / 53.1 / 74.3 ms per
+Reference (benchmarks/README.md): the authors' PyTorch code on one H100, 47.3 / 53.1 / 74.3 ms per
 iteration at batch 8 / 64 / 256 without data loading.
 """
 

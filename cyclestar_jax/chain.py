@@ -7,7 +7,7 @@ derivative spectra of the line identification all use:
     x_synth→obs = D_obs(D_sh(E_sh(E_synth(s(x_synth[47:])))), D_sp(z_sp)) · std + mean
                                                         [7167] raw normalized flux
 
-with s the standardization of DESIGN.md §2 (x' = (x − mean)/std) and the first 47 pixels dropped
+with s the standardization of docs/method.md (x' = (x − mean)/std) and the first 47 pixels dropped
 (the networks see 7167). z_sp is the split latent of an observed star (`encode_split`); decoding
 it once (`split_features`, h_sp = D_sp(z_sp)) and reusing h_sp is what a fit of one star does.
 
@@ -33,7 +33,7 @@ _MEAN, _STD = spectra_mean_std()
 
 
 def standardize(x: jax.Array) -> jax.Array:
-  """Raw normalized flux → the networks' standardized units (DESIGN.md §2)."""
+  """Raw normalized flux → the networks' standardized units (docs/method.md)."""
   return (x - _MEAN) / _STD
 
 

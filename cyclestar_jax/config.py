@@ -122,7 +122,7 @@ class Config:
   # The average's decay at update t is min(gen_ema_decay, (1 + t) / (10 + t)).
   gen_ema_decay: float = 0.0
   seed: int = 0  # initialisation and data order
-  # --- data (DESIGN.md §2) ---
+  # --- data (docs/method.md, 'Pixels and standardization') ---
   error_floor: float = resources.ERROR_FLOOR  # raw-flux floor of errors (and synthetic error)
   # observed pixels with a raw error above this get mask 0
   error_mask_threshold: float = resources.ERROR_MASK_THRESHOLD

@@ -1,6 +1,6 @@
 """Training data from reference-format HDF5 files: standardization and shuffled batches (NumPy).
 
-Standardization (DESIGN.md §2), applied to raw rows of `h5io.SpectraFile`:
+Standardization (docs/method.md), applied to raw rows of `h5io.SpectraFile`:
   - keep the last `cfg.n_pix` pixels (drop the first 47 of the 7214-pixel grid);
   - flux x' = (x − 0.97746492) / 0.05180881 (`resources.spectra_mean_std()`);
   - errors: floored at `cfg.error_floor` (`resources.ERROR_FLOOR`, 0.005 raw flux) then divided
@@ -14,7 +14,7 @@ Standardization (DESIGN.md §2), applied to raw rows of `h5io.SpectraFile`:
     reference does; a no-op on files already written that way.
 
 Pixel count (one rule for training): the files' spectra must have exactly `cfg.n_pix + 47`
-pixels (7214, the APOGEE grid, for the default 7167-pixel networks; DESIGN.md §2), both files
+pixels (7214, the APOGEE grid, for the default 7167-pixel networks; docs/method.md), both files
 the same (`check_pixel_count`).
 
 Usable pixels: a training split must have something to learn from (`BatchStream.check_usable`):
@@ -60,7 +60,7 @@ USABLE_SAMPLE_ROWS = 2048  # rows checked by `usable_pixels` (spread evenly over
 
 def check_pixel_count(n_pix_file: int, cfg: Config, where: str) -> None:
   """The one pixel-count rule of training: spectra on disk have exactly `cfg.n_pix + N_DROP`
-  pixels (7214 = the APOGEE grid for the default 7167-pixel networks, DESIGN.md §2).
+  pixels (7214 = the APOGEE grid for the default 7167-pixel networks, docs/method.md).
 
   Args:
     n_pix_file: pixels per spectrum in the file(s).
@@ -79,7 +79,7 @@ def check_pixel_count(n_pix_file: int, cfg: Config, where: str) -> None:
 
 def observed_errors(x_err: np.ndarray, x_msk: np.ndarray | None, *, error_floor: float,
                     error_mask_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-  """Which observed pixels count, and their floored errors (DESIGN.md §2), in raw flux units.
+  """Which observed pixels count, and their floored errors (docs/method.md), in raw flux units.
 
   Args:
     x_err: [B, P] raw 1σ errors.

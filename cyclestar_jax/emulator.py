@@ -3,7 +3,7 @@
 Convention (kept in this module and in `emulator_train`):
 - Physical labels `y` are [..., n_labels] in the order of `labels.LABEL_NAMES` (25 for APOGEE).
 - Scaled labels are `scale_labels(y, y_min, y_max)`, in [-0.5, 0.5] inside the training box
-  (DESIGN.md §2); `y_min`, `y_max` [n_labels] travel with the weights in every file format.
+  (docs/method.md); `y_min`, `y_max` [n_labels] travel with the weights in every file format.
 - Flux is continuum-normalized, [..., n_pix] on the APOGEE grid (n_pix = 7214).
 - `params` is the Flax parameter dict of `PayneMLP` without the "params" collection wrapper:
   `{"dense_0": {"kernel": [n_labels, H], "bias": [H]}, "dense_1": {"kernel": [H, H], ...},
@@ -45,7 +45,7 @@ from cyclestar_jax.labels import LABEL_NAMES, N_LABELS, outside_box, scale_label
 from cyclestar_jax.resources import N_PIX
 
 N_HIDDEN = 300  # neurons per hidden layer of the reference emulator
-NEGATIVE_SLOPE = 0.01  # LeakyReLU slope of the emulator (PyTorch's default, DESIGN.md §2)
+NEGATIVE_SLOPE = 0.01  # LeakyReLU slope of the emulator (PyTorch's default, docs/method.md)
 LAYER_NAMES = ("dense_0", "dense_1", "dense_2")
 PAYNE_NPZ_KEYS = ("w_array_0", "w_array_1", "w_array_2", "b_array_0", "b_array_1", "b_array_2",
                   "x_min", "x_max")

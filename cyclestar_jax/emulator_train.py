@@ -13,7 +13,7 @@ Two details that make it converge fast without changing the network:
   still the plain mean squared *flux* error (divided by a constant, `loss_scale`², so it
   starts near 1). The affine map is folded into the last layer afterwards
   (`fold_output_scaling`), so the saved emulator is the plain Dense-LeakyReLU MLP of
-  DESIGN.md §2 and reads with The Payne's own code.
+  docs/method.md, 'The emulator (The Payne)', and reads with The Payne's own code.
 - The budget is `max_epochs` or `time_limit_s`, whichever ends first; the learning-rate
   schedule is a function of the fraction of the budget used, so a time-limited run still ends
   at the low final learning rate instead of being cut off at a high one.
@@ -488,7 +488,7 @@ def emulator_metrics(emulator: Emulator, x: np.ndarray, y: np.ndarray, *,
   Returns:
     (metrics, residual): metrics holds `n`, overall `median_abs`, `p99_abs`, `mean_abs`,
     `max_abs` of |emulator − truth| over all spectra and (good) pixels, the relative residual
-    (x_pred − x)/x `rel_bias` and `rel_scatter` (half the 16–84 width, DESIGN.md §4),
+    (x_pred − x)/x `rel_bias` and `rel_scatter` (half the 16–84 width, docs/metrics_and_figures.md),
     `per_chip` and `per_teff_bin` statistics, `n_outside_box`, and `n_masked_pixels` when
     pixels were masked; residual is x_pred − x [N, n_pix] float32 (NaN at masked pixels).
   """

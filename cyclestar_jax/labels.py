@@ -3,7 +3,7 @@
 Convention (kept everywhere in the package): physical labels are arrays [..., 25] in the order
 of `LABEL_NAMES`, with Teff in K, log g in dex (cgs), vturb and vmacro in km/s, abundances
 [X/H] in dex and C12/C13 as a plain isotope ratio. Scaled labels are
-`(y - y_min) / (y_max - y_min) - 0.5` per label (DESIGN.md §2), the emulator's input space.
+`(y - y_min) / (y_max - y_min) - 0.5` per label (docs/method.md), the emulator's input space.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _check_bounds(y_min: np.ndarray, y_max: np.ndarray) -> None:
 
 
 def scale_labels(y, y_min, y_max):
-  """Physical labels [..., 25] → scaled labels in [-0.5, 0.5] inside the box (DESIGN.md §2).
+  """Physical labels [..., 25] → scaled labels in [-0.5, 0.5] inside the box (docs/method.md).
 
   Works on NumPy and JAX arrays alike (pure arithmetic, usable under jit/grad).
   """

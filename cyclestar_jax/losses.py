@@ -1,4 +1,4 @@
-"""Cycle-StarNet losses (paper Eq. 1, 3, 4, 7; DESIGN.md §2).
+"""Cycle-StarNet losses (paper Eq. 1, 3, 4, 7; docs/method.md, 'Losses').
 
 Units: every spectrum is standardized flux, `(x − 0.97746492) / 0.05180881`, and every error is
 divided by the same std, so the distance is a mean squared normalized residual, dimensionless.

@@ -1,4 +1,4 @@
-"""The paper's §4 statistics, once (DESIGN.md §4), on the host in NumPy.
+"""The paper's §4 statistics, once (docs/metrics_and_figures.md), on the host in NumPy.
 
 - Relative residual (synthetic domain): r = (x_pred − x)/x per pixel in raw flux.
 - Normalized residual (observed domain): r = (x_pred − x)/σ over unmasked pixels (NaN elsewhere).
@@ -18,7 +18,8 @@ import numpy as np
 
 from cyclestar_jax.labels import LABEL_NAMES
 
-CLIP = 5.0  # |r| above this is an outlying pixel, left out of the clipped χ²_R (DESIGN.md §4)
+# |r| above CLIP: an outlying pixel, left out of the clipped χ²_R (docs/metrics_and_figures.md).
+CLIP = 5.0
 
 
 def half_width_16_84(r: np.ndarray) -> float:

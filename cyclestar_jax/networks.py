@@ -1,4 +1,4 @@
-"""Cycle-StarNet networks (paper §3.2.1, Table 2; DESIGN.md §2): encoders, decoders, critics.
+"""Cycle-StarNet networks (paper §3.2.1, Table 2; docs/method.md): encoders, decoders, critics.
 
 Convention: arrays are channels-last, as Flax is: spectra [B, n_pix] (a channel axis is added
 inside), intermediate representations [B, L, C], latents z_sh [B, 24, 25] and z_sp [B, 24, 4]
@@ -13,7 +13,7 @@ for Table 2. The paper and the authors' PyTorch code write channels first (B, C,
 
 The transposed convolution is written as one matmul plus an overlap-add of the shifted outputs
 (`conv_transpose_1d`) instead of Flax's `ConvTranspose`: under XLA the latter's weight
-gradient is very slow for these strided 1-D layers (DESIGN.md §7).
+gradient is very slow for these strided 1-D layers (docs/method.md).
 
 Parameters live in two plain dicts: generator `{enc_synth, enc_obs, enc_sh, enc_sp, dec_sh,
 dec_sp, dec_synth, dec_obs}` and critics `{critic_synth, critic_obs}` (no `enc_sp`/`dec_sp` when
@@ -379,7 +379,7 @@ class CycleStarNet:
 
     Every network acts on each sample independently (instance norm included), so this equals
     one application per batch, with half the kernels of two calls (what costs at batch 8 on a
-    GPU is the kernel count, DESIGN.md §7).
+    GPU is the kernel count, docs/devices.md, 'Launches and kernel count').
     """
     ends = list(itertools.accumulate(x.shape[0] for x in inputs))[:-1]
     return jnp.split(self._apply(params, name, jnp.concatenate(inputs, axis=0)), ends, axis=0)
@@ -413,7 +413,7 @@ class CycleStarNet:
 
   def cycle_forward(self, gen_params: dict, x_synth: jax.Array, x_obs: jax.Array,
                     zsp_perm: jax.Array | None = None) -> dict[str, jax.Array]:
-    """The generator's forward pass of one training iteration (DESIGN.md §2, Eq. 2, 5, 6).
+    """The generator's forward pass of one training iteration (docs/method.md, Eq. 2, 5, 6).
 
     Args:
       gen_params: generator parameters.

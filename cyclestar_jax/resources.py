@@ -12,10 +12,10 @@ from importlib import resources
 import numpy as np
 
 N_PIX = 7214  # pixels of the APOGEE / Payne wavelength grid
-N_DROP = 47  # leading pixels the Cycle-StarNet networks drop (DESIGN.md §2)
+N_DROP = 47  # leading pixels the networks drop (docs/method.md, 'Pixels and standardization')
 N_PIX_NET = N_PIX - N_DROP  # 7167 pixels seen by the networks
-ERROR_FLOOR = 0.005  # raw-flux floor of error spectra, and the synthetic domain's error (§2)
-ERROR_MASK_THRESHOLD = 0.05  # observed pixels with a raw error above this do not count (§2)
+ERROR_FLOOR = 0.005  # raw-flux floor of errors, and the synthetic domain's error (docs/method.md)
+ERROR_MASK_THRESHOLD = 0.05  # observed pixels with a raw error above it are masked (docs/method.md)
 # Chips: blue 0..2919, green 2920..5319, red 5320..7213 (inclusive pixel ranges).
 CHIP_EDGES = ((0, 2920), (2920, 5320), (5320, N_PIX))
 
@@ -59,7 +59,7 @@ def kurucz_response() -> dict[str, np.ndarray]:
 
 @functools.cache
 def spectra_mean_std() -> tuple[float, float]:
-  """Scalar mean and standard deviation used to standardize spectra (DESIGN.md §2)."""
+  """Scalar mean and standard deviation used to standardize spectra (docs/method.md)."""
   with _path("mean_and_std_PAYNE_specs.npy").open("rb") as f:
     mean, std = np.load(f, allow_pickle=False)
   return float(mean), float(std)

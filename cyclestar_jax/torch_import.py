@@ -2,7 +2,7 @@
 
 Needs the optional extra: `pip install .[torch]` (torch is imported only when a file is read).
 
-Key layout of the reference (`CycleSN` in the authors' `network.py`; DESIGN.md §2): every
+Key layout of the reference (`CycleSN` in the authors' `network.py`; docs/data_format.md): every
 sub-network is a `torch.nn.Sequential` whose activation modules take an index but hold no
 weights, so the weighted layers sit at even indices 0, 2, 4, ...:
   - `encoder_synth`, `encoder_obs`: Conv1d per `filters_dom` layer → `{i}.weight`, `{i}.bias`;

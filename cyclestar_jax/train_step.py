@@ -201,7 +201,7 @@ def make_multi_step(cfg: Config, nets: CycleStarNet | None = None, train_step=No
 
   At batch 8 one iteration is a few milliseconds of device work, and launching it from Python
   costs about as much; scanning N iterations inside one compiled call pays that launch once per
-  N iterations (DESIGN.md §7). The result is the same as N calls of the single step.
+  N iterations (docs/devices.md). The result is the same as N calls of the single step.
 
   Args:
     cfg: config.

@@ -432,7 +432,7 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
       for files larger than memory); "auto" (default): "yes" when `data_on_device_fits`.
       Both give the same batches.
     steps_per_call: iterations per compiled call with data on the devices (a `lax.scan`:
-      one launch per call, the lever at batch 8 on a GPU, DESIGN.md §7); it must divide
+      one launch per call, the lever at batch 8 on a GPU, docs/devices.md); it must divide
       every interval; default `LoopConfig.default_steps_per_call` (1 on the CPU, 10 on
       accelerators with the default intervals). Streamed data: always 1.
     time_limit_s: wall-clock seconds for the training loop (compilation excluded): the run

@@ -1,5 +1,5 @@
 """Validation of a Cycle-StarNet training run: the metrics of a fixed val batch and the paired
-transfer residuals (DESIGN.md §4), which val rows are used, and whether they are paired.
+transfer residuals (docs/metrics_and_figures.md), which val rows are used, whether they are paired.
 
 `make_eval_fn(cfg, paired)` is what `trainer.train` calls at every validation interval;
 `decide_paired_val` says from the files (or the user's option) whether row i of both val
@@ -28,7 +28,7 @@ def _half_width_16_84(r: jax.Array) -> jax.Array:
 def paired_metrics(out: dict, batch: dict) -> dict[str, jax.Array]:
   """Transfer residuals on a paired batch (row i of both domains is the same star).
 
-  DESIGN.md §4. Observed domain: x_synth→obs = D_obs(D_sh(z_sh of the synthetic spectrum),
+  docs/metrics_and_figures.md. Observed: x_synth→obs = D_obs(D_sh(z_sh of the synthetic spectrum),
   z_sp of its paired observed spectrum) against the observed spectrum, as normalized residuals
   r = (pred − x)/err over unmasked pixels (standardization cancels in the ratio): `obs_bias`
   (mean r), `obs_scatter` (half the 16–84 percentile width), `obs_chi2` (mean r² over pixels

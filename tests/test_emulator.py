@@ -50,7 +50,7 @@ def _labels_in_box(em, n, seed=1):
 
 def test_full_size_network_shapes_and_parameter_count():
   params = jax.eval_shape(emu.create_emulator_params, jax.random.PRNGKey(0))  # no allocation
-  assert networks.count_params(params) == 2_269_514  # DESIGN.md §2, the reference emulator
+  assert networks.count_params(params) == 2_269_514  # docs/method.md, the reference emulator
   assert {k: v["kernel"].shape for k, v in params.items()} == {
       "dense_0": (25, 300), "dense_1": (300, 300), "dense_2": (300, 7214)}
   flux = jax.eval_shape(emu.emulator_apply, params, jnp.zeros((3, N_LABELS)))

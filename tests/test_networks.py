@@ -34,7 +34,7 @@ def test_conv_transpose_matches_pytorch_semantics(length, c_in, c_out, k, s):
   np.testing.assert_allclose(got, _conv_transpose_numpy(x, w_torch, bias, s), rtol=1e-5,
                              atol=1e-5)
   # lax.conv_transpose with transpose_kernel=True takes the kernel as (k, out, in); for k < s it
-  # gives L·s + max(k − s, 0) pixels (DESIGN.md §7), so compare on the common length.
+  # gives L·s + max(k − s, 0) pixels (docs/method.md), so compare on the common length.
   ref = jax.lax.conv_transpose(x, w_torch.transpose(2, 1, 0), (s,), "VALID",
                                dimension_numbers=("NWC", "WIO", "NWC"), transpose_kernel=True)
   n = min(ref.shape[1], got.shape[1])
@@ -60,7 +60,7 @@ def test_conv_transpose_gradients_match_lax():
 
 
 def test_full_size_shapes_and_parameter_counts():
-  """Paper Table 2 / Appendix A and the reference parameter counts (DESIGN.md §2)."""
+  """Paper Table 2 / Appendix A and the reference parameter counts (docs/method.md, 'Networks')."""
   x = jax.ShapeDtypeStruct((2, 7167), jnp.float32)
   for name, zsp_ch, n_gen, n_critic in [("kurucz_to_apogee_1", 4, 2_686_815, 990_018),
                                         ("new_lines_1", 1, None, None)]:
@@ -270,7 +270,7 @@ def test_incompatible_strides_are_refused_with_the_lengths(tmp_path):
 
 
 def _cycle_forward_plain(nets, gen, xs, xo, perm):
-  """DESIGN.md §2's forward pass written one network call at a time (no shared batches)."""
+  """The forward pass of docs/method.md written one network call at a time (no shared batches)."""
   zs = nets.encode_synth(gen, xs)
   zo, zpo = nets.encode_obs(gen, xo)
   lent = None if zpo is None else (zpo if perm is None else zpo[perm])

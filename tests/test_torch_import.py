@@ -16,7 +16,7 @@ nn = torch.nn
 
 def _reference_cycle_model(cfg) -> "nn.Module":
   """The reference networks from torch.nn layers, with the reference's module and key names
-  (DESIGN.md §2): Sequentials with weightless activation modules between the weighted layers,
+  (docs/data_format.md): Sequentials with weightless activation modules between the weighted layers,
   InstanceNorm1d without affine parameters on the latents, channel-first flatten in the critic."""
   act = nn.LeakyReLU(cfg.activation_slope)
 
@@ -144,7 +144,7 @@ def test_full_size_keys_and_shapes():
   cfg = config.get_config("kurucz_to_apogee_1")
   ref = _reference_cycle_model(cfg)
   n_ref = sum(p.numel() for n, p in ref.named_parameters() if not n.startswith("emulator"))
-  assert n_ref == 2_686_815 + 990_018  # the reference parameter counts (DESIGN.md §2)
+  assert n_ref == 2_686_815 + 990_018  # the reference parameter counts (docs/method.md, 'Networks')
   gen, critic = torch_import.load_torch_cycle_model(ref.state_dict(), cfg)
   want = jax.eval_shape(make_networks(cfg).init, jax.random.key(0))
   got = jax.tree.map(lambda a: (a.shape, str(a.dtype)), (gen, critic))

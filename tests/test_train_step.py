@@ -199,7 +199,7 @@ def test_multi_step_equals_single_steps(smoke):
 
 
 def test_step_applies_each_network_once_per_shared_batch():
-  """Kernel count (what costs on a GPU at batch 8, DESIGN.md §7): one iteration of the Table 2
+  """Kernel count (what costs on a GPU at batch 8, docs/devices.md): one iteration of the Table 2
   config applies 19 networks (31 if each call took one domain's batch): enc_sh and dec_sh
   twice on both domains' batches, D_sp once, the critic update one call per critic."""
   from benchmarks.profile_step import applications

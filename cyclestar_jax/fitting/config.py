@@ -15,7 +15,7 @@ METHODS = ("obs", "synth", "emulator")
 METHOD_EQUATION = {"emulator": "Eq. 9", "synth": "Eq. 10", "obs": "Eq. 11"}
 START_KINDS = ("catalogue", "median", "grid")
 SPEED_OF_LIGHT_KMS = 299_792.458
-SYNTH_ERROR = ERROR_FLOOR  # raw-flux error of synthetic spectra (DESIGN.md §2), used by Eq. 10
+SYNTH_ERROR = ERROR_FLOOR  # raw-flux error of synthetic spectra (docs/method.md), used by Eq. 10
 
 # Flag bits of `FitResult.flags`.
 FLAGS: dict[str, int] = {
@@ -42,7 +42,7 @@ class FitConfig:
   method: str = "obs"  # one of METHODS: obs (Eq. 11), synth (Eq. 10), emulator (Eq. 9)
   starts: tuple[str, ...] = ("catalogue", "median")  # start kinds, in START_KINDS
   n_grid: int = 0  # grid starts used when "grid" is in `starts` (≤ 8)
-  # Accepted L-BFGS steps per start: the reference allows 10 rounds of 100 (DESIGN.md §2), and
+  # Accepted L-BFGS steps per start: the reference allows 10 rounds of 100 (docs/method.md), and
   # Eq. 11 fits with trained networks take 200–500 to converge (measured; a cap of 200 left
   # half of them short of the optimum). The job queue makes the cost follow the mean count.
   max_iter: int = 1000
@@ -80,7 +80,7 @@ class FitConfig:
   free_labels: tuple[str, ...] | None = None  # labels to fit (None: all); others held fixed
   fit_rv: bool = False  # Eq. 9 only: fit a radial velocity as well (The Payne's Doppler shift)
   rv_max: float = 300.0  # km/s; the radial velocity is bounded to ±rv_max
-  error_floor: float = ERROR_FLOOR  # raw-flux floor of error spectra (DESIGN.md §2)
+  error_floor: float = ERROR_FLOOR  # raw-flux floor of error spectra (docs/method.md)
   error_mask_threshold: float = ERROR_MASK_THRESHOLD  # pixels with a raw error above: masked
   min_good_pixels: int = 100  # spectra with fewer usable pixels are flagged BAD_DATA, not fitted
   bound_tol: float = 1e-3  # scaled distance to the box edge that raises AT_BOUND

@@ -9,7 +9,7 @@ set by the mean number of iterations, not by the slowest job of a batch.
 One iteration costs exactly one batched value-and-gradient: every slot evaluates its *trial
 point*; the line search (backtracking, folded into the outer loop) tests it, and a slot whose
 trial fails shortens its step and tries again at the next iteration while the others move on.
-So no branch of a line search is evaluated in vain under `vmap` (DESIGN.md §7).
+So no branch of a line search is evaluated in vain under `vmap` (docs/devices.md).
 
 - Direction: `optax.scale_by_lbfgs` (memory `memory_size`), reset on a fresh start, when the
   curvature condition fails (sᵀy ≤ 0, possible with a backtracking search) or when the

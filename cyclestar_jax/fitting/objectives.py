@@ -12,7 +12,7 @@
   star's own h_sp = D_sp(z_sp) from encoding its observed spectrum once (held fixed), compared
   with the observed spectrum on the 7167 network pixels (the first 47 are not modelled).
 
-Weights (DESIGN.md §2): w_p = m_p / σ_p², σ floored at `error_floor` (0.005, raw flux); a pixel
+Weights (docs/method.md): w_p = m_p / σ_p², σ floored at `error_floor` (0.005, raw flux); a pixel
 gets m_p = 0 if the file's mask flags it, if its raw error exceeds `error_mask_threshold` (0.05),
 or if its flux or error is not finite or its error is ≤ 0. χ² is in raw flux units (the
 networks' standardization divides flux and error by the same number, so it cancels).
@@ -43,7 +43,7 @@ from cyclestar_jax.resources import (
 def prepare_observed(x, x_err=None, x_msk=None, *, error_floor: float = ERROR_FLOOR,
                      error_mask_threshold: float = ERROR_MASK_THRESHOLD
                      ) -> tuple[np.ndarray, np.ndarray]:
-  """Flux and χ² weights of observed spectra (DESIGN.md §2), bad pixels given zero weight.
+  """Flux and χ² weights of observed spectra (docs/method.md), bad pixels given zero weight.
 
   Args:
     x: [N, n_pix] continuum-normalized flux (NaN allowed: weight 0, flux set to 1).

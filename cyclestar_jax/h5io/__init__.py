@@ -1,4 +1,4 @@
-"""Reader and writer of the reference HDF5 data format (DESIGN.md §2). NumPy + h5py only.
+"""Reader and writer of the reference HDF5 data format (docs/data_format.md). NumPy + h5py only.
 
 Format (one file per domain, as the authors' `csn_kurucz.h5` / `csn_apogee.h5`): datasets at the
 root named `"<field> <split>"` with a space, for split in `train`, `val`, `test`:

@@ -1,4 +1,4 @@
-"""Missing-line recovery error (paper Table 1, Fig. 13; DESIGN.md §4) and Teff–log g bins.
+"""Missing-line recovery error (Table 1, Fig. 13; docs/metrics_and_figures.md) and Teff–log g bins.
 
 Recovery error of one star: mean over the masked pixels of |x − x_true| / x_true, in %, with
 x = T_synth→obs(Payne(Y)) (the recovery) or x = Payne(Y) (no recovery: the untransferred

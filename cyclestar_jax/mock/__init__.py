@@ -1,4 +1,4 @@
-"""The mock APOGEE world: the embedded default data (DESIGN.md §3).
+"""The mock APOGEE world: the embedded default data (docs/mock_world.md).
 
 Public:
   sample_labels(n, rng)            APOGEE-like labels [n, 25]

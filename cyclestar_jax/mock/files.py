@@ -76,7 +76,7 @@ def write_synthetic(path, world: _world.WorldConfig, sizes: DataSizes, *,
   """Write the synthetic domain's spectra to `path`, in the authors' synthetic format.
 
   Noise-free: only `spectra` and `labels` (+ `labels_true`), no err/msk/snr, as the authors'
-  `csn_kurucz.h5`; the data pipeline gives such spectra error 0.005 and mask 1 (DESIGN.md §2).
+  `csn_kurucz.h5`; the data pipeline gives such spectra error 0.005 and mask 1 (docs/method.md).
   """
   def rows(split, b, m):
     y = _labels_for(world, "synth", split, b, m)

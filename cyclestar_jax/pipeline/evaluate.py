@@ -1,5 +1,5 @@
-"""The main job's evaluation (paper §4.1.2–4.1.5, DESIGN.md §4): every number of metrics.json
-and every figure, from the run folder's stages.
+"""The main job's evaluation (paper §4.1.2–4.1.5, docs/metrics_and_figures.md): every number of
+metrics.json and every figure, from the run folder's stages.
 
 Domains and pixels: reconstruction statistics on the first `n_eval` test spectra of each domain
 (the networks' 7167 pixels); fit statistics on the `n_fit` fitted test stars, each method's
@@ -23,7 +23,7 @@ from cyclestar_jax.labels import LABEL_NAMES, label_index
 from cyclestar_jax.pipeline.stages import FIT_METHODS, FIT_TITLES, RunPaths
 from cyclestar_jax.resources import ERROR_FLOOR, ERROR_MASK_THRESHOLD, N_DROP, wavelength
 
-MOCK_FLOOR_CHI2 = 1.24  # χ²_R of the instrument's own noise-free spectrum (DESIGN.md §5)
+MOCK_FLOOR_CHI2 = 1.24  # χ²_R of the instrument's own noise-free spectrum (docs/mock_world.md)
 KEY_LABELS = ("Teff", "logg", "Fe_H")
 
 

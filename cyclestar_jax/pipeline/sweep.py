@@ -29,8 +29,8 @@ from pathlib import Path
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.pipeline import new_lines, stages
 
-# Paper Table 1 (§4.2; DESIGN.md §5): masked fraction → average error of the pixel recovery
-# over the masked features, in %.
+# Paper Table 1 (§4.2): masked fraction → average error of the pixel recovery over the masked
+# features, in % (docs/metrics_and_figures.md, 'Numbers the paper reports').
 PAPER_TABLE1: dict[float, float] = {
     0.1: 0.3835, 0.2: 0.4136, 0.3: 0.3547, 0.4: 0.3750, 0.5: 0.3862, 0.6: 0.3903,
     0.7: 0.3794, 0.8: 4.4961, 0.9: 4.5906}
@@ -138,7 +138,8 @@ def render_markdown(sweep: dict) -> str:
          f"Mock world in missing-line mode, seed {ident['seed']}; Cycle-StarNet "
          f"{ident['n_iter']} iterations per fraction. Recovery error: mean |x_recovered − "
          f"x_true| / x_true over the masked pixels of {sweep.get('n_label_sets', '?')} label "
-         f"sets (DESIGN.md §4); no recovery: the synthetic spectrum (features removed) against "
+         f"sets (docs/metrics_and_figures.md); no recovery: the synthetic spectrum "
+         f"(features removed) against "
          f"the truth. Attribution: share of the removed features (C/N left out) whose top label "
          f"is their element. Training: Cycle-StarNet's, over all attempts; run: the wall time "
          f"of the attempt that finished the fraction. {sweep['n_done']} of "

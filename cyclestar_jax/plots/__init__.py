@@ -13,7 +13,7 @@ Conventions (all functions):
   - Wavelengths are vacuum Å. Spectra may have any number of pixels P ≤ 7214 as long as `wave`
     [P] is given: the APOGEE chips are found from the gaps in `wave` (jumps > 5 Å) and drawn
     as side-by-side panels whose widths follow their wavelength spans.
-  - Statistics follow DESIGN.md §4: bias = mean residual, scatter = half the 16–84 percentile
+  - Statistics (docs/metrics_and_figures.md): bias = mean, scatter = half the 16–84 percentile
     width, χ²_R = mean squared normalized residual over pixels with |r| ≤ 5 (also with all
     pixels where stated). NaN marks pixels that do not count (masked, not modelled).
   - Relative residuals of the synthetic domain are (pred − x)/x; normalized residuals of

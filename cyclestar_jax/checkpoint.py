@@ -228,10 +228,11 @@ def _abstract(x):
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
 
 
-def load_cycle_model(run_dir: str | os.PathLike):
+def load_cycle_model(run_dir: str | os.PathLike, *, step: int | None = None):
   """The generator of a trained Cycle-StarNet, as a `fitting.CycleModel`: from a run directory
-  (its newest valid checkpoint's moving average `TrainState.gen_ema`) or from a generator file
-  written by `save_generator_npz` (`.npz`, e.g. shipped pretrained weights).
+  (the moving average `TrainState.gen_ema` of its newest valid checkpoint, or of checkpoint
+  `step`) or from a generator file written by `save_generator_npz` (`.npz`, e.g. shipped
+  pretrained weights; `step` must then be None).
 
   A run directory (`experiments.train`) holds `config.json` and `checkpoints/` (orbax steps
   written by `Checkpointer`). The config is read from `config.json`, or from the checkpoint's
@@ -247,6 +248,9 @@ def load_cycle_model(run_dir: str | os.PathLike):
 
   run_dir = Path(run_dir)
   if run_dir.is_file():
+    if step is not None:
+      raise ValueError(f"{run_dir}: a generator file holds one step; step={step} needs a run "
+                       "directory")
     return load_generator_npz(run_dir)
   if not run_dir.is_dir():
     raise FileNotFoundError(f"{run_dir}: not a directory; expected a Cycle-StarNet run directory "
@@ -278,7 +282,7 @@ def load_cycle_model(run_dir: str | os.PathLike):
       raise ValueError(f"{run_dir}: no config.json and no checkpoint metadata with a config")
   cfg = _config_from_dict(conf, what)
   try:
-    state, _ = restore_state(where, cfg)
+    state, _ = restore_state(where, cfg, step)
   except CheckpointError as e:
     raise ValueError(str(e)) from None
   return CycleModel(nets=make_networks(cfg), gen_params=state.gen_ema, source=str(where))

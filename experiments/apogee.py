@@ -1,13 +1,15 @@
 """The main job (paper §4.1): mock world (or your files) → emulator → Cycle-StarNet → label fits
 by Eq. 9, 10 and 11 → evaluation → OUT/report.md, OUT/metrics.json, OUT/figures/.
 
-  python -m experiments.apogee [--preset smoke|cpu|paper] [--out runs/apogee] [--n-iter N]
+  python -m experiments.apogee [--preset smoke|cpu|long|paper] [--out runs/apogee] [--n-iter N]
       [--synth S.h5 --obs O.h5 [--grid G.h5]] [--emulator PATH] [--model RUN_DIR|GEN.npz]
-      [--overwrite]
+      [--pretrained | --train] [--overwrite]
 
 Every stage is kept in OUT; running the same command again skips the stages already done and
-resumes an interrupted training. With no --preset: `paper` on a GPU, `cpu` on a CPU.
-The logic is in `cyclestar_jax.pipeline`.
+resumes an interrupted training. With no option on a CPU, the package's pretrained weights
+(`cyclestar_jax.pretrained`) are used on the default mock world: data, fits and report in
+minutes (runs/apogee_pretrained); `--train` (or any --preset) trains instead: with no --preset,
+`paper` on a GPU, `cpu` on a CPU. The logic is in `cyclestar_jax.pipeline`.
 """
 
 from __future__ import annotations
@@ -31,15 +33,41 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--model", default=None,
                  help="a trained Cycle-StarNet (run directory or generator .npz) instead of "
                  "training one")
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument("--pretrained", action="store_true",
+                    help="use the package's pretrained weights on the default mock world (the "
+                         "default on a CPU when nothing else is asked for)")
+  mode.add_argument("--train", action="store_true",
+                    help="train the emulator and Cycle-StarNet instead of using the pretrained "
+                         "weights")
   args = p.parse_args(argv)
   check_job_args(p, args)
   return args
+
+
+def wants_pretrained(args: argparse.Namespace) -> bool:
+  """--pretrained, or nothing asked that the pretrained weights cannot give: no --train, no
+  preset, schedule, files or models of the user's, a CPU, weights in the package and the
+  mock world they were trained on (another --seed trains)."""
+  from cyclestar_jax import pipeline, pretrained
+
+  if args.pretrained:
+    return True
+  asked = (args.train, args.preset, args.n_iter, args.train_limit_s, args.synth, args.obs,
+           args.grid, args.emulator, args.model)
+  if any(a not in (None, False) for a in asked) or pipeline.default_preset() != "cpu":
+    return False
+  return pretrained.available() and args.seed == pretrained.metadata().get("seed")
 
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
   from cyclestar_jax import pipeline
 
+  if wants_pretrained(args):
+    return pipeline.run(args.out or "runs/apogee_pretrained", seed=args.seed,
+                        overwrite=args.overwrite, progress=not args.no_progress,
+                        pretrained=True)
   preset = args.preset or pipeline.default_preset()
   out = args.out or f"runs/apogee_{preset}"
   if args.preset is None:

@@ -172,3 +172,96 @@ def test_users_grid_file_is_checked_before_any_work(tmp_path):
     pipeline.check_inputs(synth, obs, None, None, write("g3.h5", N_PIX, ("train",)))
   with pytest.raises(FileNotFoundError, match="--grid nope.h5: no such file"):
     pipeline.check_inputs(synth, obs, None, None, "nope.h5")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained weights and the label-sensitivity curve.
+
+
+@pytest.fixture
+def pretrained_dir(tmp_path, monkeypatch):
+  """The package's pretrained-weights folder moved to tmp_path/pretrained."""
+  from cyclestar_jax import pretrained
+
+  d = tmp_path / "pretrained"
+  monkeypatch.setattr(pretrained, "DIR", d)
+  monkeypatch.setattr(pretrained, "GENERATOR", d / "generator.npz")
+  monkeypatch.setattr(pretrained, "EMULATOR", d / "emulator.npz")
+  pretrained.metadata.cache_clear()
+  yield d
+  pretrained.metadata.cache_clear()
+
+
+def test_smoke_run_has_a_gain_curve_over_its_checkpoints(smoke_run):
+  out, m, _ = smoke_run
+  rows = m["sensitivity_curve"]["rows"]
+  assert [r["step"] for r in rows] == [30, 60]  # the smoke preset's kept checkpoints
+  for r in rows:
+    for k in ("Teff", "logg", "Fe_H"):
+      assert np.isfinite(r[f"{k}_transfer_gain"]) and np.isfinite(r[f"{k}_csn_gain"])
+    assert r["paired_val_chi2"] > 0
+  assert (out / "figures" / "label_gain_curve.png").stat().st_size > 10_000
+  assert "## Label sensitivity along the training" in (out / "report.md").read_text()
+
+
+def test_pretrained_weights_reproduce_their_run_and_refuse_other_data(
+    smoke_run, tmp_path, pretrained_dir):
+  from cyclestar_jax import pretrained
+
+  out, m, _ = smoke_run
+  assert not pretrained.available()
+  scores = {"Teff_bias": 10.0, "Teff_scatter": 100.0, "logg_bias": 0.1, "logg_scatter": 0.5,
+            "Fe_H_bias": -0.05, "Fe_H_scatter": 0.1, "at_box_edge": 0.05}
+  curve = {"rows": [{**r, **scores} for r in m["sensitivity_curve"]["rows"]], "eq9": scores}
+  meta = pretrained.export_run(out, curve=curve, out_dir=pretrained_dir)
+  assert pretrained.available() and meta["step"] == 60 and meta["preset"] == "smoke"
+  assert meta["sizes"] == {"train": 256, "val": 64, "test": 32} and meta["seed"] == 0
+  assert meta["metrics"]["labels"]["eq11"]["Teff"]["scatter"] == pytest.approx(
+      m["fits"]["eq11"]["label_errors"]["Teff"]["scatter"])
+  assert "| 60 |" in (pretrained_dir / "README.md").read_text()
+  # The weights are float32 and small.
+  with np.load(pretrained.GENERATOR) as z:
+    assert all(z[k].dtype == np.float32 for k in z.files if k.startswith("gen/"))
+
+  lines = []
+  m2 = pipeline.run(tmp_path / "pre", pretrained=True, progress=False, log=lines.append)
+  assert lines[0].startswith("using the pretrained weights (smoke preset, 60 iterations")
+  assert not (tmp_path / "pre" / "model").exists() and not (tmp_path / "pre" / "emulator").exists()
+  # Same data, same weights: the same fits (the run's own used one device, this one eight).
+  for k in ("Teff", "logg", "Fe_H"):
+    assert m2["fits"]["eq11"]["label_errors"][k]["scatter"] == pytest.approx(
+        m["fits"]["eq11"]["label_errors"][k]["scatter"], rel=1e-2)
+  assert m2["fit_csn_chi2r"] == pytest.approx(m["fit_csn_chi2r"], rel=1e-3)
+  assert m2["pretrained"]["step"] == 60 and m2["train_iterations"] == 60
+  report = (tmp_path / "pre" / "report.md").read_text()
+  assert "**This run used the package's pretrained weights" in report
+  assert "| Eq. 9, same stars |" in report
+  assert (tmp_path / "pre" / "figures" / "label_gain_curve.png").is_file()
+
+  with pytest.raises(pretrained.PretrainedError, match="seed = 0, this run's has 1"):
+    pipeline.run(tmp_path / "other", pretrained=True, seed=1, progress=False)
+  with pytest.raises(pretrained.PretrainedError, match="default mock world only"):
+    pipeline.run(tmp_path / "other", pretrained=True, synth=str(out / "data" / "synth.h5"),
+                 obs=str(out / "data" / "obs.h5"), progress=False)
+  with pytest.raises(pretrained.PretrainedError, match="--preset/--n-iter"):
+    pipeline.run(tmp_path / "other", pretrained=True, preset="cpu", progress=False)
+  assert not (tmp_path / "other").exists()
+
+
+def test_the_cli_uses_pretrained_weights_only_when_nothing_else_is_asked(
+    pretrained_dir, monkeypatch):
+  from cyclestar_jax import pretrained
+
+  def wants(*argv):
+    return apogee.wants_pretrained(apogee.parse_args(list(argv)))
+
+  assert not wants()  # none in the package (moved to an empty folder)
+  monkeypatch.setattr(pretrained, "available", lambda: True)
+  monkeypatch.setattr(pretrained, "metadata", lambda: {"seed": 0, "preset": "long"})
+  assert wants() and wants("--out", "x") and wants("--pretrained")
+  for argv in (("--train",), ("--preset", "cpu"), ("--seed", "1"), ("--n-iter", "10"),
+               ("--model", "m.npz")):
+    assert not wants(*argv), argv
+  assert wants("--pretrained", "--seed", "1")  # asked for: pipeline.run refuses it, naming why
+  with pytest.raises(SystemExit):
+    apogee.parse_args(["--pretrained", "--train"])

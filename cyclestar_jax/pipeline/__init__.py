@@ -12,8 +12,9 @@ from pathlib import Path
 
 import jax
 
+from cyclestar_jax import pretrained as _pretrained
 from cyclestar_jax.pipeline import report, stages
-from cyclestar_jax.pipeline.evaluate import evaluate
+from cyclestar_jax.pipeline.evaluate import evaluate, gain_curve_figure
 from cyclestar_jax.pipeline.presets import PRESET_NAMES, PRESETS, Preset, get_preset
 from cyclestar_jax.pipeline.stages import RunFolderError, RunPaths
 
@@ -62,6 +63,22 @@ def check_inputs(synth: str | None, obs: str | None, emulator: str | None,
       raise FileNotFoundError(f"{what} {path}: no such file or directory")
 
 
+def check_pretrained(synth, emulator, model, seed: int) -> Preset:
+  """The preset of the shipped pretrained weights, after checking that this run can use them:
+  the mock world they were trained on (`pretrained.check_world`), no files of the user's, no
+  other emulator or model; raises `pretrained.PretrainedError` saying why not."""
+  if synth is not None:
+    raise _pretrained.PretrainedError(
+        "--synth/--obs: the pretrained weights are for the default mock world only; train on "
+        "your files with --train (or a --preset)")
+  if emulator is not None or model is not None:
+    raise _pretrained.PretrainedError("--emulator/--model replace the pretrained weights: "
+                                      "give them without --pretrained")
+  p = get_preset(_pretrained.metadata()["preset"])
+  _pretrained.check_world(seed, p.sizes)
+  return p
+
+
 def _identity(preset: Preset, synth, obs, emulator, model, seed: int, grid=None) -> dict:
   return {"preset": preset.name, "n_iter": preset.cycle.n_iter,
           "data": "mock" if synth is None else [str(Path(synth).resolve()),
@@ -78,7 +95,7 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
         synth: str | None = None, obs: str | None = None, emulator: str | None = None,
         model: str | None = None, seed: int = 0, overwrite: bool = False,
         train_limit_s: float | None = None, progress: bool = True, log=print,
-        grid: str | None = None) -> dict:
+        grid: str | None = None, pretrained: bool = False) -> dict:
   """The main job; returns metrics.json's dict (also written, with report.md and figures).
 
   Args:
@@ -97,11 +114,23 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
       default: the preset's `train_limit_s`); the report says where it stopped.
     progress: progress bars.
     log: where the stage lines go.
+    pretrained: use the package's pretrained emulator and Cycle-StarNet (`pretrained`) on the
+      mock world they were trained on, with their preset's data sizes and fits (`preset` and
+      `n_iter` must be None); refused for other data.
   """
   check_inputs(synth, obs, emulator, model, grid)
-  p = get_preset(preset or default_preset(), n_iter)
+  if pretrained:
+    if preset is not None or n_iter is not None:
+      raise _pretrained.PretrainedError("--preset/--n-iter train a model: not with --pretrained")
+    p = check_pretrained(synth, emulator, model, seed)
+    emulator, model = str(_pretrained.EMULATOR), str(_pretrained.GENERATOR)
+    log(f"using the {_pretrained.describe()}; --train trains from scratch")
+  else:
+    p = get_preset(preset or default_preset(), n_iter)
   paths = RunPaths(Path(out))
   ident = _identity(p, synth, obs, emulator, model, seed, grid)
+  if pretrained:
+    ident["pretrained_step"] = _pretrained.metadata()["step"]
   grid = None if grid is None else Path(grid)
   if overwrite and paths.out.exists():
     try:
@@ -170,6 +199,17 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
       "emulator_median_abs": em_held.get("median_abs"),
       "emulator_p99_abs": em_held.get("p99_abs"),
       "total_seconds": time.perf_counter() - t_all})
+  if pretrained:
+    meta = _pretrained.metadata()
+    m.update(pretrained={"description": _pretrained.describe(), "commands": meta["commands"],
+                         "step": meta["step"], "metrics": meta.get("metrics", {})},
+             train_iterations=meta["step"], train_seconds=meta.get("metrics", {}).get(
+                 "train_seconds"))
+    if meta.get("curve"):
+      m["sensitivity_curve"] = {"rows": meta["curve"], "eq9": meta.get("curve_eq9"),
+                                "source": "the pretrained run (benchmarks/label_curve.py)"}
+      m["figures"] = m.get("figures", []) + [str(Path(f).relative_to(paths.out)) for f in
+                                             gain_curve_figure(paths, m["sensitivity_curve"])]
   stages._write_json(paths.out / "metrics.json", m)
   from cyclestar_jax.fileio import atomic_write_text
 

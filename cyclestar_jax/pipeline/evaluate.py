@@ -340,10 +340,48 @@ def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: P
   tsne = tsne_panels(rec, sp_synth, sp_obs_eval, n_tsne or out["n_eval"])
   curve = training_curve(model_dir)
   out["training_curve"] = curve
-  out["figures"] = [str(Path(p).relative_to(paths.out)) for p in make_figures(
-      paths, rec, sp_synth, sp_obs_eval, fits, arrays, y_true, tsne, curve, paired,
-      out.get("label_sensitivity"))]
+  if y_sens is not None and np.isfinite(y_sens).all():
+    rows = gain_curve(model_dir, em, sp_test, y_sens, world)
+    if rows:
+      out["sensitivity_curve"] = {"rows": rows, "source": "this run's checkpoints"}
+  figures = make_figures(paths, rec, sp_synth, sp_obs_eval, fits, arrays, y_true, tsne, curve,
+                         paired, out.get("label_sensitivity"))
+  figures += gain_curve_figure(paths, out.get("sensitivity_curve"))
+  out["figures"] = [str(Path(p).relative_to(paths.out)) for p in figures]
   return json.loads(json.dumps(out, default=float))
+
+
+def gain_curve_figure(paths: RunPaths, sens_curve: dict | None) -> list[str]:
+  """figures/label_gain_curve.png from metrics.json's `sensitivity_curve` ([] without one)."""
+  from cyclestar_jax import plots
+
+  if not sens_curve or not sens_curve.get("rows"):
+    return []
+  paths.figures.mkdir(parents=True, exist_ok=True)
+  return [plots.fig_gain_curve(sens_curve["rows"], paths.figures / "label_gain_curve.png",
+                               eq9=sens_curve.get("eq9"))]
+
+
+MAX_CURVE_POINTS = 6  # checkpoints in the report's gain curve (~6 s each on a 2-core CPU)
+
+
+def gain_curve(model_dir: Path, em, sp_test, y: np.ndarray, world: dict | None) -> list[dict]:
+  """`curve.sensitivity_curve` at up to `MAX_CURVE_POINTS` kept checkpoints of a training run
+  (evenly spaced, the newest always), at the first `curve.N_CURVE_STARS` test stars; [] for
+  a generator file or a run with fewer than two checkpoints kept."""
+  from cyclestar_jax import mock
+  from cyclestar_jax.pipeline import curve
+
+  steps = curve.kept_steps(model_dir) if Path(model_dir).is_dir() else []
+  if len(steps) < 2:
+    return []
+  k = len(steps)
+  pick = sorted({steps[round(i * (k - 1) / (MAX_CURVE_POINTS - 1))]
+                 for i in range(MAX_CURVE_POINTS)}) if k > MAX_CURVE_POINTS else steps
+  n = min(curve.N_CURVE_STARS, len(y))
+  return curve.sensitivity_curve(
+      model_dir, em, sp_test.x[:n], y[:n],
+      None if world is None else mock.WorldConfig.from_json_dict(world), steps=pick)
 
 
 __all__ = ["evaluate", "LABEL_NAMES"]

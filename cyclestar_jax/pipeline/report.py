@@ -224,6 +224,43 @@ def sensitivity_table(m: dict) -> list[str]:
   return out
 
 
+def gain_curve_table(m: dict) -> list[str]:
+  """Markdown: the label gains (and, where scored, the labels) along the training
+  (`pipeline.curve`); [] without `sensitivity_curve`."""
+  sc = m.get("sensitivity_curve") or {}
+  rows = sc.get("rows") or []
+  if not rows:
+    return []
+  names = ("Teff", "logg", "Fe_H")
+  truth = all(f"{k}_csn_gain" in rows[0] for k in names)
+  scored = all(f"{k}_scatter" in rows[0] for k in names)
+  head = "| iteration | paired val χ² | gain vs Payne: Teff / log g / [Fe/H] |"
+  head += " gain vs truth |" if truth else ""
+  head += " Eq. 11 scatter: Teff (K) / log g / [Fe/H] | at box edge |" if scored else ""
+  out = ["", "## Label sensitivity along the training (a stopping signal)", "",
+         "The paired χ² flattens long before the labels stop improving. The gain of "
+         "T_synth→obs∘Payne against Payne (section above) needs no truth: a label's fit is "
+         "limited by 1/gain, so the training is long enough for a label once its gain has "
+         f"stopped rising. Source: {sc.get('source', 'the training checkpoints')}.", "",
+         head, "|" + " --- |" * (head.count("|") - 1)]
+  for r in rows:
+    chi2 = "–" if r.get("paired_val_chi2") is None else f"{r['paired_val_chi2']:.3f}"
+    line = (f"| {r['step']} | {chi2} | "
+            + " / ".join(f"{r[f'{k}_transfer_gain']:.2f}" for k in names) + " |")
+    if truth:
+      line += " " + " / ".join(f"{r[f'{k}_csn_gain']:.2f}" for k in names) + " |"
+    if scored:
+      line += (f" {r['Teff_scatter']:.0f} / {r['logg_scatter']:.2f} / {r['Fe_H_scatter']:.3f} "
+               f"| {r['at_box_edge']:.0%} |")
+    out.append(line)
+  e9 = sc.get("eq9")
+  if scored and e9:
+    out.append("| Eq. 9, same stars | | |" + (" |" if truth else "")
+               + f" {e9['Teff_scatter']:.0f} / {e9['logg_scatter']:.2f} / "
+               f"{e9['Fe_H_scatter']:.3f} | {e9['at_box_edge']:.0%} |")
+  return out
+
+
 _START_WORDS = {"catalogue": "the catalogue labels", "median": "the population median",
                 "grid": "grid points"}
 
@@ -231,13 +268,19 @@ _START_WORDS = {"catalogue": "the catalogue labels", "median": "the population m
 def render(m: dict) -> str:
   """The report's markdown text from metrics.json's dict."""
   preset = m.get("preset")
-  lines = [f"# Cycle-StarNet main job (paper §4.1): preset `{preset}`", "",
-           f"Data: {m.get('data_description')}. Device: {m.get('device')}. "
-           f"Cycle-StarNet: {m.get('train_iterations')} iterations in "
-           f"{m.get('train_seconds', 0) / 60:.1f} min"
-           + (f" ({m['schedule_note']})" if m.get("schedule_note") else "") + f"; "
-           f"{m.get('n_test')} test stars fitted by each method; reconstruction statistics "
-           f"on {m.get('n_eval')} test spectra per domain.", ""]
+  lines = [f"# Cycle-StarNet main job (paper §4.1): preset `{preset}`", ""]
+  pre = m.get("pretrained")
+  if pre:
+    lines += [f"**This run used the package's {pre['description']}**, made by "
+              + "; ".join(f"`{c}`" for c in pre["commands"])
+              + ". Nothing was trained here: `python -m experiments.apogee --train` trains "
+              "from scratch.", ""]
+  lines += [f"Data: {m.get('data_description')}. Device: {m.get('device')}. "
+            f"Cycle-StarNet: {m.get('train_iterations')} iterations in "
+            f"{(m.get('train_seconds') or 0) / 60:.1f} min"
+            + (f" ({m['schedule_note']})" if m.get("schedule_note") else "") + "; "
+            f"{m.get('n_test')} test stars fitted by each method; reconstruction statistics "
+            f"on {m.get('n_eval')} test spectra per domain.", ""]
   if m.get("mock"):
     lines += ["The data is the mock APOGEE world (README): numbers show whether the method "
               "works, not what real stars are. The paper's numbers are on real APOGEE; the "
@@ -262,6 +305,7 @@ def render(m: dict) -> str:
               f"≤ {fs['csn_max_iter']} steps (a fit "
               "that reaches the cap counts as not converged)."]
   lines += sensitivity_table(m)
+  lines += gain_curve_table(m)
   lines += curve_table(m)
   lines += ["", "χ²_R: per star, the mean of squared normalized residuals over its unmasked "
             "network pixels (7167) with |r| > 5 left out; the table gives the median over the "

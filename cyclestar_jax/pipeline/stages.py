@@ -220,7 +220,7 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   left = None if time_limit_s is None else max(1.0, time_limit_s - before)
   result = trainer.train(cfg, synth_path, obs_path, paths.model, resume=resume,
                          val_every=preset.val_every, ckpt_every=preset.ckpt_every,
-                         log_every=min(100, preset.val_every), val_rows=256,
+                         log_every=min(100, preset.val_every), val_rows=256, keep=preset.keep,
                          progress=progress, time_limit_s=left, grid_path=grid)
   seconds = before + time.perf_counter() - t0
   info = {"iterations": int(result["step"]), "n_iter": cfg.n_iter,

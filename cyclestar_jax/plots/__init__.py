@@ -46,6 +46,7 @@ from cyclestar_jax.plots.spectra import (
     plot_examples,
 )
 from cyclestar_jax.plots.training import (
+    fig_gain_curve,
     fig_recovery_vs_fraction,
     fig_training_curve,
     plot_emulator_residuals,
@@ -54,7 +55,8 @@ from cyclestar_jax.plots.training import (
 
 __all__ = [
     "CHIP_GAP_A", "DPI", "GROUP_COLOURS", "LOGG_LABEL", "TEFF_LABEL", "WAVE_LABEL", "ZOOMS",
-    "chip_slices", "fig_cn_features", "fig_fit_example", "fig_fit_residuals", "fig_kiel_chi2",
+    "chip_slices", "fig_cn_features", "fig_fit_example", "fig_fit_residuals", "fig_gain_curve",
+    "fig_kiel_chi2",
     "fig_kiel_methods", "fig_label_errors", "fig_label_sensitivity", "fig_line_identification",
     "fig_observed_residuals",
     "fig_recovery_map", "fig_recovery_vs_fraction", "fig_spectra_panel",

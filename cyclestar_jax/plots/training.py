@@ -14,6 +14,7 @@ from cyclestar_jax.plots._base import (
   WAVE_LABEL,
   _bottom_legend,
   _figure,
+  _label_tex,
   _plain_log_axis,
   _save,
   _tex,
@@ -57,6 +58,64 @@ def fig_training_curve(series: Mapping[str, tuple[np.ndarray, np.ndarray]],
   ax.set_ylabel(_tex(ylabel))
   ax.grid(alpha=0.3, lw=0.5)
   ax.legend(fontsize=8, framealpha=0.9)
+  return _save(fig, path)
+
+
+def fig_gain_curve(rows: list[dict], path: str | os.PathLike, *,
+                   labels: tuple[str, ...] = ("Teff", "logg", "Fe_H"),
+                   eq9: Mapping[str, float] | None = None) -> str:
+  """The label-sensitivity curve of a training (`pipeline.curve`): a stopping signal.
+
+  Left: each label's gain of T_synth→obs∘Payne against Payne (solid: needs no truth) and,
+  where present, against the truth (dashed), with the trainer's paired val χ² on a second axis.
+  Right (when the rows carry `<label>_scatter`): Eq. 11's label scatter against the truth over
+  Eq. 9's (`eq9`), below 1 where Eq. 11 is the better fit.
+
+  Args:
+    rows: [{"step", "paired_val_chi2", "<label>_transfer_gain", "<label>_csn_gain",
+      "<label>_scatter"}], oldest first.
+    path: output PNG.
+    labels: label names to draw.
+    eq9: Eq. 9's {"<label>_scatter"} on the same stars.
+  """
+  step = np.array([r["step"] for r in rows], np.float64)
+  scored = eq9 is not None and all(f"{k}_scatter" in r for r in rows for k in labels)
+  fig = _figure(11.0 if scored else 6.5, 4.2)
+  axes = fig.subplots(1, 2 if scored else 1)
+  ax = axes[0] if scored else axes
+  for k, name in enumerate(labels):
+    g = [r.get(f"{name}_transfer_gain", np.nan) for r in rows]
+    ax.plot(step, g, "o-", ms=3.5, color=f"C{k}", label=_tex(f"{_label_tex(name)}: vs Payne"))
+    if all(f"{name}_csn_gain" in r for r in rows):
+      ax.plot(step, [r[f"{name}_csn_gain"] for r in rows], "s--", ms=3, color=f"C{k}",
+              alpha=0.7, label=_tex(f"{_label_tex(name)}: vs truth"))
+  ax.axhline(1.0, color="k", lw=0.8, ls=":")
+  ax.set_xlabel("iterations")
+  ax.set_ylabel(_tex("gain of T_synth→obs∘Payne (1 = full response)"))
+  chi2 = [r.get("paired_val_chi2") for r in rows]
+  if any(c is not None for c in chi2):
+    ax2 = ax.twinx()
+    ax2.plot(step, [np.nan if c is None else c for c in chi2], "k-", lw=1.0, alpha=0.5,
+             label="paired val χ² (right axis)")
+    ax2.set_ylabel(_tex("paired val χ²"))
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, framealpha=0.9, loc="lower right")
+  else:
+    ax.legend(fontsize=7, framealpha=0.9, loc="lower right")
+  ax.grid(alpha=0.3, lw=0.5)
+  ax.set_title("label sensitivity along the training", fontsize=9)
+  if scored:
+    ax = axes[1]
+    for k, name in enumerate(labels):
+      ratio = [r[f"{name}_scatter"] / eq9[f"{name}_scatter"] for r in rows]
+      ax.plot(step, ratio, "o-", ms=3.5, color=f"C{k}", label=_tex(_label_tex(name)))
+    ax.axhline(1.0, color="k", lw=0.9, ls="--", label="Eq. 9 (The Payne)")
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("Eq. 11 label scatter / Eq. 9's (vs the truth)")
+    ax.grid(alpha=0.3, lw=0.5)
+    ax.legend(fontsize=8, framealpha=0.9)
+    ax.set_title("labels against the truth (mock world)", fontsize=9)
   return _save(fig, path)
 
 

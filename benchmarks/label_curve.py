@@ -1,0 +1,88 @@
+"""The label curve of a main-job run: at each kept checkpoint, Eq. 11 fits of the test stars
+scored against the mock world's truth, beside the trainer's paired χ² and the label gains
+(`pipeline.curve`), as JSON; Eq. 9 with the same emulator and stars once, as the bar to beat.
+
+  python -m benchmarks.label_curve RUN_DIR [--n 256] [--every 3000] [--max-iter 100]
+      [--out FILE.json]
+
+RUN_DIR is an `experiments.apogee` run folder on the mock world whose preset keeps its
+checkpoints (`--preset long`). Rows already in `--out` are kept (the script resumes), and the
+file is rewritten after every checkpoint, so it can run beside a training that is still going.
+The Eq. 11 fits are the main job's (catalogue start, ≤ `--max-iter` accepted L-BFGS steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cyclestar_jax import checkpoint, fitting, h5io, mock
+from cyclestar_jax.emulator import load_emulator
+from cyclestar_jax.pipeline import curve
+
+METHOD = {"eq9": "emulator", "eq11": "obs"}
+
+
+def fit_row(stem: str, em, cycle, sp, y_true: np.ndarray, max_iter: int) -> dict:
+  """Fits of one method to the spectra `sp`, scored by `curve.label_errors_row`."""
+  cfg = fitting.FitConfig(method=METHOD[stem], starts=("catalogue",), max_iter=max_iter,
+                          batch_size=256, chunk_size=64)
+  fitter = fitting.LabelFitter(em, cfg, cycle_model=None if stem == "eq9" else cycle)
+  t0 = time.perf_counter()
+  res = fitter.fit(sp.x, sp.x_err, sp.x_msk, y_start=sp.y, progress=False)
+  edge = (res.flags & fitting.FLAGS["AT_BOUND"]) > 0
+  return {**curve.label_errors_row(res.y, y_true, edge), "fit_seconds": time.perf_counter() - t0}
+
+
+def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict) -> dict:
+  """The curve of the module docstring, extending `done` (a previous output) in place."""
+  em = load_emulator(run_dir / "emulator" / "emulator.npz")
+  model_dir = run_dir / "model"
+  with h5io.SpectraFile(run_dir / "data" / "obs.h5") as f:
+    n = min(n, f.n("test"))
+    sp = f.read("test", 0, n)
+    y_true = f.extra("labels_true", "test", 0, n)
+    world = mock.WorldConfig.from_json_dict(f.attrs["world"])
+  rows = {r["step"]: r for r in done.get("rows", [])}
+  if "eq9" not in done:
+    done["eq9"] = fit_row("eq9", em, None, sp, y_true, max_iter)
+  chi2 = curve.paired_chi2_by_step(model_dir)
+  ns = curve.N_CURVE_STARS
+  for step in curve.kept_steps(model_dir):
+    if step % every or step in rows:
+      continue
+    cycle = checkpoint.load_cycle_model(model_dir, step=step)
+    row = {"step": step, "paired_val_chi2": chi2.get(step),
+           **curve.gains_row(em, cycle, sp.x[:ns], y_true[:ns], world),
+           **fit_row("eq11", em, cycle, sp, y_true, max_iter)}
+    rows[step] = row
+    done["rows"] = [rows[k] for k in sorted(rows)]
+    yield done
+  done["rows"] = [rows[k] for k in sorted(rows)]
+  yield done
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("run_dir", type=Path)
+  p.add_argument("--n", type=int, default=256, help="test stars fitted")
+  p.add_argument("--every", type=int, default=3000, help="use checkpoints at multiples of this")
+  p.add_argument("--max-iter", type=int, default=100, help="accepted L-BFGS steps per fit")
+  p.add_argument("--out", type=Path, default=None, help="JSON file (resumed if present)")
+  a = p.parse_args()
+  done = json.loads(a.out.read_text()) if a.out and a.out.is_file() else {}
+  done.update(run_dir=str(a.run_dir), n=a.n, max_iter=a.max_iter, labels=list(curve.CURVE_LABELS))
+  for state in run(a.run_dir, a.n, a.every, a.max_iter, done):
+    if a.out:
+      from cyclestar_jax.fileio import atomic_write_text
+
+      atomic_write_text(a.out, json.dumps(state, indent=1) + "\n")
+  print(json.dumps(done, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -90,6 +90,7 @@ class Checkpointer:
       raise ValueError(f"max_to_keep must be ≥ 1, got {max_to_keep}")
     self.directory = os.path.abspath(os.fspath(directory))
     self.cfg = cfg
+    self.skipped: dict[int, str] = {}  # steps `restore_latest` could not use, and why
     os.makedirs(self.directory, exist_ok=True)
     self._warn_incomplete()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -177,13 +178,20 @@ class Checkpointer:
   def restore_latest(self, target):
     """The newest valid checkpoint as (state, meta), or None if there is none.
 
-    Invalid checkpoints (incomplete, corrupt, foreign) are skipped with a warning each.
+    Invalid checkpoints (incomplete, corrupt, foreign) are skipped; a fall-back to an older
+    step is one warning naming the steps skipped and why. The meta dict gets "skipped_newer"
+    ({step: reason} of the newer steps that failed) and `self.skipped` keeps them.
     """
+    self.skipped = {}
     for step in reversed(self.steps()):
       try:
-        return self.restore(step, target)
+        state, meta = self.restore(step, target)
       except CheckpointError as e:
-        warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
+        self.skipped[step] = str(e)
+        continue
+      if self.skipped:
+        warnings.warn(fallback_message(self.skipped, step), stacklevel=2)
+      return state, {**meta, "skipped_newer": dict(self.skipped)}
     return None
 
   def close(self) -> None:
@@ -209,8 +217,16 @@ def restore_state(ckpt_dir, cfg: Config, step: int | None = None):
   finally:
     ckpt.close()
   if restored is None:
-    raise CheckpointError(f"{ckpt_dir}: no valid checkpoint (see the warnings above)")
+    why = "; ".join(f"step {k}: {v}" for k, v in sorted(ckpt.skipped.items()))
+    raise CheckpointError(f"{ckpt_dir}: no valid checkpoint ({why or 'none written'})")
   return restored
+
+
+def fallback_message(skipped: dict[int, str], used: int) -> str:
+  """One line: the newer checkpoints that could not be used, and the step used instead."""
+  newest = max(skipped)
+  return (f"checkpoint step {newest} unusable ({skipped[newest]}); using the older step {used}"
+          + (f" (also skipped: {sorted(set(skipped) - {newest})})" if len(skipped) > 1 else ""))
 
 
 def _short(e: Exception, n: int = 300) -> str:
@@ -278,10 +294,12 @@ def load_cycle_model(run_dir: str | os.PathLike):
       raise ValueError(f"{run_dir}: no config.json and no checkpoint metadata with a config")
   cfg = _config_from_dict(conf, what)
   try:
-    state, _ = restore_state(where, cfg)
+    state, meta = restore_state(where, cfg)
   except CheckpointError as e:
     raise ValueError(str(e)) from None
-  return CycleModel(nets=make_networks(cfg), gen_params=state.gen_ema, source=str(where))
+  skipped = tuple(sorted(meta.get("skipped_newer", {})))
+  return CycleModel(nets=make_networks(cfg), gen_params=state.gen_ema, source=str(where),
+                    step=int(meta["step"]), skipped_newer=skipped)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

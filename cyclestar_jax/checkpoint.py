@@ -46,6 +46,42 @@ _ARCH_FIELDS = ("n_pix", "filters_dom", "kernels_dom", "strides_dom", "filters_s
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
 
+def _drop_closed_loop_callbacks() -> None:
+  """Keep orbax's failed restores from flooding stderr.
+
+  Orbax runs a restore's reads in an asyncio event loop and closes the loop when one read
+  fails; tensorstore's reads still in flight then complete on their own threads and call
+  `loop.call_soon_threadsafe` on the closed loop, and the resulting RuntimeError("Event loop
+  is closed") of each (hundreds) goes through `sys.excepthook`. Those callbacks have nothing
+  left to do and the failure itself is reported by `Checkpointer.restore`, so exactly that
+  error is dropped; any other goes to the previous hook. Installed once.
+  """
+  import sys
+
+  previous = sys.excepthook
+  if getattr(previous, "_cyclestar_drops_closed_loop", False):
+    return
+
+  def hook(kind, value, tb):
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(kind, value, tb)
+
+  hook._cyclestar_drops_closed_loop = True
+  sys.excepthook = hook
+
+
+def _missing_parts(step_dir: str) -> str | None:
+  """What an OCDBT-written item lacks (its `manifest.ocdbt`), checked before orbax reads it
+  (a read that fails half-way leaves tensorstore reads in flight), or None."""
+  for item in ("state",):
+    d = os.path.join(step_dir, item)
+    if os.path.isdir(d) and any(n.startswith("ocdbt.process_") for n in os.listdir(d)) \
+        and not os.path.exists(os.path.join(d, "manifest.ocdbt")):
+      return f"{d}/manifest.ocdbt is missing"
+  return None
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: missing, incomplete, corrupt or foreign."""
 
@@ -91,6 +127,7 @@ class Checkpointer:
     self.directory = os.path.abspath(os.fspath(directory))
     self.cfg = cfg
     self.skipped: dict[int, str] = {}  # steps `restore_latest` could not use, and why
+    _drop_closed_loop_callbacks()
     os.makedirs(self.directory, exist_ok=True)
     self._warn_incomplete()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -161,6 +198,9 @@ class Checkpointer:
                             f"{theirs.get('name')!r}); differing fields (saved, ours): {diff}")
     if meta.get("step") != step:
       raise CheckpointError(f"{where}: metadata says step {meta.get('step')}, directory {step}")
+    missing = _missing_parts(where)
+    if missing:
+      raise CheckpointError(f"{where}: incomplete ({missing})")
     abstract = jax.tree.map(_abstract, target)
     try:
       restored = self._manager.restore(

@@ -94,9 +94,9 @@ def run_main(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None
   """
   prog = prog or os.path.basename(sys.argv[0]) or "cyclestar"
   debug = debug_requested(argv)
+  shown = warnings.formatwarning
   if not debug:
     warnings.formatwarning = _one_line_warning
-    quiet_shutdown_noise()
   try:
     main(None if argv is None else list(argv))
   except KeyboardInterrupt:
@@ -116,28 +116,14 @@ def run_main(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None
       raise
     _report(prog, e, "check the files and options named above")
     return EXIT_USER_ERROR
+  finally:
+    warnings.formatwarning = shown
   return 0
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
   """Warnings of a command as one line each (no source line)."""
   return f"warning: {' '.join(str(message).split())}\n"
-
-
-def quiet_shutdown_noise() -> None:
-  """Silence the "Event loop is closed" tracebacks that orbax's background asyncio tasks print
-  when a failed restore's event loop is garbage-collected after it closed (they carry no
-  information; the failure itself is reported by `checkpoint`)."""
-  import logging
-
-  class _Drop(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-      text = record.getMessage()
-      exc = record.exc_info[1] if record.exc_info else None
-      return not ("Event loop is closed" in text or "Event loop is closed" in str(exc or ""))
-
-  for name in ("asyncio", "absl", ""):
-    logging.getLogger(name).addFilter(_Drop())
 
 
 def _report(prog: str, e: BaseException, hint: str) -> None:

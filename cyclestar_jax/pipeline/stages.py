@@ -149,6 +149,7 @@ def open_run_folder(paths: RunPaths, identity: dict, inputs: dict, *, overwrite:
         gone = rundir.clear_owned(paths.out, RUN_ENTRIES)
         log(f"[overwrite] {paths.out}: removed {', '.join(gone)} (the run's own files; "
             "anything else stays)")
+        _write_json(paths.run_json, {"identity": identity, "stages": {}})
     elif paths.out.exists() and rundir.foreign_entries(paths.out, ()):
       raise rundir.NotARunFolderError(
           f"--out {paths.out}: not empty and not a run folder (no run.json; it holds "

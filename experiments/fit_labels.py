@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     return None
   attrs = read_results(args.out)[2]
   summary = {"out": args.out, "method": args.method,
-             "checkpoint_step": attrs.get("checkpoint_step"),
+             "checkpoint_step": (None if attrs.get("checkpoint_step") is None
+                                 else int(attrs["checkpoint_step"])),
              **summarize(res, time.perf_counter() - t)}
   print(json.dumps(summary))
   print(summary_line(summary, args.out), flush=True)

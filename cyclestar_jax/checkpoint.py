@@ -46,6 +46,42 @@ _ARCH_FIELDS = ("n_pix", "filters_dom", "kernels_dom", "strides_dom", "filters_s
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
 
+def _drop_closed_loop_callbacks() -> None:
+  """Keep orbax's failed restores from flooding stderr.
+
+  Orbax runs a restore's reads in an asyncio event loop and closes the loop when one read
+  fails; tensorstore's reads still in flight then complete on their own threads and call
+  `loop.call_soon_threadsafe` on the closed loop, and the resulting RuntimeError("Event loop
+  is closed") of each (hundreds) goes through `sys.excepthook`. Those callbacks have nothing
+  left to do and the failure itself is reported by `Checkpointer.restore`, so exactly that
+  error is dropped; any other goes to the previous hook. Installed once.
+  """
+  import sys
+
+  previous = sys.excepthook
+  if getattr(previous, "_cyclestar_drops_closed_loop", False):
+    return
+
+  def hook(kind, value, tb):
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(kind, value, tb)
+
+  hook._cyclestar_drops_closed_loop = True
+  sys.excepthook = hook
+
+
+def _missing_parts(step_dir: str) -> str | None:
+  """What an OCDBT-written item lacks (its `manifest.ocdbt`), checked before orbax reads it
+  (a read that fails half-way leaves tensorstore reads in flight), or None."""
+  for item in ("state",):
+    d = os.path.join(step_dir, item)
+    if os.path.isdir(d) and any(n.startswith("ocdbt.process_") for n in os.listdir(d)) \
+        and not os.path.exists(os.path.join(d, "manifest.ocdbt")):
+      return f"{d}/manifest.ocdbt is missing"
+  return None
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: missing, incomplete, corrupt or foreign."""
 
@@ -90,6 +126,8 @@ class Checkpointer:
       raise ValueError(f"max_to_keep must be ≥ 1, got {max_to_keep}")
     self.directory = os.path.abspath(os.fspath(directory))
     self.cfg = cfg
+    self.skipped: dict[int, str] = {}  # steps `restore_latest` could not use, and why
+    _drop_closed_loop_callbacks()
     os.makedirs(self.directory, exist_ok=True)
     self._warn_incomplete()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -160,6 +198,9 @@ class Checkpointer:
                             f"{theirs.get('name')!r}); differing fields (saved, ours): {diff}")
     if meta.get("step") != step:
       raise CheckpointError(f"{where}: metadata says step {meta.get('step')}, directory {step}")
+    missing = _missing_parts(where)
+    if missing:
+      raise CheckpointError(f"{where}: incomplete ({missing})")
     abstract = jax.tree.map(_abstract, target)
     try:
       restored = self._manager.restore(
@@ -177,13 +218,20 @@ class Checkpointer:
   def restore_latest(self, target):
     """The newest valid checkpoint as (state, meta), or None if there is none.
 
-    Invalid checkpoints (incomplete, corrupt, foreign) are skipped with a warning each.
+    Invalid checkpoints (incomplete, corrupt, foreign) are skipped; a fall-back to an older
+    step is one warning naming the steps skipped and why. The meta dict gets "skipped_newer"
+    ({step: reason} of the newer steps that failed) and `self.skipped` keeps them.
     """
+    self.skipped = {}
     for step in reversed(self.steps()):
       try:
-        return self.restore(step, target)
+        state, meta = self.restore(step, target)
       except CheckpointError as e:
-        warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
+        self.skipped[step] = str(e)
+        continue
+      if self.skipped:
+        warnings.warn(fallback_message(self.skipped, step), stacklevel=2)
+      return state, {**meta, "skipped_newer": dict(self.skipped)}
     return None
 
   def close(self) -> None:
@@ -209,8 +257,16 @@ def restore_state(ckpt_dir, cfg: Config, step: int | None = None):
   finally:
     ckpt.close()
   if restored is None:
-    raise CheckpointError(f"{ckpt_dir}: no valid checkpoint (see the warnings above)")
+    why = "; ".join(f"step {k}: {v}" for k, v in sorted(ckpt.skipped.items()))
+    raise CheckpointError(f"{ckpt_dir}: no valid checkpoint ({why or 'none written'})")
   return restored
+
+
+def fallback_message(skipped: dict[int, str], used: int) -> str:
+  """One line: the newer checkpoints that could not be used, and the step used instead."""
+  newest = max(skipped)
+  return (f"checkpoint step {newest} unusable ({skipped[newest]}); using the older step {used}"
+          + (f" (also skipped: {sorted(set(skipped) - {newest})})" if len(skipped) > 1 else ""))
 
 
 def _short(e: Exception, n: int = 300) -> str:
@@ -272,9 +328,9 @@ def load_cycle_model(run_dir: str | os.PathLike, *, step: int | None = None):
     conf, what = None, f"{where} (checkpoint metadata)"
     steps = sorted((int(p.name) for p in where.iterdir() if p.name.isdigit()), reverse=True)
     with ocp.CheckpointManager(where, item_names=("state", "meta")) as manager:
-      for step in steps:
+      for s in steps:
         with contextlib.suppress(Exception):
-          meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+          meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
           conf = dict(meta["meta"]).get("config")
           if conf:
             break
@@ -282,10 +338,12 @@ def load_cycle_model(run_dir: str | os.PathLike, *, step: int | None = None):
       raise ValueError(f"{run_dir}: no config.json and no checkpoint metadata with a config")
   cfg = _config_from_dict(conf, what)
   try:
-    state, _ = restore_state(where, cfg, step)
+    state, meta = restore_state(where, cfg, step)
   except CheckpointError as e:
     raise ValueError(str(e)) from None
-  return CycleModel(nets=make_networks(cfg), gen_params=state.gen_ema, source=str(where))
+  skipped = tuple(sorted(meta.get("skipped_newer", {})))
+  return CycleModel(nets=make_networks(cfg), gen_params=state.gen_ema, source=str(where),
+                    step=int(meta["step"]), skipped_newer=skipped)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -19,6 +19,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,10 +31,23 @@ _PROJECT_USER_ERRORS = (("cyclestar_jax.config", "ConfigError"),
 DEBUG_ENV = "CYCLESTAR_DEBUG"
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-  """`--help` shows every option's default and keeps the description's line breaks."""
+  """`--help` shows every option's default (once: not where the help text already says its
+  default) and keeps the description's line breaks."""
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    text = action.help or ""
+    if "(default" in text or "None:" in text or "None =" in text:
+      return text
+    return super()._get_help_string(action)
+
+
+def description(doc: str) -> str:
+  """A command's description for `parser`: its docstring's first paragraph."""
+  return doc.strip().split("\n\n")[0]
 
 
 def parser(description: str, **kw: Any) -> argparse.ArgumentParser:
@@ -80,8 +94,18 @@ def run_main(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None
   """
   prog = prog or os.path.basename(sys.argv[0]) or "cyclestar"
   debug = debug_requested(argv)
+  shown = warnings.formatwarning
+  if not debug:
+    warnings.formatwarning = _one_line_warning
   try:
     main(None if argv is None else list(argv))
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print(f"{prog}: interrupted (Ctrl-C); what was written is kept (the newest checkpoint, "
+          "finished stages and chunks): run the same command again to continue",
+          file=sys.stderr)
+    return EXIT_INTERRUPTED
   except failures as e:
     if debug:
       raise
@@ -92,7 +116,14 @@ def run_main(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None
       raise
     _report(prog, e, "check the files and options named above")
     return EXIT_USER_ERROR
+  finally:
+    warnings.formatwarning = shown
   return 0
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+  """Warnings of a command as one line each (no source line)."""
+  return f"warning: {' '.join(str(message).split())}\n"
 
 
 def _report(prog: str, e: BaseException, hint: str) -> None:

@@ -249,8 +249,8 @@ class BatchStream:
       u = usable_pixels(d.file, d.kind, self.cfg, self.split, max_rows=max_rows)
       what = (f"{d.file.path}: split {self.split!r} ({'observed' if name == 'obs' else 'synthetic'}"
               f" domain, {u['rows_checked']} of {d.n} spectra checked)")
-      why = (f"(mask 0 in the file, raw error > {self.cfg.error_mask_threshold} or not finite, "
-             "or NaN/inf flux)")
+      why = (f"(mask 0 in the file, raw error ≤ 0, > {self.cfg.error_mask_threshold} or not "
+             "finite, or NaN/inf flux)")
       if u["pixels_usable"] == 0:
         raise ValueError(f"{what}: every pixel is masked {why}; nothing to train on")
       if u["fraction"] < MIN_USABLE_FRACTION:

@@ -553,6 +553,18 @@ def max_abundance_fe_correlation(y: np.ndarray) -> float:
   return float(r.max()) if r.size else float("nan")
 
 
+def _check_learnable(data_path: Path, x: np.ndarray, msk: np.ndarray | None) -> None:
+  """Raise `ValueError` naming the file when the train split has no finite, unmasked flux (an
+  emulator trained on it would be written and loaded as if it had learnt something)."""
+  good = np.isfinite(x) if msk is None else (np.asarray(msk).astype(bool) & np.isfinite(x))
+  if not good.any():
+    raise ValueError(f"{data_path}: split 'train': every flux value is NaN/inf or masked; "
+                     "nothing to train the emulator on")
+  empty = int(np.count_nonzero(~good.any(axis=1)))
+  if empty == len(x):
+    raise ValueError(f"{data_path}: split 'train': no spectrum has a usable pixel")
+
+
 def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
                    cfg: EmulatorTrainConfig = EmulatorTrainConfig(), *,
                    progress: bool = True) -> dict[str, Any]:
@@ -578,6 +590,7 @@ def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
   val = _read(data_path, "val", cfg.n_val)
   test = _read(data_path, "test", cfg.n_test)
   x_train, y_train, m_train = train
+  _check_learnable(data_path, x_train, m_train)
   val_source = "val"
   if val is None:
     n_val = max(1, int(round(cfg.val_fraction * len(x_train))))

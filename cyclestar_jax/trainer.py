@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -367,6 +368,12 @@ def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
         save_if_good()
       if deadline is not None and done < n_iter and time.perf_counter() >= deadline:
         break
+  except KeyboardInterrupt:  # Ctrl-C: keep the step reached, then stop
+    if done > start and done % loop.ckpt_every:
+      save_if_good()
+      print(f"interrupted at step {done}: checkpoint written, resume to continue",
+            file=sys.stderr)
+    raise
   finally:
     calls.close()  # stops a streamed runner's reading thread
   if pending is not None:
@@ -400,9 +407,32 @@ def _restore(ckpt: checkpoint.Checkpointer, cfg: Config, mesh, key, resume: bool
           f"warnings); refusing to start over in this directory")
     if found is not None:
       state, meta = found
+      _move_aside(ckpt, meta.get("skipped_newer", {}))
       return state, int(meta["data_position"]), True
     warnings.warn(f"{out / 'checkpoints'}: no checkpoint yet; starting at step 0", stacklevel=3)
   return parallel.replicate(create_train_state(cfg, key), mesh), 0, False
+
+
+def _move_aside(ckpt: checkpoint.Checkpointer, skipped: dict[int, str]) -> None:
+  """Move the unusable checkpoints newer than the resumed one to `checkpoints/corrupt-<step>/`
+  (kept for inspection), so that the resumed run can write those steps again; says so."""
+  if not skipped:
+    return
+  if jax.process_index() == 0:
+    for step in sorted(skipped):
+      src = Path(ckpt.directory) / str(step)
+      dst = src.with_name(f"corrupt-{step}")
+      n = 1
+      while dst.exists():
+        dst, n = src.with_name(f"corrupt-{step}.{n}"), n + 1
+      os.replace(src, dst)
+      print(f"checkpoint step {step} unusable ({skipped[step]}); moved to {dst}, training "
+            "continues from the older one", file=sys.stderr)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("trainer: corrupt checkpoints moved")
+  ckpt.steps()  # the manager forgets the moved steps
 
 
 def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,

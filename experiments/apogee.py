@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   mode.add_argument("--train", action="store_true",
                     help="train the emulator and Cycle-StarNet instead of using the pretrained "
                          "weights")
+  p.add_argument("--allow-older-checkpoint", action="store_true",
+                 help="when the model's newest checkpoint cannot be loaded, use the newest "
+                      "one that can (else refused); the report names the step used")
   args = p.parse_args(argv)
   check_job_args(p, args)
   return args
@@ -76,7 +79,8 @@ def main(argv=None) -> dict:
   return pipeline.run(out, preset=preset, n_iter=args.n_iter, synth=args.synth, obs=args.obs,
                       emulator=args.emulator, model=args.model, seed=args.seed, grid=args.grid,
                       overwrite=args.overwrite, train_limit_s=args.train_limit_s,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      allow_older_checkpoint=args.allow_older_checkpoint)
 
 
 def cli(argv=None) -> int:

@@ -27,7 +27,7 @@ import sys
 import time
 
 from cyclestar_jax import cli
-from cyclestar_jax.fitting import METHODS, FitConfig, fit_file
+from cyclestar_jax.fitting import METHODS, FitConfig, fit_file, read_results
 from cyclestar_jax.fitting.job import summarize, summary_line
 
 _DEFAULTS = FitConfig()
@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                  resume=args.resume, overwrite=args.overwrite, chunk_rows=args.chunk_rows)
   if res is None:
     return None
+  attrs = read_results(args.out)[2]
   summary = {"out": args.out, "method": args.method,
+             "checkpoint_step": (None if attrs.get("checkpoint_step") is None
+                                 else int(attrs["checkpoint_step"])),
              **summarize(res, time.perf_counter() - t)}
   print(json.dumps(summary))
   print(summary_line(summary, args.out), flush=True)

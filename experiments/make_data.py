@@ -12,13 +12,15 @@ import json
 import sys
 from pathlib import Path
 
-from cyclestar_jax import cli, mock
+from cyclestar_jax import cli, mock, rundir
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.mock import figures
 
+OUTPUTS = ("synth.h5", "obs.h5", "payne_grid.h5", "make_data.json", "examples.png")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = cli.parser(__doc__.splitlines()[0])
+  p = cli.parser(cli.description(__doc__))
   p.add_argument("--out", required=True, type=Path, help="output folder")
   p.add_argument("--experiment", default="apogee", choices=["apogee", "new_lines"],
                  help="the paper's APOGEE transfer (§4.1) or missing-line (§4.2) experiment")
@@ -30,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0, help="seed of the whole world")
   p.add_argument("--masked-fraction", type=float, default=None,
                  help="new_lines: fraction of strong features removed (default: the paper's)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace data files already in --out (else refused)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = p.parse_args(argv)
   if args.masked_fraction is not None and args.experiment != "new_lines":
@@ -49,9 +53,13 @@ def main(argv=None) -> dict:
   world = mock.WorldConfig(experiment=args.experiment, seed=args.seed,
                            masked_fraction=args.masked_fraction)
   sizes = mock.DataSizes(args.n_train, args.n_val, args.n_test)
-  summary = mock.make_data(args.out, world, sizes, progress=not args.no_progress)
-  figures.plot_examples(args.out / "synth.h5", args.out / "obs.h5", args.out / "examples.png")
-  atomic_write_text(args.out / "make_data.json", json.dumps(summary, indent=2))
+  rundir.check_out_folder(args.out)
+  with rundir.folder_lock(args.out):
+    rundir.check_replace(args.out, OUTPUTS, args.overwrite)
+    rundir.clean_temporary(args.out)
+    summary = mock.make_data(args.out, world, sizes, progress=not args.no_progress)
+    figures.plot_examples(args.out / "synth.h5", args.out / "obs.h5", args.out / "examples.png")
+    atomic_write_text(args.out / "make_data.json", json.dumps(summary, indent=2))
   seconds = summary["synth_seconds"] + summary["obs_seconds"] + summary["payne_grid_seconds"]
   print(f"wrote {args.out}/synth.h5 ({summary['synth_mb']:.0f} MB), obs.h5 "
         f"({summary['obs_mb']:.0f} MB) and payne_grid.h5 ({summary['payne_grid_mb']:.0f} MB, "

@@ -31,6 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "each in (0, 1) (--out None: runs/new_lines_sweep_<preset>)")
   args = p.parse_args(argv)
   check_job_args(p, args)
+  f = args.masked_fraction
+  if f is not None and not 0 < f < 1:
+    p.error(f"--masked-fraction must be in (0, 1) (a fraction of each element's features "
+            f"removed), got {f}")
   return args
 
 

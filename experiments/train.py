@@ -32,6 +32,7 @@ checks; on the CPU the processes exchange data with gloo):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -40,7 +41,7 @@ from pathlib import Path
 import jax
 
 # Importing these starts no JAX backend, so jax.distributed can still be initialized in main.
-from cyclestar_jax import cli, config, trainer, validation
+from cyclestar_jax import cli, config, rundir, trainer, validation
 
 _LOOP = trainer.LoopConfig()
 DEFAULT_LAMBDA_GRID = 3.0  # --grid without --lambda-grid: the APOGEE experiment's λ_synth
@@ -111,14 +112,12 @@ def main(argv: list[str] | None = None) -> dict:
   overrides = {k: v for k, v in (("batch_size", args.batch_size), ("seed", args.seed),
                                  ("lambda_grid", lam)) if v is not None}
   cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
-  summary = trainer.train(cfg, args.synth, args.obs, args.out, resume=args.resume,
-                          n_iter=args.n_iter, log_every=args.log_every,
-                          val_every=args.val_every, val_rows=args.val_rows,
-                          ckpt_every=args.ckpt_every, keep=args.keep,
-                          progress=not args.no_progress, paired_val=args.paired_val,
-                          data_on_device=args.data_on_device,
-                          steps_per_call=args.steps_per_call, max_skipped=args.max_skipped,
-                          grid_path=args.grid)
+  rundir.check_out_folder(args.out)
+  lock = rundir.folder_lock(args.out) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    if jax.process_index() == 0:
+      rundir.clean_temporary(args.out)
+    summary = _train(args, cfg)
   if jax.process_index() == 0:
     if summary["already_complete"]:
       print(f"{args.out}: run already complete at step {summary['step']} (--n-iter "
@@ -128,6 +127,18 @@ def main(argv: list[str] | None = None) -> dict:
                       **{k: summary["train"].get(k) for k in ("rec_synth", "rec_obs",
                                                               "cc_synth", "cc_obs", "it_per_s")}}))
   return summary
+
+
+def _train(args: argparse.Namespace, cfg: config.Config) -> dict:
+  """`trainer.train` with the command's options."""
+  return trainer.train(cfg, args.synth, args.obs, args.out, resume=args.resume,
+                       n_iter=args.n_iter, log_every=args.log_every,
+                       val_every=args.val_every, val_rows=args.val_rows,
+                       ckpt_every=args.ckpt_every, keep=args.keep,
+                       progress=not args.no_progress, paired_val=args.paired_val,
+                       data_on_device=args.data_on_device,
+                       steps_per_call=args.steps_per_call, max_skipped=args.max_skipped,
+                       grid_path=args.grid)
 
 
 if __name__ == "__main__":

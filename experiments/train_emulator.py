@@ -15,11 +15,13 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
-from cyclestar_jax import cli
+from cyclestar_jax import cli, rundir
 from cyclestar_jax.emulator_train import EmulatorTrainConfig, train_emulator
 
 _DEFAULTS = EmulatorTrainConfig()
+OUTPUTS = ("emulator.npz", "metrics.json", "residuals.png", "checkpoint")  # what --out gets
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--n-test", type=int, default=None, help="use only the first N test spectra")
   p.add_argument("--seed", type=int, default=_DEFAULTS.seed,
                  help="initialisation and mini-batch order")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an emulator already in --out (else refused)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = p.parse_args(argv)
   for name in ("max_epochs", "batch_size", "patience", "hidden", "n_train", "n_test"):
@@ -72,7 +76,14 @@ def build_config(args: argparse.Namespace) -> EmulatorTrainConfig:
 
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
-  summary = train_emulator(args.data, args.out, build_config(args), progress=not args.no_progress)
+  if not Path(args.data).is_file():
+    raise FileNotFoundError(f"--data {args.data}: no such file")
+  rundir.check_out_folder(args.out)
+  with rundir.folder_lock(args.out):
+    rundir.check_replace(args.out, OUTPUTS, args.overwrite)
+    rundir.clean_temporary(args.out)
+    summary = train_emulator(args.data, args.out, build_config(args),
+                             progress=not args.no_progress)
   held = summary["held_out"]
   print(json.dumps({"out": args.out, "median_abs": held["median_abs"],
                     "p99_abs": held["p99_abs"], "meets_targets": summary["meets_targets"],

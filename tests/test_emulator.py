@@ -406,3 +406,29 @@ def test_cli_builds_config():
   cfg = cli.build_config(args)
   assert (cfg.max_epochs, cfg.time_limit_s, cfg.n_hidden, cfg.optimizer) == (7, 60.0, 64, "radam")
   assert cfg.batch_size == et.EmulatorTrainConfig().batch_size
+
+
+def test_case9_all_nan_flux_is_refused_by_name(tmp_path):
+  """Case 9: a training file whose flux is all NaN is refused, no emulator.npz written."""
+  path = tmp_path / "nan.h5"
+  x, y = _synthetic_spectra(40, 5)
+  with h5py.File(path, "w") as f:
+    f["spectra train"] = np.full_like(x, np.nan)
+    f["labels train"] = y
+  cfg = et.EmulatorTrainConfig(n_hidden=8, batch_size=32, max_epochs=1)
+  with pytest.raises(ValueError, match=r"nan\.h5: split 'train': every flux value is NaN"):
+    et.train_emulator(path, tmp_path / "out", cfg, progress=False)
+  assert not (tmp_path / "out" / "emulator.npz").exists()
+
+
+def test_case10_train_emulator_refuses_to_replace_without_overwrite(tmp_path, capsys):
+  from cyclestar_jax import cli
+  from experiments import train_emulator as command
+
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "emulator.npz").write_text("old")
+  (tmp_path / "d.h5").write_text("")
+  argv = ["--data", str(tmp_path / "d.h5"), "--out", str(tmp_path / "out"), "--no-progress"]
+  assert cli.run_main(command.main, argv) == 2
+  assert "--overwrite" in capsys.readouterr().err
+  assert (tmp_path / "out" / "emulator.npz").read_text() == "old"

@@ -150,3 +150,51 @@ def test_two_processes_write_the_one_process_file(files, tmp_path):
   assert d_1.keys() == d_2.keys() and (a_1["processes"], a_2["processes"]) == (1, 2)
   for k in d_1:
     np.testing.assert_array_equal(d_2[k], d_1[k], err_msg=k)
+
+
+def test_case5_resume_of_a_finished_job_with_other_arguments_is_refused(files, tmp_path):
+  """Case 5: --resume on a finished results file returns it only for the same job: another
+  method setting or another observed file is refused, not reported as the new job's."""
+  import shutil
+
+  out = tmp_path / "done.h5"
+  first = _fit(files, out)
+  np.testing.assert_array_equal(_fit(files, out, resume=True).y, first.y)  # the same job
+  other = {"config": F.FitConfig(method="emulator", batch_size=16, starts=("median",))}
+  with pytest.raises(F.OutputPathError, match=r"other arguments \(differs in \['config'\]\)"):
+    _fit(files, out, resume=True, **other)
+  obs, emu = files
+  moved = tmp_path / "obs_copy.h5"
+  shutil.copy(obs, moved)
+  with pytest.raises(F.OutputPathError, match="obs_file"):
+    F.fit_file(moved, out, method="emulator", model_dir=emu, progress=False, resume=True,
+               config=F.FitConfig(method="emulator", batch_size=16), chunk_rows=8)
+  with pytest.raises(ValueError, match="in use by another job"):
+    with job.rundir.file_lock(out):
+      _fit(files, out, overwrite=True)
+
+
+def test_emulator_method_with_a_run_directory_says_what_it_needs(files, tmp_path):
+  obs, _ = files
+  run = tmp_path / "run"
+  (run / "checkpoints" / "10").mkdir(parents=True)
+  with pytest.raises(ValueError, match="is a Cycle-StarNet run directory; --method emulator"):
+    F.fit_file(obs, tmp_path / "o.h5", method="emulator", model_dir=run)
+
+
+def test_nan_catalogue_labels_held_fixed_are_warned(files, tmp_path):
+  obs, emu = files
+  nan_obs = tmp_path / "obs_nan.h5"
+  import shutil
+
+  shutil.copy(obs, nan_obs)
+  with h5py.File(nan_obs, "a") as h:
+    y = h["labels test"][...]
+    y[0, 0] = np.nan
+    h["labels test"][...] = y
+  cfg = F.FitConfig(method="emulator", batch_size=16, free_labels=tuple(LABEL_NAMES[1:]),
+                    max_iter=2)
+  with pytest.warns(UserWarning, match=r"1 spectra have NaN catalogue labels \(Teff: 1\).*"
+                                       r"population median instead \(Teff = "):
+    F.fit_file(nan_obs, tmp_path / "o.h5", method="emulator", model_dir=emu, progress=False,
+               config=cfg, stop=4)

@@ -274,3 +274,18 @@ def test_shipped_linelist_matches_its_recipe():
   assert 0 < ll.donor_fraction.sum() < 0.6
   mol = ll.species >= physics.SP_CO
   assert ll.energy[mol].mean() > ll.energy[~mol].mean() + 1.0  # molecules: cool-star features
+
+
+def test_case10_make_data_refuses_to_replace_without_overwrite(tmp_path, capsys):
+  from cyclestar_jax import cli
+  from experiments import make_data
+
+  (tmp_path / "obs.h5").write_text("mine")
+  argv = ["--out", str(tmp_path), "--n-train", "8", "--n-val", "2", "--n-test", "2",
+          "--no-progress"]
+  assert cli.run_main(make_data.main, argv) == 2
+  assert "obs.h5; pass --overwrite" in capsys.readouterr().err
+  assert (tmp_path / "obs.h5").read_text() == "mine"
+  (tmp_path / "f").write_text("")
+  with pytest.raises(SystemExit):
+    make_data.parse_args(["--out", str(tmp_path / "f")])

@@ -66,3 +66,15 @@ def test_training_sees_the_synthetic_files_unchanged_at_any_masked_fraction():
     got = data.standardize(rows, "synth", p.cycle)["x"]
     drop = x.shape[1] - p.cycle.n_pix
     np.testing.assert_allclose(got * std + mean, x[:, drop:], atol=1e-5, err_msg=name)
+
+
+def test_case8_masked_fraction_outside_0_1_is_refused_at_once(capsys):
+  import pytest
+
+  from experiments import new_lines as command
+
+  for bad in ("0", "1", "-0.1"):
+    with pytest.raises(SystemExit) as e:
+      command.parse_args(["--masked-fraction", bad])
+    assert e.value.code == 2
+    assert "--masked-fraction must be in (0, 1)" in capsys.readouterr().err

@@ -265,3 +265,108 @@ def test_the_cli_uses_pretrained_weights_only_when_nothing_else_is_asked(
   assert wants("--pretrained", "--seed", "1")  # asked for: pipeline.run refuses it, naming why
   with pytest.raises(SystemExit):
     apogee.parse_args(["--pretrained", "--train"])
+
+
+# Issue 21: nothing lost, nothing stale (the smoke run reused; each case refused in seconds).
+
+
+def test_case1_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+  """Case 1: --overwrite on a user's folder deletes nothing and is refused."""
+  (tmp_path / "U" / "data").mkdir(parents=True)
+  (tmp_path / "U" / "notes.txt").write_text("x")
+  (tmp_path / "U" / "data" / "obs.h5").write_text("mine")
+  assert apogee.cli(["--preset", "smoke", "--out", str(tmp_path / "U"), "--overwrite",
+                     "--no-progress"]) == 2
+  assert "not a run folder" in capsys.readouterr().err
+  assert (tmp_path / "U" / "notes.txt").read_text() == "x"
+  assert (tmp_path / "U" / "data" / "obs.h5").read_text() == "mine"
+
+
+def _corrupt_copy(smoke_run, dest: Path) -> Path:
+  """The smoke run with its newest checkpoint's OCDBT manifest gone and its fits, metrics and
+  report removed (case 2)."""
+  import shutil
+
+  out, _, _ = smoke_run
+  shutil.copytree(out, dest)
+  steps = sorted(int(p.name) for p in (dest / "model" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  (dest / "model" / "checkpoints" / str(steps[-1]) / "state" / "manifest.ocdbt").unlink()
+  for name in ("fits", "figures"):
+    shutil.rmtree(dest / name)
+  for name in ("metrics.json", "report.md"):
+    (dest / name).unlink()
+  return dest, steps
+
+
+def test_case2_a_corrupt_newest_checkpoint_is_refused_in_one_line(smoke_run, tmp_path, capsys):
+  """Case 2: the main job refuses to fall back silently (--allow-older-checkpoint), with no
+  traceback flood; fit_labels falls back with one warning and records the step used."""
+  from experiments import fit_labels
+
+  x, steps = _corrupt_copy(smoke_run, tmp_path / "X")
+  assert apogee.cli(["--preset", "smoke", "--out", str(x), "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert "--allow-older-checkpoint" in err and "Event loop is closed" not in err
+  assert len(err.splitlines()) <= 4, err
+  assert not (x / "fits").exists()
+  out = tmp_path / "fit.h5"
+  assert fit_labels.run_cli(["--model", str(x / "model"), "--emulator",
+                             str(x / "emulator" / "emulator.npz"), "--obs",
+                             str(x / "data" / "obs.h5"), "--out", str(out), "--stop", "2",
+                             "--max-iter", "2", "--no-progress"]) == 0
+  err = capsys.readouterr().err
+  assert f"using the older step {steps[-2]}" in err and "Event loop is closed" not in err
+  from cyclestar_jax import fitting
+
+  attrs = fitting.read_results(out)[2]
+  assert attrs["checkpoint_step"] == steps[-2]
+
+
+def test_smoke_results_name_their_checkpoint_step(smoke_run):
+  out, m, _ = smoke_run
+  from cyclestar_jax import fitting
+
+  assert m["model_checkpoint"]["step"] == m["train_iterations"]
+  assert m["model_checkpoint"]["skipped_newer"] == []
+  assert fitting.read_results(out / "fits" / "eq11.h5")[2]["checkpoint_step"] == m[
+      "train_iterations"]
+  assert f"checkpoint step {m['train_iterations']}" in (out / "report.md").read_text()
+
+
+def test_case3_a_second_job_on_a_locked_folder_is_refused(smoke_run, capsys):
+  """Case 3: while a job holds the run folder, the same command is refused naming its PID."""
+  import os
+  import socket
+
+  from cyclestar_jax import rundir
+
+  out, _, _ = smoke_run
+  with rundir.folder_lock(out):
+    assert apogee.cli(["--preset", "smoke", "--out", str(out), "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert f"PID {os.getpid()} on host {socket.gethostname()}" in err
+
+
+def test_case7_inputs_are_checked_before_the_first_stage(smoke_run, tmp_path, capsys):
+  """Case 7: a --model that does not load and observed errors ≤ 0 are refused before any
+  stage (nothing is written)."""
+  import shutil
+
+  import h5py
+
+  out, _, _ = smoke_run
+  (tmp_path / "bad_model" / "checkpoints" / "5").mkdir(parents=True)
+  run = tmp_path / "r"
+  assert apogee.cli(["--preset", "smoke", "--out", str(run), "--model",
+                     str(tmp_path / "bad_model"), "--no-progress"]) == 2
+  assert "bad_model" in capsys.readouterr().err and not run.exists()
+  synth, obs = tmp_path / "synth.h5", tmp_path / "obs.h5"
+  shutil.copy(out / "data" / "synth.h5", synth)
+  shutil.copy(out / "data" / "obs.h5", obs)
+  with h5py.File(obs, "a") as f:
+    f["spectra_err test"][...] = 0.0
+  assert apogee.cli(["--preset", "smoke", "--out", str(run), "--synth", str(synth), "--obs",
+                     str(obs), "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert "--obs" in err and "'test'" in err and "error ≤ 0" in err and not run.exists()

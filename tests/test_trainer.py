@@ -515,3 +515,69 @@ def test_grid_batch_trains_the_same_staged_or_streamed(toy_files, tmp_path):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="lambda_grid"):
     trainer.train(cfg, synth, obs, tmp_path / "no_grid", **{**kw, "grid_path": None})
+
+
+def test_case6_resume_moves_a_corrupt_newest_checkpoint_aside(toy_files, tmp_path, capsys):
+  """Case 6: `train --resume` behind a corrupt newest checkpoint moves it to
+  checkpoints/corrupt-<step>/, says so, and trains through that step again."""
+  import jax
+
+  from cyclestar_jax import parallel
+
+  synth, obs = toy_files
+  cfg, out = config.get_config("smoke"), tmp_path / "run"
+  kw = {"log_every": 5, "val_every": 10, "ckpt_every": 5, "progress": False,
+        "mesh": parallel.make_mesh(jax.devices()[:1])}
+  trainer.train(cfg, synth, obs, out, n_iter=10, **kw)
+  (out / "checkpoints" / "10" / "state" / "manifest.ocdbt").unlink()
+  with pytest.warns(UserWarning, match="checkpoint step 10 unusable"):
+    summary = trainer.train(cfg, synth, obs, out, n_iter=10, resume=True, **kw)
+  assert summary["step"] == 10 and (out / "checkpoints" / "corrupt-10").is_dir()
+  assert checkpoint.Checkpointer(out / "checkpoints", cfg).steps() == [5, 10]
+  assert "moved to" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_keeps_a_checkpoint(tmp_path, capsys, monkeypatch):
+  """Ctrl-C in the loop writes a checkpoint at the step reached; the command says so in one
+  line (exit 130), no traceback."""
+
+  class _Interrupted(_FakeRunner):
+    def calls(self, state, start, stop, loop):
+      for i, item in enumerate(super().calls(state, start, stop, loop)):
+        if i == 3:
+          raise KeyboardInterrupt
+        yield item
+
+  loop = trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50)
+  ckpt = _FakeCheckpointer()
+  with pytest.raises(KeyboardInterrupt):
+    trainer.run_loop(_Interrupted([[0]] * 10), None, 0, 10, loop, ckpt=ckpt)
+  assert ckpt.saved == [3]
+  assert "interrupted at step 3: checkpoint written" in capsys.readouterr().err
+
+  def main(argv):
+    raise KeyboardInterrupt
+
+  monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+  assert cli.run_main(main, [], prog="train") == cli.EXIT_INTERRUPTED
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith("train: interrupted (Ctrl-C)")
+
+
+def test_help_says_each_default_once():
+  """No "(default: …) (default: None)" pairs in --help; make_data's description is whole."""
+  import contextlib
+  import io
+  import re
+
+  from experiments import apogee, fit_labels, make_data, new_lines, train_emulator
+  from experiments import train as train_cli
+
+  for mod in (apogee, fit_labels, make_data, new_lines, train_emulator, train_cli):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+      mod.parse_args(["--help"] if mod is not train_cli else ["--out", "x", "--help"])
+    text = " ".join(buf.getvalue().split())
+    assert not re.search(r"\(default[^)]*\) \(default:", text), mod.__name__
+    if mod is make_data:
+      assert "DIR/examples.png" in text

@@ -129,6 +129,8 @@ class CycleModel:
     gen_params: generator parameters {enc_synth, enc_obs, enc_sh, enc_sp, dec_*} (a trained
       run's moving average, `TrainState.gen_ema`).
     source: where it was loaded from ("" if built in memory).
+    step: the checkpoint step it was loaded from (None: a generator file or built in memory).
+    skipped_newer: newer checkpoint steps that were unusable (a fall-back when not empty).
 
   A pytree whose leaves are `gen_params` (`nets` and `source` are static), so it can be an
   argument of a jitted function.
@@ -137,6 +139,8 @@ class CycleModel:
   nets: Any = flax.struct.field(pytree_node=False)
   gen_params: dict
   source: str = flax.struct.field(pytree_node=False, default="")
+  step: int | None = flax.struct.field(pytree_node=False, default=None)
+  skipped_newer: tuple = flax.struct.field(pytree_node=False, default=())
 
   @property
   def n_pix(self) -> int:

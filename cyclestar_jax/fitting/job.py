@@ -18,6 +18,7 @@ the batch layout, which the stopping rule makes immaterial (`lbfgs`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cyclestar_jax import rundir
 from cyclestar_jax.emulator import load_emulator
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.fitting.config import FLAGS, FitConfig
@@ -115,6 +117,53 @@ def find_emulator(model_dir: str | os.PathLike) -> Path:
       "emulator/emulator.npz); pass --emulator PATH (e.g. runs/mock/emulator/emulator.npz)")
 
 
+def _is_cycle_run(path: Path) -> bool:
+  """Whether `path` is a Cycle-StarNet run directory (checkpoints/, config.json)."""
+  return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "config.json").is_file())
+
+
+def _warn_nan_held(y: np.ndarray | None, config: FitConfig, y_median: np.ndarray, where: str
+                   ) -> None:
+  """One warning when labels are held fixed (`free_labels`) and catalogue rows have NaN
+  labels: those spectra's held labels are the population median (`starts.theta_starts`), not
+  their catalogue values."""
+  if y is None or config.free_labels is None:
+    return
+  from cyclestar_jax.labels import LABEL_NAMES
+
+  nan_rows = ~np.all(np.isfinite(y), axis=1)
+  if not nan_rows.any():
+    return
+  bad = {LABEL_NAMES[i]: int(np.count_nonzero(~np.isfinite(y[:, i])))
+         for i in range(y.shape[1]) if not np.isfinite(y[:, i]).all()}
+  import warnings
+
+  shown = ", ".join(f"{k} = {y_median[LABEL_NAMES.index(k)]:.4g}" for k in list(bad)[:3]
+                    if k not in config.free_labels)
+  warnings.warn(f"{where}: {int(nan_rows.sum())} spectra have NaN catalogue labels "
+                f"({', '.join(f'{k}: {v}' for k, v in bad.items())}); their labels held fixed "
+                f"(not in --free-labels) are set to the population median instead"
+                + (f" ({shown})" if shown else ""), stacklevel=3)
+
+
+def _same_finished_job(out_path: Path, job: dict) -> None:
+  """Raise `OutputPathError` if a finished results file was written by another job (other
+  arguments, another input file); warn if it does not say (an older version wrote it)."""
+  attrs = read_results(out_path)[2]
+  if "job" not in attrs:
+    import warnings
+
+    warnings.warn(f"{out_path}: finished by an older version that did not record its arguments; "
+                  "they cannot be checked (pass --overwrite to fit again)", stacklevel=3)
+    return
+  old = json.loads(attrs["job"])
+  diff = sorted(k for k in set(old) | set(job) if k != "chunk_rows" and old.get(k) != job.get(k))
+  if diff:
+    raise OutputPathError(f"{out_path}: finished by a job with other arguments (differs in "
+                          f"{diff}); --resume only continues the same job: pass --overwrite "
+                          "to fit again, or choose another --out")
+
+
 def _read_labels(path, split: str, start: int, stop: int) -> np.ndarray | None:
   """The catalogue labels `labels <split>` rows [start, stop) alone (no spectra), or None."""
   with h5py.File(path, "r") as h:
@@ -127,6 +176,13 @@ def _models(method: str, model_dir, emulator_path):
   if method == "emulator":
     if emulator_path is None and model_dir is None:
       raise ValueError("method 'emulator' needs --model EMULATOR (file or directory)")
+    if emulator_path is None and _is_cycle_run(Path(model_dir)):
+      try:
+        return find_emulator(model_dir), None
+      except FileNotFoundError:
+        raise ValueError(f"--model {model_dir} is a Cycle-StarNet run directory; --method "
+                         "emulator (Eq. 9) needs the emulator itself: --model EMULATOR.npz (or "
+                         "its folder, e.g. RUN/emulator)") from None
     return Path(emulator_path or model_dir), None
   if model_dir is None:
     raise ValueError(f"method {method!r} needs --model RUN_DIR (a trained Cycle-StarNet)")
@@ -156,7 +212,7 @@ def _job_record(obs_path, split, start, stop, method, model_dir, emulator, confi
       "start": start, "stop": stop, "method": method,
       "model": None if model_dir is None else str(Path(model_dir).resolve()),
       "emulator": str(Path(emulator).resolve()), "config": dataclasses.asdict(config),
-      "chunk_rows": rows}))
+      "chunk_rows": rows, "obs_fingerprint": rundir.fingerprint(obs_path)}))
 
 
 def _check_job(parts: Path, job: dict) -> None:
@@ -168,7 +224,8 @@ def _check_job(parts: Path, job: dict) -> None:
     old = json.loads(f.read_text())
   except json.JSONDecodeError as e:
     raise OutputPathError(f"{f}: not valid JSON ({e}); pass --overwrite to start again") from None
-  diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+  diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k)
+                and not (k == "obs_fingerprint" and k not in old))  # older job.json: no print
   if diff:
     raise OutputPathError(f"{f}: the unfinished fit there differs in {diff}; resume it with "
                           "the same arguments, or pass --overwrite to start again")
@@ -241,9 +298,6 @@ def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method
   """
   import jax
 
-  from cyclestar_jax.checkpoint import load_cycle_model
-  from cyclestar_jax.h5io import SpectraFile
-
   t_start = time.perf_counter()
   proc = jax.process_index() if process_index is None else process_index
   n_proc = jax.process_count() if process_count is None else process_count
@@ -254,9 +308,66 @@ def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method
     raise FileNotFoundError(f"{obs_path}: no such file (observed spectra, reference HDF5)")
   check_no_overwrite(out_path, overwrite=overwrite, resume=resume)
   parts = parts_dir(out_path)
-  if resume and not overwrite and out_path.exists() and not parts.exists():
-    return read_results(out_path)[0] if proc == 0 else None  # finished before
   config = dataclasses.replace(config or FitConfig(), method=method)
+  if resume and not overwrite and out_path.exists() and not parts.exists():  # finished before
+    from cyclestar_jax.h5io import SpectraFile
+
+    with SpectraFile(obs_path, n_pix=None) as f:
+      n = f.n(split) if split in f.splits else 0
+    _same_finished_job(out_path, _job_record(obs_path, split, start, n if stop is None else
+                                             min(stop, n), method, model_dir, em_path, config,
+                                             None))
+    return read_results(out_path)[0] if proc == 0 else None
+  lock = rundir.file_lock(out_path) if proc == 0 else contextlib.nullcontext()
+  with lock:
+    return _fit_locked(obs_path, out_path, _Job(method, model_dir, em_path, run_dir, split,
+                                                start, stop, config),
+                       _Run(progress, resume, overwrite, chunk_rows, max_chunks, proc, n_proc,
+                            devices, t_start))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """What `fit_file` fits (its arguments, the models resolved)."""
+
+  method: str
+  model_dir: object
+  em_path: Path
+  run_dir: Path | None
+  split: str
+  start: int
+  stop: int | None
+  config: FitConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """How `fit_file` runs (its other arguments)."""
+
+  progress: bool
+  resume: bool
+  overwrite: bool
+  chunk_rows: int | None
+  max_chunks: int | None
+  proc: int
+  n_proc: int
+  devices: object
+  t_start: float
+
+
+def _fit_locked(obs_path, out_path: Path, job_: _Job, run: _Run) -> FitResult | None:
+  """`fit_file` once the output is locked."""
+  from cyclestar_jax.checkpoint import load_cycle_model
+  from cyclestar_jax.h5io import SpectraFile
+
+  method, model_dir, em_path, run_dir = job_.method, job_.model_dir, job_.em_path, job_.run_dir
+  split, start, stop, config = job_.split, job_.start, job_.stop, job_.config
+  progress, resume, overwrite, chunk_rows = run.progress, run.resume, run.overwrite, run.chunk_rows
+  max_chunks, proc, n_proc, devices = run.max_chunks, run.proc, run.n_proc, run.devices
+  t_start = run.t_start
+  parts = parts_dir(out_path)
+  if proc == 0:
+    rundir.clean_temporary(parts)
   em = load_emulator(em_path)
   cycle = None if run_dir is None else load_cycle_model(run_dir)
   with SpectraFile(obs_path, n_pix=None) as f:
@@ -281,7 +392,10 @@ def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method
       parts.mkdir(parents=True, exist_ok=True)
       atomic_write_text(parts / "job.json", json.dumps(job, indent=1))
     _barrier("fit_file: parts ready", n_proc)
-    y_median = fitter.default_median(_read_labels(obs_path, split, start, stop))
+    y_cat = _read_labels(obs_path, split, start, stop)
+    y_median = fitter.default_median(y_cat)
+    if proc == 0:
+      _warn_nan_held(y_cat, config, y_median, f"{obs_path} ({split})")
     chunks = [(a, min(a + rows, stop)) for a in range(start, stop, rows)]
     mine = [c for i, c in enumerate(chunks) if i % n_proc == proc]
     todo = [c for c in mine if not _done(parts, *c)]
@@ -315,6 +429,8 @@ def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method
   save_results(out_path, result, rows=np.arange(start, stop), attrs={
       "obs_file": str(obs_path), "split": split, "model": str(model_dir),
       "emulator": str(em.source), "config": dataclasses.asdict(config), "chunk_rows": rows,
-      "devices": [str(d) for d in fitter.mesh.devices.flat], "processes": n_proc})
+      "devices": [str(d) for d in fitter.mesh.devices.flat], "processes": n_proc, "job": job,
+      **({} if cycle is None or cycle.step is None else {
+          "checkpoint_step": cycle.step, "checkpoint_skipped_newer": list(cycle.skipped_newer)})})
   shutil.rmtree(parts, ignore_errors=True)
   return result

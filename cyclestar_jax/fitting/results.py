@@ -231,7 +231,13 @@ def read_results(path: str | os.PathLike) -> tuple[FitResult, np.ndarray, dict]:
     ValueError: not a fit-results file (names the file and what is missing).
   """
   path = Path(path)
-  with h5py.File(path, "r") as h:
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no such results file")
+  try:
+    h = h5py.File(path, "r")
+  except OSError as e:  # a truncated or foreign file: h5py's message does not name it
+    raise ValueError(f"{path}: not a readable HDF5 results file ({e})") from None
+  with h:
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h.attrs.items()}
     if attrs.get("format") != RESULTS_FORMAT:
       raise ValueError(f"{path}: attribute 'format' is {attrs.get('format')!r}, expected "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import uuid
@@ -209,11 +211,19 @@ class SpectraWriter:
       out[name] = self._check(split, name, name, extra[name], (b,) + row_shape, dtype)
     if b == 0:
       return
-    for name, arr in out.items():
-      if arr.dtype.kind == "O":  # strings: h5py converts them, write_direct cannot
-        f[dataset_name(name, split)][start:start + b] = arr
-      else:
-        f[dataset_name(name, split)].write_direct(arr, dest_sel=np.s_[start:start + b])
+    try:
+      for name, arr in out.items():
+        if arr.dtype.kind == "O":  # strings: h5py converts them, write_direct cannot
+          f[dataset_name(name, split)][start:start + b] = arr
+        else:
+          f[dataset_name(name, split)].write_direct(arr, dest_sel=np.s_[start:start + b])
+    except OSError as e:  # h5py's message names neither the file nor the cause first
+      self.abort()
+      full = "No space left" in str(e) or getattr(e, "errno", None) == errno.ENOSPC
+      raise OSError(errno.ENOSPC if full else getattr(e, "errno", None) or errno.EIO,
+                    f"{self.path}: cannot be written ("
+                    + ("no space left on the device" if full else " ".join(str(e).split()))
+                    + "); nothing was left behind") from None
     self._written[split][start:start + b] = True
 
   def _check(self, split: str, name: str, arg: str, arr, shape: tuple[int, ...],
@@ -274,7 +284,8 @@ class SpectraWriter:
     """Discards everything written: closes and deletes the temporary file (idempotent)."""
     if self._f is not None:
       try:
-        self._f.close()
+        with contextlib.suppress(OSError, RuntimeError):  # e.g. a full disk: flush fails
+          self._f.close()
       finally:
         self._f = None
         self._tmp.unlink(missing_ok=True)

@@ -6,14 +6,13 @@ stages already done. `run` chains them; each stage is a function of its own, tes
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
 import jax
 
 from cyclestar_jax import pretrained as _pretrained
-from cyclestar_jax.pipeline import report, stages
+from cyclestar_jax.pipeline import preflight, report, stages
 from cyclestar_jax.pipeline.evaluate import evaluate, gain_curve_figure
 from cyclestar_jax.pipeline.presets import PRESET_NAMES, PRESETS, Preset, get_preset
 from cyclestar_jax.pipeline.stages import RunFolderError, RunPaths
@@ -95,7 +94,8 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
         synth: str | None = None, obs: str | None = None, emulator: str | None = None,
         model: str | None = None, seed: int = 0, overwrite: bool = False,
         train_limit_s: float | None = None, progress: bool = True, log=print,
-        grid: str | None = None, pretrained: bool = False) -> dict:
+        grid: str | None = None, allow_older_checkpoint: bool = False,
+        pretrained: bool = False) -> dict:
   """The main job; returns metrics.json's dict (also written, with report.md and figures).
 
   Args:
@@ -109,11 +109,14 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     emulator: a trained emulator to use instead of training one.
     model: a trained Cycle-StarNet run directory to use instead of training one.
     seed: the mock world's seed.
-    overwrite: delete a run folder of another identity instead of refusing it.
+    overwrite: start again in a run folder of another identity, or whose inputs changed
+      (`stages.open_run_folder`: only the run's own files are removed).
     train_limit_s: wall-clock bound of the Cycle-StarNet training (`stage_cyclestarnet`;
       default: the preset's `train_limit_s`); the report says where it stopped.
     progress: progress bars.
     log: where the stage lines go.
+    allow_older_checkpoint: use an older checkpoint of the model when the newest is unusable
+      (else refused); metrics.json's "model_checkpoint" says which step was used.
     pretrained: use the package's pretrained emulator and Cycle-StarNet (`pretrained`) on the
       mock world they were trained on, with their preset's data sizes and fits (`preset` and
       `n_iter` must be None); refused for other data.
@@ -131,14 +134,39 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
   ident = _identity(p, synth, obs, emulator, model, seed, grid)
   if pretrained:
     ident["pretrained_step"] = _pretrained.metadata()["step"]
+  if synth is not None:  # every split of the user's files, before any stage
+    for flag, path, domain in (("--synth", synth, "synth"), ("--obs", obs, "obs")):
+      preflight.check_splits(path, flag, domain, p.cycle)
+  given = preflight.load_given_models(emulator, model, allow_older_checkpoint)
+  inputs = {"--synth": synth, "--obs": obs, "--grid": grid, "--emulator": emulator,
+            "--model": model}
   grid = None if grid is None else Path(grid)
-  if overwrite and paths.out.exists():
-    try:
-      stages.check_run_folder(paths, ident)
-    except RunFolderError:
-      shutil.rmtree(paths.out)
-  paths.out.mkdir(parents=True, exist_ok=True)
-  stages.check_run_folder(paths, ident)
+  with stages.open_run_folder(paths, ident, inputs, overwrite=overwrite, log=log):
+    return _stages(paths, p, _Job(synth, obs, grid, emulator, model, seed, train_limit_s,
+                                  allow_older_checkpoint, given, pretrained), progress=progress,
+                   log=log)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  """The main job's inputs and options, as `run` got them."""
+
+  synth: str | None
+  obs: str | None
+  grid: Path | None
+  emulator: str | None
+  model: str | None
+  seed: int
+  train_limit_s: float | None
+  allow_older_checkpoint: bool
+  given: dict
+  pretrained: bool = False
+
+
+def _stages(paths: RunPaths, p: Preset, job: _Job, *, progress: bool, log) -> dict:
+  """`run`'s stages, with the run folder locked."""
+  synth, obs, grid, emulator, model = job.synth, job.obs, job.grid, job.emulator, job.model
+  seed, train_limit_s = job.seed, job.train_limit_s
   t_all = time.perf_counter()
 
   def stage(name, fn, *a, **kw):
@@ -170,8 +198,10 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
                                grid=grid)
   else:
     model_dir, tr_info = Path(model), {"given": str(model)}
+  ckpt_info = job.given.get("model_checkpoint") or stages.model_checkpoint(
+      model_dir, job.allow_older_checkpoint)
   stage("fits", stages.stage_fits, paths, p, obs_path, emulator_path, model_dir,
-        progress=progress)
+        progress=progress, checkpoint_step=ckpt_info.get("step"))
   log("[evaluate] ...")
   m = evaluate(paths, synth_path, obs_path, emulator_path, model_dir, n_eval=p.n_eval)
   base = PRESETS[p.name]
@@ -198,8 +228,9 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
                                             if emulator is None else None),
       "emulator_median_abs": em_held.get("median_abs"),
       "emulator_p99_abs": em_held.get("p99_abs"),
+      "model_checkpoint": ckpt_info,
       "total_seconds": time.perf_counter() - t_all})
-  if pretrained:
+  if job.pretrained:
     meta = _pretrained.metadata()
     m.update(pretrained={"description": _pretrained.describe(), "commands": meta["commands"],
                          "step": meta["step"], "metrics": meta.get("metrics", {})},

@@ -341,8 +341,6 @@ def run(out: str | Path, *, preset: str = "cpu", n_iter: int | None = None, seed
         train_limit_s: float | None = None, progress: bool = True, log=print) -> dict:
   """The line-identification job; returns metrics.json's dict. `train_limit_s` (None: the
   preset's) bounds the Cycle-StarNet training's wall clock (`stages.stage_cyclestarnet`)."""
-  import shutil
-
   from cyclestar_jax import mock
 
   p = get_preset(preset, n_iter)
@@ -351,13 +349,14 @@ def run(out: str | Path, *, preset: str = "cpu", n_iter: int | None = None, seed
   ident = {"job": "new_lines", "preset": p.name, "n_iter": p.cycle.n_iter, "seed": seed,
            "emulator_training": stages.EMULATOR_TRAINING,
            "masked_fraction": masked_fraction, **stages.grid_identity(p)}
-  if overwrite and paths.out.exists():
-    try:
-      stages.check_run_folder(paths, ident)
-    except stages.RunFolderError:
-      shutil.rmtree(paths.out)
-  paths.out.mkdir(parents=True, exist_ok=True)
-  stages.check_run_folder(paths, ident)
+  with stages.open_run_folder(paths, ident, {}, overwrite=overwrite, log=log):
+    return _run_locked(paths, p, world, masked_fraction, train_limit_s, progress, log)
+
+
+def _run_locked(paths: stages.RunPaths, p: _presets.Preset, world, masked_fraction,
+                train_limit_s, progress: bool, log) -> dict:
+  """`run`'s stages, with the run folder locked."""
+  seed = world.seed
   t0 = time.perf_counter()
   log("[data] ...")
   synth, obs, _ = stages.stage_data(paths, p, world=world, progress=progress)

@@ -265,6 +265,17 @@ _START_WORDS = {"catalogue": "the catalogue labels", "median": "the population m
                 "grid": "grid points"}
 
 
+def _checkpoint_lines(ck: dict) -> list[str]:
+  """Which checkpoint the fits and figures used, and a fall-back to an older one."""
+  if ck.get("step") is None:
+    return []
+  text = f"Model: checkpoint step {ck['step']}"
+  if ck.get("skipped_newer"):
+    text += (f", **an older checkpoint**: step(s) {ck['skipped_newer']} could not be loaded "
+             "(--allow-older-checkpoint)")
+  return [text + ".", ""]
+
+
 def render(m: dict) -> str:
   """The report's markdown text from metrics.json's dict."""
   preset = m.get("preset")
@@ -281,6 +292,7 @@ def render(m: dict) -> str:
             + (f" ({m['schedule_note']})" if m.get("schedule_note") else "") + "; "
             f"{m.get('n_test')} test stars fitted by each method; reconstruction statistics "
             f"on {m.get('n_eval')} test spectra per domain.", ""]
+  lines += _checkpoint_lines(m.get("model_checkpoint") or {})
   if m.get("mock"):
     lines += ["The data is the mock APOGEE world (README): numbers show whether the method "
               "works, not what real stars are. The paper's numbers are on real APOGEE; the "

@@ -18,11 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from cyclestar_jax import config as _config
+from cyclestar_jax import rundir
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.mock.files import PAYNE_GRID_FILE
 from cyclestar_jax.pipeline.presets import Preset
@@ -103,12 +105,68 @@ def check_run_folder(paths: RunPaths, identity: dict) -> dict:
             f"{old.get('identity', {}).get(key)!r}, not {value!r}; choose another --out or "
             f"pass --overwrite to start this folder again")
     return old
-  if paths.out.exists() and any(paths.out.iterdir()):
+  if paths.out.exists() and rundir.foreign_entries(paths.out, ()):
     raise RunFolderError(f"{paths.out}: not empty and not a run folder (no run.json); choose "
                          f"another --out or pass --overwrite")
   run = {"identity": identity, "stages": {}}
   _write_json(paths.run_json, run)
   return run
+
+
+# Everything a staged job writes in its run folder: what `--overwrite` may remove.
+RUN_ENTRIES = ("run.json", "data", "emulator", "model", "fits", "figures", "metrics.json",
+               "report.md")
+
+
+def open_run_folder(paths: RunPaths, identity: dict, inputs: dict, *, overwrite: bool = False,
+                    log=print) -> rundir.RunLock:
+  """Lock the run folder for this job and check it: returns the held lock (release it at the
+  end). Run before any work.
+
+  The folder is made (one line naming --out if it cannot be); temporary files of a killed job
+  are removed. A run of another identity, or whose input files (`inputs`: {flag: path},
+  fingerprinted by `rundir.fingerprint`) changed since, is refused, or with `overwrite` its
+  `RUN_ENTRIES` alone are removed and the job starts again; a non-empty folder that is not a
+  run is refused even with `overwrite`. A run folder of an older version, without input
+  fingerprints, continues with a warning and gets them.
+  """
+  rundir.check_out_folder(paths.out)
+  lock = rundir.folder_lock(paths.out).acquire()
+  try:
+    rundir.clean_temporary(paths.out)
+    prints = rundir.fingerprints(inputs)
+    if paths.run_json.is_file():
+      try:
+        run = check_run_folder(paths, identity)
+        changed = rundir.changed_inputs(run.get("inputs") or {}, prints)
+        if changed:
+          raise RunFolderError(f"{paths.out}: {'; '.join(changed)}; the results there are of "
+                               "the old file: choose another --out or pass --overwrite to start "
+                               "this folder again")
+      except RunFolderError:
+        if not overwrite:
+          raise
+        gone = rundir.clear_owned(paths.out, RUN_ENTRIES)
+        log(f"[overwrite] {paths.out}: removed {', '.join(gone)} (the run's own files; "
+            "anything else stays)")
+        _write_json(paths.run_json, {"identity": identity, "stages": {}})
+    elif paths.out.exists() and rundir.foreign_entries(paths.out, ()):
+      raise rundir.NotARunFolderError(
+          f"--out {paths.out}: not empty and not a run folder (no run.json; it holds "
+          f"{', '.join(rundir.foreign_entries(paths.out, ())[:5])}); choose an empty or new "
+          "folder (--overwrite only replaces a run's own files)")
+    run = check_run_folder(paths, identity)
+    if run.get("inputs") is None:
+      if run.get("stages"):
+        warnings.warn(f"{paths.run_json}: made by an older version without input fingerprints; "
+                      "the inputs cannot be checked against the earlier stages, recording them "
+                      "now", stacklevel=2)
+      run["inputs"] = prints
+      _write_json(paths.run_json, run)
+  except BaseException:
+    lock.release()
+    raise
+  return lock
 
 
 def record_stage(paths: RunPaths, stage: str, info: dict) -> None:
@@ -248,10 +306,43 @@ def _train_seconds(model_dir: Path) -> float:
   return max(elapsed_by_step(model_dir / "metrics.jsonl").values(), default=0.0)
 
 
+def model_checkpoint(model_dir: Path, allow_older: bool) -> dict:
+  """The checkpoint the model of `model_dir` loads from ({"step", "skipped_newer", "source"},
+  `preflight.model_checkpoint`): a fall-back to an older one is refused unless `allow_older`."""
+  from cyclestar_jax import fitting
+  from cyclestar_jax.pipeline import preflight
+
+  return preflight.model_checkpoint(fitting.load_cycle_model(model_dir), str(model_dir),
+                                    allow_older)
+
+
+def _fit_kept(path: Path, checkpoint_step: int | None) -> bool:
+  """Whether a finished fit file can be kept: readable, and fitted with the model's current
+  checkpoint step (when both are known); else it is fitted again, with a warning."""
+  from cyclestar_jax import fitting
+
+  if not path.is_file():
+    return False
+  try:
+    attrs = fitting.read_results(path)[2]
+  except (OSError, ValueError, KeyError) as e:
+    warnings.warn(f"{path}: unreadable ({e}); fitting it again", stacklevel=3)
+    return False
+  was = attrs.get("checkpoint_step")
+  if checkpoint_step is not None and was is not None and int(was) != checkpoint_step:
+    warnings.warn(f"{path}: fitted with checkpoint step {was}, the model is now at step "
+                  f"{checkpoint_step}; fitting it again", stacklevel=3)
+    return False
+  return True
+
+
 def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: Path,
-               model_dir: Path, *, progress: bool = True) -> dict:
+               model_dir: Path, *, progress: bool = True,
+               checkpoint_step: int | None = None) -> dict:
   """Fits of the first `n_fit` test stars by Eq. 9 (with and without The Payne's mask),
-  Eq. 10 and Eq. 11, one results file each (a finished file is kept, the others fitted).
+  Eq. 10 and Eq. 11, one results file each (a finished file is kept, the others fitted; a
+  file that is unreadable or was fitted with another `checkpoint_step` of the model is fitted
+  again).
 
   Returns:
     {"skipped": all files were there, "methods": {stem: {"skipped", "seconds", "n"}}}.
@@ -261,7 +352,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
   from cyclestar_jax.resources import payne_mask
 
   paths.fits.mkdir(parents=True, exist_ok=True)
-  todo = [s for s in FIT_METHODS if not paths.fit_file(s).is_file()]
+  todo = [s for s in FIT_METHODS if not _fit_kept(paths.fit_file(s), checkpoint_step)]
   info = {s: {"skipped": True} for s in FIT_METHODS if s not in todo}
   if not todo:
     return {"skipped": True, "methods": info}
@@ -287,6 +378,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
     seconds = time.perf_counter() - t0
     fitting.save_results(paths.fit_file(stem), res, rows=np.arange(n), attrs={
         "obs_file": str(obs_path), "split": "test", "method_title": FIT_TITLES[stem],
-        "payne_mask": use_mask, "seconds": seconds})
+        "payne_mask": use_mask, "seconds": seconds,
+        **({} if cycle.step is None else {"checkpoint_step": cycle.step})})
     info[stem] = {"skipped": False, "seconds": seconds, "n": n}
   return {"skipped": False, "methods": info}

@@ -68,6 +68,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def error_message(e: BaseException) -> str:
   """The message of an exception on one line (a KeyError's without the repr quotes)."""
   msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+  if isinstance(e, OSError) and e.errno and e.strerror and e.filename is None:
+    msg = e.strerror  # our own OSError(errno, message): the message without "[Errno N]"
   msg = " ".join(str(msg).split()) or type(e).__name__
   return msg if isinstance(e, (ValueError, KeyError)) else f"{type(e).__name__}: {msg}"
 
@@ -177,7 +179,7 @@ def initialize_distributed(args: argparse.Namespace) -> bool:
 # The options every staged job (experiments.apogee, experiments.new_lines) shares.
 
 PRESETS = ("smoke", "cpu", "paper")
-# Presets of one job only: the main job's `long` (the cpu preset trained 4× longer).
+# Presets of one job only: the main job's `long` (the cpu preset trained twice as long).
 JOB_PRESETS = {"apogee": ("smoke", "cpu", "long", "paper")}
 
 
@@ -186,7 +188,7 @@ def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
   default run folder is runs/<job>_<preset>."""
   p.add_argument("--preset", choices=JOB_PRESETS.get(job, PRESETS), default=None,
                  help="smoke: minutes, for tests; cpu: ≤ 25 min on 2 CPU cores; long (main "
-                      "job): the cpu preset trained 4× longer, about an hour on 2 cores; paper: "
+                      "job): the cpu preset trained twice as long, about 70 min on 2 cores; paper: "
                       "Table 2 and the paper's schedule (GPU); None: paper on a GPU, cpu on a CPU")
   p.add_argument("--out", default=None, help=f"run folder; None: runs/{job}_<preset>")
   p.add_argument("--n-iter", type=int, default=None,

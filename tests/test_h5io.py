@@ -479,3 +479,30 @@ def test_masks_and_labels_of_other_dtypes_are_read(tmp_path, msk_dtype):
   np.testing.assert_array_equal(s.y, d["y"][rows].astype(np.float32))
   np.testing.assert_array_equal(s.snr, d["snr"][rows])
   assert s.x_msk.dtype == np.bool_ and s.y.dtype == np.float64 and s.snr.shape == (5,)
+
+
+def test_a_file_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_path, monkeypatch,
+                                                                          capsys):
+  """A full disk is one line naming the file (HDF5 itself crashes there), nothing left behind,
+  also through a command (make_data, exit code 2)."""
+  import collections
+
+  from cyclestar_jax import cli
+  from cyclestar_jax.h5io import writer
+  from experiments import make_data
+
+  usage = collections.namedtuple("usage", "total used free")
+  monkeypatch.setattr(writer.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
+  # 400 rows × (7214 × (4 + 4 + 1) + 25 × 8 + 4) bytes = 26.1 MB
+  with pytest.raises(OSError, match=r"x\.h5: needs 26\.1 MB but .* has 1\.0 MB free"):
+    h5io.SpectraWriter(tmp_path / "x.h5", {"train": 100, "test": 300})
+  assert list(tmp_path.iterdir()) == []
+  with h5io.SpectraWriter(tmp_path / "small.h5", {"train": 10}, fields=("spectra",)) as w:
+    w.write("train", 0, x=np.ones((10, N_PIX), np.float32))  # 0.3 MB: fits
+  out = tmp_path / "mock"
+  assert cli.run_main(make_data.main, ["--out", str(out), "--n-train", "256", "--n-val", "32",
+                                       "--n-test", "32", "--no-progress"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()  # the error and the usual hint
+  assert err[0].startswith("__main__.py: error: OSError: ") and "[Errno" not in err[0]
+  assert "synth.h5: needs" in err[0] and "MB free" in err[0] and len(err) == 2, err
+  assert not any(p.suffix == ".h5" for p in out.rglob("*"))

@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,19 @@ def _missing_ranges(written: np.ndarray) -> list[tuple[int, int]]:
   edges = np.diff(np.concatenate([[0], (~written).astype(np.int8), [0]]))
   lo, hi = np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()
   return list(zip(lo, hi, strict=True))
+
+
+SPACE_MARGIN = 1.02  # free space asked for beyond the datasets' bytes (HDF5's own metadata)
+
+
+def check_free_space(path: Path, n_bytes: int) -> None:
+  """Refuse, before anything is written, a file of `n_bytes` that its folder cannot hold: one
+  OSError (ENOSPC) naming the path, the size and the free space. (HDF5 fails badly on a full
+  disk: tracebacks at every object's release, then a crash.)"""
+  free = shutil.disk_usage(path.parent).free
+  if n_bytes * SPACE_MARGIN > free:
+    raise OSError(errno.ENOSPC, f"{path}: needs {n_bytes / 1e6:,.1f} MB but {path.parent} has "
+                  f"{free / 1e6:,.1f} MB free; free some space or write elsewhere")
 
 
 class SpectraWriter:
@@ -113,6 +127,8 @@ class SpectraWriter:
             f"{self.path}: extra_fields[{name!r}] = {spec!r}; expected (row_shape, dtype), "
             f"e.g. ((25,), np.float64) ({e})") from None
     self.compression = compression
+    if compression is None:  # compressed sizes are not known in advance
+      check_free_space(self.path, self.n_bytes())
     self._written = {s: np.zeros(n, dtype=bool) for s, n in self.sizes.items()}
     self._tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}")
     self._f: h5py.File | None = h5py.File(self._tmp, "x")
@@ -121,6 +137,19 @@ class SpectraWriter:
     except BaseException:
       self.abort()
       raise
+
+  def row_specs(self) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    """(dataset stem, row shape, disk dtype) of every per-row dataset of a split."""
+    shapes = {"spectra": (self.n_pix,), "spectra_err": (self.n_pix,),
+              "spectra_msk": (self.n_pix,), "labels": (N_LABELS,), "snr": ()}
+    specs = [(fld, shapes[fld], np.dtype(DISK_DTYPE[fld])) for fld in self.fields]
+    return specs + [(name, shape, dt) for name, (shape, dt) in self.extra_fields.items()]
+
+  def n_bytes(self) -> int:
+    """Bytes of the uncompressed datasets (a variable-length string counted as 64 bytes)."""
+    row = sum(int(np.prod(shape, dtype=np.int64)) * (64 if dt.kind == "O" else dt.itemsize)
+              for _, shape, dt in self.row_specs())
+    return row * sum(self.sizes.values())
 
   def _create(self, attrs: Mapping[str, Any]) -> None:
     f = self._f
@@ -136,13 +165,7 @@ class SpectraWriter:
     comp = self.compression
     kw = {"compression": comp, "shuffle": True} if comp is not None else {}
     for split, n in self.sizes.items():
-      shapes = {
-          "spectra": (self.n_pix,), "spectra_err": (self.n_pix,), "spectra_msk": (self.n_pix,),
-          "labels": (N_LABELS,), "snr": (),
-      }  # fmt: skip
-      specs = [(fld, shapes[fld], np.dtype(DISK_DTYPE[fld])) for fld in self.fields]
-      specs += [(name, shape, dt) for name, (shape, dt) in self.extra_fields.items()]
-      for name, row_shape, dtype in specs:
+      for name, row_shape, dtype in self.row_specs():
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
         chunks = (_chunk_rows(n, row_bytes, comp is not None),) + row_shape if n else None
         f.create_dataset(dataset_name(name, split), shape=(n,) + row_shape, dtype=dtype,

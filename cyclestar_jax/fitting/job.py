@@ -37,6 +37,7 @@ from cyclestar_jax.fitting.results import (
     concat_results,
     read_results,
     save_results,
+    star_ids,
     write_results_h5,
 )
 
@@ -315,6 +316,7 @@ def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method
   save_results(out_path, result, rows=np.arange(start, stop), attrs={
       "obs_file": str(obs_path), "split": split, "model": str(model_dir),
       "emulator": str(em.source), "config": dataclasses.asdict(config), "chunk_rows": rows,
-      "devices": [str(d) for d in fitter.mesh.devices.flat], "processes": n_proc})
+      "devices": [str(d) for d in fitter.mesh.devices.flat], "processes": n_proc},
+      ids=star_ids(obs_path, split, start, stop))  # the star's identity, when the input has it
   shutil.rmtree(parts, ignore_errors=True)
   return result

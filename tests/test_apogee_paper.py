@@ -283,10 +283,20 @@ def test_paper_bad_inputs_one_line_exit_2(survey, tmp_path, capsys):
     prepare_apogee.run_cli([str(a) for a in base + ["--out", tmp_path / "c"]])
   err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
   assert e.value.code == 2 and len(err) == 1 and "--mode paper needs --emulator" in err[0]
-  n = json.loads((survey["out"] / "prepare.json").read_text())["catalogue_eligible"]
+  s = json.loads((survey["out"] / "prepare.json").read_text())
+  n = s["catalogue_eligible"]
   rc, io = _cli(prepare_apogee, capsys, *base, "--emulator", survey["emu"], "--out",
                 tmp_path / "b", "--sizes", "40,5,5")
   assert f"{n} stars remain" in io.err and f"{n // 2} per domain" in io.err
+  # Enough in the catalogue, too few once the files' own cuts and the box have removed more.
+  per_domain = n // 2
+  assert per_domain > s["stars"] // 2
+  rc, io = _cli(prepare_apogee, capsys, *base, "--emulator", survey["emu"], "--out",
+                tmp_path / "d", "--sizes", f"{per_domain - 2},1,1")
+  err = [line for line in io.err.splitlines() if "error:" in line]
+  assert rc == 2 and len(err) == 1, io.err
+  assert f"{s['stars']} stars remain after the cuts of {len(survey['keys'])} files" in err[0]
+  assert (tmp_path / "d" / "skipped.csv").is_file() and not (tmp_path / "d" / "obs.h5").exists()
 
 
 def test_export_bad_inputs_one_line_exit_2(survey, tmp_path, capsys):

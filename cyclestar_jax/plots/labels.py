@@ -215,6 +215,7 @@ def fig_catalogue_residuals(catalogue: np.ndarray, fits: Mapping[str, np.ndarray
                   f"({int(ok.sum())})")
     ax.axhline(0.0, color="0.4", lw=0.7, ls="--")
     ax.set_ylim(-lim, lim * (1.0 + 0.2 * len(diffs)))  # room for the text above the points
+    ax.set_xlim(*_finite_limits(teff))  # the same Teff axis in every panel
     ax.set_xlabel(_axis_label("Teff", prefix="catalogue "))
     ax.set_ylabel(_axis_label(name, prefix="fitted − catalogue "))
     _stat_text(ax, "\n".join(text), fontsize=7.5)

@@ -17,8 +17,8 @@ from jobs import run_job
 from test_fitting import Y_MAX, Y_MIN, _emulator, _tame
 
 from cyclestar_jax import mock, resources
-from cyclestar_jax.apogee import fill, paper
-from cyclestar_jax.apogee.config import PaperConfig
+from cyclestar_jax.apogee import catalog, fill, paper
+from cyclestar_jax.apogee.config import PAPER_CUTS, PaperConfig
 from cyclestar_jax.emulator import emulator_apply, save_emulator
 from cyclestar_jax.h5io import SpectraFile
 from cyclestar_jax.labels import LABEL_NAMES, N_LABELS, label_index, scale_labels
@@ -246,6 +246,28 @@ def test_fill_rule_by_hand():
   med, n = fill.group_medians(np.array([0, 0, 1, 1, 1]), np.array([1.0, 3, 5, np.nan, 9]), 3)
   np.testing.assert_allclose(med, [2.0, 7.0, np.nan])
   np.testing.assert_array_equal(n, [2, 2, 0])
+
+
+def test_allstar_columns_of_the_paper_cuts(tmp_path):
+  """ASPCAP_CHI2 and √(VSINI² + VMACRO²) read when their cuts are on (a missing one counts as
+  0, both missing: unknown), TEFF_SPEC/LOGG_SPEC as labels on request, named when absent."""
+  y = np.tile(0.5 * (Y_MIN + Y_MAX), (3, 1))
+  cols = allstar_columns([(f"2M{i}", "apo25m", "F") for i in range(3)], y, teff_offset=50.0)
+  cols["VSINI"][:] = [3.0, np.nan, np.nan]
+  cols["VMACRO"][:] = [4.0, 12.0, np.nan]
+  write_table(tmp_path / "allStar.fits", cols)
+  cat = catalog.read_allstar(tmp_path / "allStar.fits", PAPER_CUTS, "spectroscopic")
+  np.testing.assert_allclose(cat.broadening, [5.0, 12.0, np.nan])
+  np.testing.assert_allclose(cat.chi2, 5.0)
+  np.testing.assert_allclose(cat.labels[:, LI("Teff")], cols["TEFF_SPEC"])
+  calibrated = catalog.read_allstar(tmp_path / "allStar.fits", PAPER_CUTS, "calibrated")
+  np.testing.assert_allclose(calibrated.labels[:, LI("Teff")], cols["TEFF"])
+  assert [catalog.catalogue_reason(cat, r, PAPER_CUTS) for r in range(3)][0] is None
+  assert [catalog.catalogue_reason(cat, r, PAPER_CUTS)[0] for r in (1, 2)] == ["broadening"] * 2
+  cols.pop("TEFF_SPEC")
+  write_table(tmp_path / "allStar-dr14.fits", cols)
+  with pytest.raises(ValueError, match="allStar-dr14.fits: allStar column TEFF_SPEC missing"):
+    catalog.read_allstar(tmp_path / "allStar-dr14.fits", PAPER_CUTS, "spectroscopic")
 
 
 def test_split_sizes():

@@ -7,8 +7,10 @@
 `--model` is a trained Cycle-StarNet run directory for `obs` (Eq. 11, the default) and `synth`
 (Eq. 10), with the emulator found beside it (`emulator.npz` or `emulator/`) unless `--emulator`
 names one; for `emulator` (Eq. 9) it is the emulator file or directory itself. Writes OUT (HDF5:
-labels, formal errors, χ²_R, iterations, converged, flags) and OUT with suffix .csv (every label
-with its error), then prints a JSON summary and one summary line.
+labels, formal errors, χ²_R, iterations, converged, flags; the stars' apogee_id, telescope,
+field when --obs has them, as prepare_apogee writes) and OUT with suffix .csv (every label with
+its error), then prints a JSON summary and one summary line; `experiments.export_fits` turns OUT
+into a FITS table joined to allStar.
 
 A job: the output path is checked before any work (exit code 2 with one line naming the
 problem; `--debug` shows the traceback); results are written chunk by chunk to OUT.parts/, so an

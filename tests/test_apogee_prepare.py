@@ -9,43 +9,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_apogee_read import BAD_FILES, REAL, make_bad_file, write_allstar
+from apogee_fixtures import BADPIX, PERSIST_LOW, REAL, SKY, write_allstar, write_star
+from test_apogee_read import BAD_FILES, make_bad_file
 
 from cyclestar_jax import mock, resources
 from cyclestar_jax.apogee import prepare
 from cyclestar_jax.apogee.config import CutConfig, PrepareConfig, ReadConfig
 from cyclestar_jax.apogee.normalize import normalize_star
-from cyclestar_jax.apogee.writefits import StarRows, apstar_header, on_apstar_grid, write_apstar
 from cyclestar_jax.h5io import SpectraFile
 from cyclestar_jax.labels import LABEL_NAMES
 from experiments import prepare_apogee
 
 OPEN_CUTS = CutConfig(snr_range=(0.0, 1e9))
-SKY, BADPIX, PERSIST_LOW = 1 << 12, 1 << 0, 1 << 11
-
-
-def smooth_continuum(scale: float) -> np.ndarray:
-  """A known smooth continuum [7214] in flux units (a reddened-star slope and a bend)."""
-  w = resources.wavelength()
-  return scale * (w / 16000.0) ** -3 * (1 + 0.03 * ((w - 16000.0) / 1000.0) ** 2)
-
-
-def write_star(path, x, x_err, flags, snr, apogee_id, n_visits, rng, field="mock"):
-  """One DR17-layout apStar file of normalized flux x [7214] times a known continuum, with
-  APOGEE_PIXMASK `flags` [7214] on the co-add row; rows as DR17 writes them."""
-  cont = smooth_continuum(rng.uniform(200, 2000))
-  flux, err = on_apstar_grid(x * cont, 1.0), on_apstar_grid(x_err * cont, 1.0)
-  mask = on_apstar_grid(flags, 0).astype(np.int32)
-  n_rows = 1 if n_visits == 1 else n_visits + 2
-  rows = StarRows(np.repeat(flux[None], n_rows, 0), np.repeat(err[None], n_rows, 0),
-                  np.repeat(mask[None], n_rows, 0))
-  if n_rows > 1:
-    rows.flux[1] *= 1.05  # the global co-add: not what is read
-    rows.mask[1] = 0
-    rows.flux[2:] *= 1 + 0.02 * rng.normal(size=rows.flux[2:].shape)
-    rows.mask[2:] = rng.choice([0, SKY, BADPIX], size=rows.mask[2:].shape, p=[0.9, 0.05, 0.05])
-  return write_apstar(path, rows, apstar_header(apogee_id, snr=snr, nvisits=n_visits,
-                                                field=field))
 
 
 @pytest.fixture(scope="module")

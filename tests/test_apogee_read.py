@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apogee_fixtures import REAL, write_allstar
 from astropy.io import fits
-from astropy.table import Table
 
 from cyclestar_jax import resources
 from cyclestar_jax.apogee import bits, catalog, fitsio, grid, normalize
@@ -18,7 +18,6 @@ from cyclestar_jax.apogee.spectra import read_star
 from cyclestar_jax.apogee.writefits import StarRows, apstar_header, on_apstar_grid, write_apstar
 from cyclestar_jax.labels import label_index
 
-REAL = Path(__file__).parent / "data" / "apStar-dr17-2M17335483-2753043.fits"
 CFG = ReadConfig()
 
 
@@ -261,25 +260,6 @@ def test_bad_file(tmp_path, kind):
 
 
 # --- catalogue ----------------------------------------------------------------------------------
-
-
-def write_allstar(path, n=3, drop=()):
-  """A small allStar table with DR17 column names (GE_FE absent, as in DR17)."""
-  rng = np.random.default_rng(0)
-  cols = {"APOGEE_ID": [f"2M{i:04d}" for i in range(n)], "TELESCOPE": ["apo25m"] * n,
-          "FIELD": ["mock"] * n, "SNR": np.full(n, 100.0), "STARFLAG": np.zeros(n, np.int64),
-          "ASPCAPFLAG": np.zeros(n, np.int64), "EXTRATARG": np.zeros(n, np.int16),
-          "VSCATTER": np.zeros(n), "TEFF": rng.uniform(4000, 5000, n),
-          "LOGG": rng.uniform(1, 3, n), "VMICRO": np.full(n, 1.5), "VMACRO": np.full(n, 6.0),
-          "FE_H": rng.uniform(-0.5, 0.2, n), "FE_H_FLAG": np.zeros(n, np.int32)}
-  for el in ("C", "N", "O", "NA", "MG", "AL", "SI", "P", "S", "K", "CA", "TI", "V", "CR", "MN",
-             "CO", "NI", "CU"):
-    cols[f"{el}_FE"] = rng.uniform(-0.2, 0.3, n)
-    cols[f"{el}_FE_FLAG"] = np.zeros(n, np.int32)
-  for k in drop:
-    cols.pop(k)
-  Table(cols).write(path, overwrite=True)
-  return cols
 
 
 def test_allstar_labels(tmp_path):

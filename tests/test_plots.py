@@ -90,7 +90,10 @@ def test_label_figures(tmp_path):
   fits = {"A": truth + 0.1, "B": truth + rng.normal(0, 0.1, truth.shape)}
   fits["B"][2, 0] = np.nan
   plots.fig_label_errors(truth, fits, tmp_path / "err.png", names=("Teff", "[Fe/H]"))
-  for name in ("f9", "f10", "f11", "err"):
+  truth[:, 0] = rng.uniform(3800, 5500, N)
+  truth[3, 7] = np.nan  # a star without [Mg/H] in the catalogue
+  plots.fig_catalogue_residuals(truth, fits, tmp_path / "cat.png")
+  for name in ("f9", "f10", "f11", "err", "cat"):
     _check(f"{name}.png", tmp_path)
 
 

@@ -8,6 +8,12 @@ allStar → The Payne's 25 labels (`labels.LABEL_NAMES`), NaN where missing:
   C12/C13 is not in allStar (always NaN). An element column the file lacks (DR17 has no GE_FE)
   leaves that label NaN for every star. Only the needed columns are read (allStar is large).
 
+Teff and log g are the calibrated TEFF, LOGG by default; with `teff_logg="spectroscopic"` the
+spectroscopic TEFF_SPEC, LOGG_SPEC (DR16, DR17), ASPCAP's own fit (what a synthetic spectrum at
+the star's labels must use). Columns of the paper's cuts (§4.1.1), read when the cut is on:
+ASPCAP_CHI2 (the χ² of ASPCAP's best fit, the paper's χ²_R) and VSINI, VMACRO (the total
+broadening √(VSINI² + VMACRO²), a missing one counting as 0, both missing as unknown).
+
 Stars are matched by the key APOGEE_ID + TELESCOPE + FIELD (APOGEE_ID alone is not unique:
 a star observed from two telescopes or in two fields has several rows).
 
@@ -24,16 +30,19 @@ import os
 import numpy as np
 
 from cyclestar_jax.apogee import bits
-from cyclestar_jax.apogee.config import CutConfig
+from cyclestar_jax.apogee.config import TEFF_LOGG, CutConfig
 from cyclestar_jax.labels import ELEMENTS, LABEL_NAMES, N_LABELS, label_index
 
 KEY_COLUMNS = ("APOGEE_ID", "TELESCOPE", "FIELD")
+MATCH_LEVELS = ("APOGEE_ID+TELESCOPE+FIELD", "APOGEE_ID+TELESCOPE", "APOGEE_ID")
 # allStar column → label, with the ASPCAPFLAG bit that marks it bad.
 PARAM_COLUMNS = {"TEFF": ("Teff", "TEFF_BAD"), "LOGG": ("logg", "LOGG_BAD"),
                  "VMICRO": ("vturb", "VMICRO_BAD"), "VMACRO": ("vmacro", None)}
 # Other names of the same column in other data releases (DR14/DR16/DR17, Lite).
 ALIASES = {"VMICRO": ("VMICRO", "VTURB"), "SNR": ("SNR", "SNREV")}
 REQUIRED = KEY_COLUMNS + ("TEFF", "LOGG", "FE_H")
+SPEC_COLUMNS = {"TEFF": "TEFF_SPEC", "LOGG": "LOGG_SPEC"}  # teff_logg="spectroscopic"
+BROADENING_COLUMNS = ("VSINI", "VMACRO")
 MISSING_VALUE = -9999.0
 _DEFAULT_CUTS = CutConfig()
 
@@ -46,7 +55,10 @@ class Catalogue:
     apogee_id, telescope, field: [N] str ("" where a CSV has no such column).
     labels: [N, 25] float64, NaN = missing.
     snr, vscatter: [N] float64 or None. starflag, aspcapflag, extratarg: [N] int64 or None.
-    source: the file read; notes: what was missing (e.g. an element column).
+    chi2: [N] ASPCAP_CHI2 or None. broadening: [N] √(VSINI² + VMACRO²) km/s (NaN: unknown)
+      or None (read only when their cuts are on).
+    source: the file read; notes: what was missing (e.g. an element column); teff_logg: which
+      Teff / log g the labels hold.
   """
 
   apogee_id: np.ndarray
@@ -58,8 +70,11 @@ class Catalogue:
   aspcapflag: np.ndarray | None = None
   extratarg: np.ndarray | None = None
   vscatter: np.ndarray | None = None
+  chi2: np.ndarray | None = None
+  broadening: np.ndarray | None = None
   source: str = ""
   notes: tuple[str, ...] = ()
+  teff_logg: str = "calibrated"
 
   def __len__(self) -> int:
     return len(self.apogee_id)
@@ -84,15 +99,32 @@ def needed_columns(cuts: CutConfig) -> tuple[str, ...]:
     need.append("EXTRATARG")
   if cuts.vscatter_max is not None:
     need.append("VSCATTER")
+  if cuts.chi2_max is not None:
+    need.append("ASPCAP_CHI2")
   return tuple(need)
 
 
-def read_allstar(path: str | os.PathLike, cuts: CutConfig = _DEFAULT_CUTS) -> Catalogue:
+def _broadening(vsini: np.ndarray | None, vmacro: np.ndarray | None) -> np.ndarray:
+  """√(VSINI² + VMACRO²) [N] km/s; a missing value counts as 0, both missing give NaN."""
+  parts = [_clean(v) for v in (vsini, vmacro) if v is not None]
+  known = np.any([np.isfinite(p) for p in parts], axis=0)
+  total = np.sqrt(np.sum([np.nan_to_num(p) ** 2 for p in parts], axis=0))
+  return np.where(known, total, np.nan)
+
+
+def read_allstar(path: str | os.PathLike, cuts: CutConfig = _DEFAULT_CUTS,
+                 teff_logg: str = "calibrated") -> Catalogue:
   """Reads the needed columns of an allStar file (HDU 1).
+
+  Args:
+    path: the allStar file. cuts: which cut columns are needed. teff_logg: "calibrated"
+      (TEFF, LOGG) or "spectroscopic" (TEFF_SPEC, LOGG_SPEC) as the Teff / log g labels.
 
   Raises:
     FileNotFoundError; ValueError naming the file and the missing column.
   """
+  if teff_logg not in TEFF_LOGG:
+    raise ValueError(f"teff_logg must be one of {TEFF_LOGG}, got {teff_logg!r}")
   from astropy.io import fits
 
   path = os.fspath(path)
@@ -117,13 +149,21 @@ def read_allstar(path: str | os.PathLike, cuts: CutConfig = _DEFAULT_CUTS) -> Ca
                          f"{len(names)} columns, e.g. {', '.join(list(names)[:6])})")
       return None
 
+    spec = teff_logg == "spectroscopic"
     for name in REQUIRED + needed_columns(cuts):
       col(name)  # every missing needed column is named before anything is read
+    for name in SPEC_COLUMNS.values() if spec else ():
+      if name not in names:
+        raise ValueError(f"{path}: allStar column {name} missing (needed for the spectroscopic "
+                         "Teff / log g; use the calibrated TEFF, LOGG: --teff-logg calibrated)")
+    if cuts.broadening_max is not None and not any(c in names for c in BROADENING_COLUMNS):
+      raise ValueError(f"{path}: allStar columns VSINI and VMACRO missing (needed for the "
+                       "broadening cut; turn it off with --broadening-max 0)")
     aspcapflag = col("ASPCAPFLAG", required=False)
     labels = np.full((len(table.data), N_LABELS), np.nan)
     notes = []
     for name, (label, bad_bit) in PARAM_COLUMNS.items():
-      v = col(name, required=name in REQUIRED)
+      v = col(SPEC_COLUMNS.get(name, name) if spec else name, required=name in REQUIRED)
       if v is None:
         notes.append(f"no {name} column: {label} missing")
         continue
@@ -154,11 +194,15 @@ def read_allstar(path: str | os.PathLike, cuts: CutConfig = _DEFAULT_CUTS) -> Ca
       return None if v is None else np.asarray(v).astype(np.int64)
 
     vs = col("VSCATTER", required=False)
+    chi2 = col("ASPCAP_CHI2", required=False) if cuts.chi2_max is not None else None
+    broad = None if cuts.broadening_max is None else _broadening(
+        *(col(c, required=False) for c in BROADENING_COLUMNS))
     return Catalogue(
         apogee_id=_strings(col("APOGEE_ID")), telescope=_strings(col("TELESCOPE")),
         field=_strings(col("FIELD")), labels=labels, snr=_clean(col("SNR")),
         starflag=ints("STARFLAG"), aspcapflag=ints("ASPCAPFLAG"), extratarg=ints("EXTRATARG"),
-        vscatter=None if vs is None else _clean(vs), source=path, notes=tuple(notes))
+        vscatter=None if vs is None else _clean(vs), chi2=None if chi2 is None else _clean(chi2),
+        broadening=broad, source=path, notes=tuple(notes), teff_logg=teff_logg)
 
 
 def read_label_csv(path: str | os.PathLike) -> Catalogue:
@@ -207,22 +251,37 @@ def read_label_csv(path: str | os.PathLike) -> Catalogue:
                    field=np.array(fld, dtype=object), labels=labels, source=path)
 
 
-def read_catalogue(path: str | os.PathLike, cuts: CutConfig = _DEFAULT_CUTS) -> Catalogue:
-  """An allStar FITS file or a label CSV (by the name's extension: .csv → CSV)."""
+def read_catalogue(path: str | os.PathLike, cuts: CutConfig = _DEFAULT_CUTS,
+                   teff_logg: str = "calibrated") -> Catalogue:
+  """An allStar FITS file or a label CSV (by the name's extension: .csv → CSV, whose labels
+  are taken as they are; its cuts on ASPCAP's fit are not available).
+
+  Raises:
+    ValueError when a CSV is given with the χ² or broadening cut on.
+  """
   if os.fspath(path).lower().endswith(".csv"):
+    if cuts.chi2_max is not None or cuts.broadening_max is not None:
+      raise ValueError(f"{path}: a label CSV has no ASPCAP_CHI2 / VSINI / VMACRO for the χ² and "
+                       "broadening cuts; give the allStar file, or turn the cuts off "
+                       "(--chi2-max 0 --broadening-max 0)")
     return read_label_csv(path)
-  return read_allstar(path, cuts)
+  return read_allstar(path, cuts, teff_logg)
 
 
 class Matcher:
   """Finds a star's catalogue row by APOGEE_ID + TELESCOPE + FIELD; a key the catalogue lacks
   falls back to APOGEE_ID + TELESCOPE, then APOGEE_ID, when those are unique (a CSV without
-  TELESCOPE/FIELD columns)."""
+  TELESCOPE/FIELD columns).
 
-  def __init__(self, cat: Catalogue):
+  Args:
+    apogee_id, telescope, field: [N] str, the catalogue's keys (`Matcher.of(cat)` for a
+      `Catalogue`).
+  """
+
+  def __init__(self, apogee_id, telescope, field):
     self._maps: list[dict] = [{}, {}, {}]
     counts: list[dict] = [{}, {}, {}]
-    for i, (a, t, f) in enumerate(zip(cat.apogee_id, cat.telescope, cat.field, strict=True)):
+    for i, (a, t, f) in enumerate(zip(apogee_id, telescope, field, strict=True)):
       for level, key in enumerate(((a, t, f), (a, t), a)):
         counts[level][key] = counts[level].get(key, 0) + 1
         self._maps[level].setdefault(key, i)
@@ -230,19 +289,35 @@ class Matcher:
       self._maps[level] = {k: v for k, v in self._maps[level].items()
                            if counts[level][k] == 1}
 
+  @classmethod
+  def of(cls, cat: Catalogue) -> Matcher:
+    return cls(cat.apogee_id, cat.telescope, cat.field)
+
   def find(self, apogee_id: str, telescope: str, field: str) -> int | None:
-    for key, m in zip(((apogee_id, telescope, field), (apogee_id, telescope), apogee_id),
-                      self._maps, strict=True):
+    return self.match(apogee_id, telescope, field)[0]
+
+  def match(self, apogee_id: str, telescope: str, field: str) -> tuple[int | None, str]:
+    """(row or None, how: "APOGEE_ID+TELESCOPE+FIELD", "APOGEE_ID+TELESCOPE", "APOGEE_ID"
+    or "" for none)."""
+    for key, m, how in zip(((apogee_id, telescope, field), (apogee_id, telescope), apogee_id),
+                           self._maps, MATCH_LEVELS, strict=True):
       if key in m:
-        return m[key]
-    return None
+        return m[key], how
+    return None, ""
 
 
 def catalogue_reason(cat: Catalogue, row: int | None, cuts: CutConfig) -> tuple[str, str] | None:
   """(reason, message) when the catalogue removes this star, else None: not in the catalogue,
-  ASPCAPFLAG bad bits (STAR_BAD), EXTRATARG bad bits (DUPLICATE)."""
+  ASPCAPFLAG bad bits (STAR_BAD), EXTRATARG bad bits (DUPLICATE), ASPCAP_CHI2 at or above
+  `cuts.chi2_max`, broadening at or above (or unknown with) `cuts.broadening_max`."""
   if row is None:
     return "catalogue", f"not in the catalogue {os.path.basename(cat.source)}"
+  if cuts.chi2_max is not None and cat.chi2 is not None and not cat.chi2[row] < cuts.chi2_max:
+    return "chi2", f"ASPCAP_CHI2 {cat.chi2[row]:.1f} not below {cuts.chi2_max:g}"
+  if (cuts.broadening_max is not None and cat.broadening is not None
+      and not cat.broadening[row] < cuts.broadening_max):
+    return "broadening", (f"broadening √(VSINI² + VMACRO²) {cat.broadening[row]:.1f} km/s not "
+                          f"below {cuts.broadening_max:g}")
   for name, value, table, what in (
       ("aspcapflag", cat.aspcapflag, bits.ASPCAPFLAG, cuts.bad_aspcapflag_bits),
       ("extratarg", cat.extratarg, bits.EXTRATARG, cuts.bad_extratarg_bits)):

@@ -1,5 +1,6 @@
 """`prepare`: many apStar/asStar files → OUT/obs.h5 (the reference format), OUT/skipped.csv,
-OUT/normalization.png and OUT/prepare.json (counts and timings).
+OUT/normalization.png and OUT/prepare.json (counts and timings): `--mode observed`. Its pieces
+(`read_files`, `select`, `write_obs`, `finish`) also make `--mode paper` (`apogee.paper`).
 
 The files are read in shards of `PrepareConfig.shard_files` by spawned worker processes (not
 forked: the caller may have imported JAX); each shard is written to OUT/.parts/ as soon as it is
@@ -44,6 +45,8 @@ from cyclestar_jax.resources import N_PIX
 
 OBS_FILE, SKIPPED_FILE, PLOT_FILE, SUMMARY_FILE = (
     "obs.h5", "skipped.csv", "normalization.png", "prepare.json")
+SYNTH_FILE = "synth.h5"  # --mode paper (`apogee.paper`)
+OUTPUTS = (OBS_FILE, SYNTH_FILE, SKIPPED_FILE, PLOT_FILE, SUMMARY_FILE)
 PARTS = ".parts"
 PREFLIGHT = 8  # files read in this process before the workers start
 STRING_FIELDS = ("apogee_id", "telescope", "field", "path")
@@ -169,16 +172,26 @@ def _manifest(files: list[str], cfg: PrepareConfig) -> dict:
   return {"format": 1, "n_files": len(files), "files_sha256": sha, "config": cfg_dict}
 
 
-def _start(out: Path, files: list[str], cfg: PrepareConfig, overwrite: bool) -> tuple[Path, int]:
-  """Checks OUT and returns (parts folder, shards already written)."""
+def check_outputs(out: Path, overwrite: bool) -> None:
+  """Refuses a complete run's folder (obs.h5 or synth.h5 there) without `overwrite`.
+
+  Raises:
+    NotADirectoryError, FileExistsError (one line naming the file).
+  """
   if out.exists() and not out.is_dir():
     raise NotADirectoryError(f"{out}: is a file, expected an output folder")
-  parts = out / PARTS
-  if (out / OBS_FILE).exists():
-    if not overwrite:
-      raise FileExistsError(f"{out / OBS_FILE} exists (a complete run); pass --overwrite to "
+  for name in (OBS_FILE, SYNTH_FILE):
+    if (out / name).exists() and not overwrite:
+      raise FileExistsError(f"{out / name} exists (a complete run); pass --overwrite to "
                             "replace it")
-    for name in (OBS_FILE, SKIPPED_FILE, PLOT_FILE, SUMMARY_FILE):
+
+
+def _start(out: Path, files: list[str], cfg: PrepareConfig, overwrite: bool) -> tuple[Path, int]:
+  """Checks OUT and returns (parts folder, shards already written)."""
+  parts = out / PARTS
+  check_outputs(out, overwrite)
+  if overwrite:
+    for name in OUTPUTS:
       (out / name).unlink(missing_ok=True)
   if overwrite and parts.exists():
     shutil.rmtree(parts)
@@ -261,15 +274,69 @@ def _load_meta(parts: Path, n_shards: int) -> dict[str, np.ndarray]:
   return {k: np.concatenate(v) if v else np.empty(0) for k, v in acc.items()}
 
 
-def _select(meta: dict[str, np.ndarray], cat: catalog.Catalogue | None, cuts: CutConfig
-            ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
-  """(keep [n] bool, catalogue row [n] (−1: none), skipped rows) after the catalogue cuts and
-  the duplicate keys (the highest-S/N file of a key is kept)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Reading:
+  """Every file read into OUT/.parts/ shards.
+
+  Attributes:
+    out: the output folder. parts: its shard folder. meta: per-row arrays of the spectra read
+      ("snr", "apogee_id", "telescope", "field", "path", "shard" [n]) and of the files skipped
+      ("skip_file", "skip_reason", "skip_message"). files: files given. resumed: shards found
+      from an interrupted run. seconds: wall time of the reading.
+  """
+
+  out: Path
+  parts: Path
+  meta: dict[str, np.ndarray]
+  files: int
+  resumed: int
+  seconds: float
+
+
+def read_files(files: list[str], out_dir: str | os.PathLike, cfg: PrepareConfig, *,
+               overwrite: bool = False, progress: bool = True) -> Reading:
+  """Reads (or resumes reading) every file into shards (module docstring).
+
+  Raises:
+    WrongInputError / CorruptFileError / ValueError / FileExistsError: one-line messages.
+  """
+  cfg.check()
+  if not files:
+    raise FileNotFoundError("no apStar files given")
+  out = Path(out_dir)
+  check_outputs(out, overwrite)
+  t0 = time.perf_counter()
+  preflight(files, cfg)
+  parts, done = _start(out, files, cfg, overwrite)
+  _run_shards(files, parts, cfg, progress)
+  meta = _load_meta(parts, -(-len(files) // cfg.shard_files))
+  return Reading(out, parts, meta, len(files), done, time.perf_counter() - t0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Selection:
+  """Which rows of a `Reading` are written.
+
+  Attributes:
+    keep: [n] bool. cat_row: [n] catalogue row (−1: none). skipped: (file, reason, message) of
+      every file or row left out (the files' own and the catalogue's).
+  """
+
+  keep: np.ndarray
+  cat_row: np.ndarray
+  skipped: list[tuple[str, str, str]]
+
+
+def select(reading: Reading, cat: catalog.Catalogue | None, cuts: CutConfig) -> Selection:
+  """The rows kept after the catalogue cuts and the duplicate keys (the highest-S/N file of a
+  key is kept), with the files skipped while reading."""
+  meta = reading.meta
+  skipped = [(str(f), str(r), str(m)) for f, r, m in
+             zip(meta["skip_file"], meta["skip_reason"], meta["skip_message"], strict=True)]
   n = len(meta["snr"])
   keep = np.ones(n, bool)
   cat_row = np.full(n, -1)
-  skipped = []
-  matcher = catalog.Matcher(cat) if cat is not None else None
+  matcher = catalog.Matcher.of(cat) if cat is not None else None
   for r in range(n):
     if matcher is None:
       continue
@@ -292,7 +359,7 @@ def _select(meta: dict[str, np.ndarray], cat: catalog.Catalogue | None, cuts: Cu
                       f"{meta['path'][best[key]]} (higher S/N, kept)"))
     else:
       best[key] = r
-  return keep, cat_row, skipped
+  return Selection(keep, cat_row, skipped)
 
 
 def assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
@@ -306,24 +373,36 @@ def assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> n
   return out
 
 
-def _write_obs(path: Path, parts: Path, meta, keep, cat_row, split, cat, cfg) -> dict[str, int]:
-  names = h5io.SPLITS
+def write_obs(path: Path, reading: Reading, sel: Selection, split: np.ndarray,
+              cat: catalog.Catalogue | None, cfg: PrepareConfig, attrs: dict | None = None
+              ) -> dict[str, int]:
+  """OUT/obs.h5 from the kept rows, one shard at a time (`SpectraWriter`, atomic).
+
+  Args:
+    path: obs.h5. reading, sel: the rows (`sel.keep`) and their catalogue rows. split: [n_kept]
+      split index of each kept row, in row order. cat: labels (None: NaN). cfg: stored as an
+      attribute. attrs: more file attributes.
+
+  Returns:
+    Rows per split.
+  """
+  names, meta, keep = h5io.SPLITS, reading.meta, sel.keep
   sizes = {s: int(np.sum(split == i)) for i, s in enumerate(names)}
   split_all = np.full(len(keep), -1, np.int8)
   split_all[keep] = split
   attrs = {"paired_splits": [], "source": "cyclestar_jax.apogee.prepare",
            "prepare_config": json.dumps(dataclasses.asdict(cfg)),
-           "catalogue": cat.source if cat is not None else ""}
+           "catalogue": cat.source if cat is not None else "", **(attrs or {})}
   extra = {k: ((), str) for k in STRING_FIELDS}
   offset = dict.fromkeys(names, 0)
   labels_all = np.full((len(keep), N_LABELS), np.nan)
   if cat is not None:
-    has = cat_row >= 0
-    labels_all[has] = cat.labels[cat_row[has]]
+    has = sel.cat_row >= 0
+    labels_all[has] = cat.labels[sel.cat_row[has]]
   with h5io.SpectraWriter(path, sizes, extra_fields=extra, attrs=attrs) as w:
-    for i in np.unique(meta["shard"]).tolist():
+    for i in np.unique(meta["shard"][keep]).tolist():
       rows = np.flatnonzero(meta["shard"] == i)
-      with np.load(_shard_path(parts, i), allow_pickle=False) as z:
+      with np.load(_shard_path(reading.parts, i), allow_pickle=False) as z:
         block = {k: z[k] for k in ("x", "x_err", "x_msk")}
       for si, s in enumerate(names):
         local = np.flatnonzero(split_all[rows] == si)
@@ -345,10 +424,34 @@ def _write_skipped(path: Path, skipped: list[tuple[str, str, str]]) -> None:
   atomic_write_text(path, buf.getvalue())
 
 
+def plot_kept(reading: Reading, keep: np.ndarray, cfg: PrepareConfig) -> None:
+  """OUT/normalization.png of `cfg.n_plot` kept stars spread over the rows (none: no file)."""
+  n_keep = int(keep.sum())
+  if not cfg.n_plot or not n_keep:
+    return
+  from cyclestar_jax.apogee.plot import plot_normalization
+
+  picks = np.flatnonzero(keep)[np.linspace(0, n_keep - 1, min(cfg.n_plot, n_keep)).astype(int)]
+  stars = [read_star(str(reading.meta["path"][r]), cfg.read) for r in np.unique(picks)]
+  plot_normalization(stars, reading.out / PLOT_FILE)
+
+
+def finish(reading: Reading, skipped: list[tuple[str, str, str]], summary: dict) -> dict:
+  """Writes OUT/skipped.csv and OUT/prepare.json (the summary, with the reading's counts and
+  timings added) and removes the shards; returns the summary."""
+  _write_skipped(reading.out / SKIPPED_FILE, skipped)
+  summary = {"files": reading.files, **summary,
+             "skipped": dict(Counter(r for _, r, _ in skipped)),
+             "resumed_shards": reading.resumed, "read_seconds": round(reading.seconds, 2)}
+  atomic_write_text(reading.out / SUMMARY_FILE, json.dumps(summary, indent=1))
+  shutil.rmtree(reading.parts, ignore_errors=True)
+  return summary
+
+
 def prepare(files: list[str], out_dir: str | os.PathLike, cfg: PrepareConfig = _DEFAULT,
             catalogue: catalog.Catalogue | None = None, *, overwrite: bool = False,
             progress: bool = True) -> dict:
-  """Reads `files` into OUT/obs.h5 (module docstring).
+  """Reads `files` into OUT/obs.h5 (module docstring); `--mode observed`.
 
   Args:
     files: star files (`find_files`). out_dir: the output folder. cfg: `PrepareConfig`.
@@ -361,42 +464,19 @@ def prepare(files: list[str], out_dir: str | os.PathLike, cfg: PrepareConfig = _
   Raises:
     WrongInputError / CorruptFileError / ValueError / FileExistsError: one-line messages.
   """
-  cfg.check()
-  if not files:
-    raise FileNotFoundError("no apStar files given")
-  out = Path(out_dir)
   t0 = time.perf_counter()
-  preflight(files, cfg)
-  parts, done = _start(out, files, cfg, overwrite)
-  _run_shards(files, parts, cfg, progress)
-  t_read = time.perf_counter() - t0
-  n_shards = -(-len(files) // cfg.shard_files)
-  meta = _load_meta(parts, n_shards)
-  keep, cat_row, cat_skipped = _select(meta, catalogue, cfg.cuts)
-  skipped = [(str(f), str(r), str(m)) for f, r, m in
-             zip(meta["skip_file"], meta["skip_reason"], meta["skip_message"], strict=True)]
-  skipped += cat_skipped
-  _write_skipped(out / SKIPPED_FILE, skipped)
-  n_keep = int(keep.sum())
+  reading = read_files(files, out_dir, cfg, overwrite=overwrite, progress=progress)
+  sel = select(reading, catalogue, cfg.cuts)
+  n_keep = int(sel.keep.sum())
   if n_keep == 0:
+    _write_skipped(reading.out / SKIPPED_FILE, sel.skipped)
     raise ValueError(f"no star of the {len(files)} files passed the cuts; see "
-                     f"{out / SKIPPED_FILE}")
+                     f"{reading.out / SKIPPED_FILE}")
   split = assign_splits(n_keep, cfg.fractions, cfg.seed)
-  if cfg.n_plot:
-    from cyclestar_jax.apogee.plot import plot_normalization
-
-    picks = np.flatnonzero(keep)[np.linspace(0, n_keep - 1, min(cfg.n_plot, n_keep)).astype(int)]
-    stars = [read_star(str(meta["path"][r]), cfg.read) for r in np.unique(picks)]
-    plot_normalization(stars, out / PLOT_FILE)
-  sizes = _write_obs(out / OBS_FILE, parts, meta, keep, cat_row, split, catalogue, cfg)
-  seconds = time.perf_counter() - t0
-  summary = {
-      "files": len(files), "stars": n_keep, "splits": sizes,
-      "skipped": dict(Counter(r for _, r, _ in skipped)), "resumed_shards": done,
-      "seconds": round(seconds, 2), "read_seconds": round(t_read, 2),
+  plot_kept(reading, sel.keep, cfg)
+  sizes = write_obs(reading.out / OBS_FILE, reading, sel, split, catalogue, cfg)
+  return finish(reading, sel.skipped, {
+      "mode": "observed", "stars": n_keep, "splits": sizes,
+      "seconds": round(time.perf_counter() - t0, 2),
       "catalogue": catalogue.source if catalogue is not None else None,
-      "catalogue_notes": list(catalogue.notes) if catalogue is not None else [],
-  }
-  atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=1))
-  shutil.rmtree(parts, ignore_errors=True)
-  return summary
+      "catalogue_notes": list(catalogue.notes) if catalogue is not None else []})

@@ -16,7 +16,8 @@ One concern per module:
 - `chunk`: one device's share of a chunk: prepare, fit, best start, χ² and Hessian.
 - `fitter`: `LabelFitter` (chunks over the local devices, slots sized to the work, formal
   errors, flags) and `fit_spectra`.
-- `results`: `FitResult`, `concat_results`, `save_results` / `read_results`.
+- `results`: `FitResult`, `concat_results`, `save_results` / `read_results`, the stars'
+  identity (`star_ids` of an input file, `read_ids` of a results file).
 - `job`: `fit_file`, a fit of one file as a restartable, chunked, multi-process job.
 
 `load_cycle_model` lives in `checkpoint` and is re-exported here.
@@ -44,17 +45,21 @@ from cyclestar_jax.fitting.objectives import (
     prepare_observed,
 )
 from cyclestar_jax.fitting.results import (
+    ID_FIELDS,
     RESULTS_FORMAT,
     FitResult,
     concat_results,
+    read_ids,
     read_results,
     save_results,
+    star_ids,
 )
 
 __all__ = [
-    "FLAGS", "METHODS", "METHOD_EQUATION", "RESULTS_FORMAT", "SPEED_OF_LIGHT_KMS",
+    "FLAGS", "ID_FIELDS", "METHODS", "METHOD_EQUATION", "RESULTS_FORMAT", "SPEED_OF_LIGHT_KMS",
     "START_KINDS", "SYNTH_ERROR", "CycleModel", "FitConfig", "FitResult", "LabelFitter",
     "Objective", "OutputPathError", "PixelCountError", "check_output", "concat_results",
     "doppler_shift", "find_emulator", "fit_file", "fit_spectra", "load_cycle_model",
-    "make_objective", "prepare_observed", "read_results", "save_results", "chunk", "job", "lbfgs",
+    "make_objective", "prepare_observed", "read_ids", "read_results", "save_results",
+    "star_ids", "chunk", "job", "lbfgs",
 ]

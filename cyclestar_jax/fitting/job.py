@@ -39,6 +39,7 @@ from cyclestar_jax.fitting.results import (
     concat_results,
     read_results,
     save_results,
+    star_ids,
     write_results_h5,
 )
 
@@ -431,6 +432,7 @@ def _fit_locked(obs_path, out_path: Path, job_: _Job, run: _Run) -> FitResult | 
       "emulator": str(em.source), "config": dataclasses.asdict(config), "chunk_rows": rows,
       "devices": [str(d) for d in fitter.mesh.devices.flat], "processes": n_proc, "job": job,
       **({} if cycle is None or cycle.step is None else {
-          "checkpoint_step": cycle.step, "checkpoint_skipped_newer": list(cycle.skipped_newer)})})
+          "checkpoint_step": cycle.step, "checkpoint_skipped_newer": list(cycle.skipped_newer)})},
+      ids=star_ids(obs_path, split, start, stop))  # the star's identity, when the input has it
   shutil.rmtree(parts, ignore_errors=True)
   return result

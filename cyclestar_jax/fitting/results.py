@@ -22,6 +22,9 @@ from cyclestar_jax.fitting.config import FLAGS, METHOD_EQUATION, FitConfig
 from cyclestar_jax.labels import LABEL_NAMES, N_LABELS, label_index
 
 RESULTS_FORMAT = "cyclestar_jax.fit_results/1"
+# The star's identity, carried from an input file that has it (`prepare_apogee`'s obs.h5):
+# string datasets `<name> <split>` there, `<name>` [N] in the results, columns of the CSV.
+ID_FIELDS = ("apogee_id", "telescope", "field")
 
 
 @dataclasses.dataclass
@@ -115,8 +118,10 @@ def label_names(n_lab: int) -> tuple[str, ...]:
 
 
 def write_results_h5(path: str | os.PathLike, result: FitResult, rows: np.ndarray,
-                     attrs: dict | None = None) -> Path:
-  """The HDF5 part of `save_results` (atomic)."""
+                     attrs: dict | None = None, ids: dict[str, np.ndarray] | None = None
+                     ) -> Path:
+  """The HDF5 part of `save_results` (atomic); `ids` ({name: [N] str}, `ID_FIELDS`) are
+  written as string datasets."""
   datasets = {"labels": result.y, "labels_err": result.y_err, "chi2": result.chi2,
               "chi2_r": result.chi2_r, "mean_norm_resid": result.mean_norm_resid,
               "n_pix_fit": result.n_pix_fit, "n_iter": result.n_iter,
@@ -139,6 +144,8 @@ def write_results_h5(path: str | os.PathLike, result: FitResult, rows: np.ndarra
     with h5py.File(buf, "w") as h:
       for k, v in datasets.items():
         h.create_dataset(k, data=np.asarray(v))
+      for k, v in (ids or {}).items():
+        h.create_dataset(k, data=np.asarray(v, dtype=object), dtype=h5py.string_dtype())
       for k, v in file_attrs.items():
         h.attrs[k] = v
     f.write(buf.getvalue())
@@ -154,8 +161,11 @@ def _csv_columns(n_lab: int) -> list[int]:
   return key + [i for i in range(n_lab) if i not in key]
 
 
-def write_results_csv(path: str | os.PathLike, result: FitResult, rows: np.ndarray) -> Path:
-  """The CSV summary of `save_results` (atomic): one line per spectrum."""
+def write_results_csv(path: str | os.PathLike, result: FitResult, rows: np.ndarray,
+                      ids: dict[str, np.ndarray] | None = None) -> Path:
+  """The CSV summary of `save_results` (atomic): one line per spectrum; `ids` ({name: [N]
+  str}) are columns after `row`."""
+  ids = ids or {}
   n_lab = result.y.shape[1]
   names = label_names(n_lab)
   order = _csv_columns(n_lab)
@@ -167,15 +177,16 @@ def write_results_csv(path: str | os.PathLike, result: FitResult, rows: np.ndarr
   def write(f):
     text = io.StringIO()
     wr = csv.writer(text)
-    head = (["row"] + [c for i in key for c in (names[i], f"{names[i]}_err")] + ["chi2_r"]
-            + [c for i in rest for c in (names[i], f"{names[i]}_err")])
+    head = (["row"] + list(ids) + [c for i in key for c in (names[i], f"{names[i]}_err")]
+            + ["chi2_r"] + [c for i in rest for c in (names[i], f"{names[i]}_err")])
     if result.rv is not None:
       head += ["rv", "rv_err"]
     head += ["mean_norm_resid", "chi2", "n_pix_fit", "n_iter", "n_evals", "converged", "start",
              "flags", "flag_names"]
     wr.writerow(head)
     for i in range(len(result)):
-      line = [int(rows[i])] + labels(i, key) + [f"{result.chi2_r[i]:.6g}"] + labels(i, rest)
+      line = ([int(rows[i])] + [str(v[i]) for v in ids.values()] + labels(i, key)
+              + [f"{result.chi2_r[i]:.6g}"] + labels(i, rest))
       if result.rv is not None:
         line += [f"{result.rv[i]:.6g}", f"{result.rv_err[i]:.6g}"]
       line += [f"{result.mean_norm_resid[i]:.6g}", f"{result.chi2[i]:.8g}",
@@ -189,8 +200,8 @@ def write_results_csv(path: str | os.PathLike, result: FitResult, rows: np.ndarr
 
 
 def save_results(path: str | os.PathLike, result: FitResult, *, rows: np.ndarray | None = None,
-                 attrs: dict | None = None, csv_path: str | os.PathLike | None = None
-                 ) -> tuple[Path, Path]:
+                 attrs: dict | None = None, csv_path: str | os.PathLike | None = None,
+                 ids: dict[str, np.ndarray] | None = None) -> tuple[Path, Path]:
   """Write a `FitResult` to HDF5 (atomically) and a CSV summary beside it.
 
   HDF5 datasets (N rows): `labels`, `labels_err` [N, 25]; `chi2`, `chi2_r`, `mean_norm_resid`,
@@ -198,8 +209,11 @@ def save_results(path: str | os.PathLike, result: FitResult, *, rows: np.ndarray
   with a radial velocity; `labels_start` when catalogue labels were given. Attributes: `format`,
   `method`, `label_names`, `start_names`, `flags` (JSON {name: bit}) and `attrs`.
 
-  CSV: one line per spectrum: row; Teff, log g, [Fe/H] with their errors; χ²_R; the other 22
-  labels with their errors (`LABEL_NAMES` order); rv, rv_err (with a radial velocity); mean
+  With `ids` (the star's identity, `ID_FIELDS`, from `star_ids`): string datasets
+  `apogee_id`, `telescope`, `field` [N], and CSV columns after `row`.
+
+  CSV: one line per spectrum: row; the ids; Teff, log g, [Fe/H] with their errors; χ²_R; the
+  other 22 labels with their errors (`LABEL_NAMES` order); rv, rv_err (with a radial velocity); mean
   normalized residual, χ², fitted pixels, iterations, evaluations, converged, winning start,
   flags and their names.
 
@@ -209,6 +223,7 @@ def save_results(path: str | os.PathLike, result: FitResult, *, rows: np.ndarray
     rows: [N] row of each spectrum in its input split (default 0..N−1).
     attrs: more file attributes (JSON-serializable values; dicts are stored as JSON).
     csv_path: the CSV (default: `path` with suffix `.csv`).
+    ids: {name: [N] str} of the stars (None: none).
 
   Returns:
     (HDF5 path, CSV path).
@@ -216,9 +231,32 @@ def save_results(path: str | os.PathLike, result: FitResult, *, rows: np.ndarray
   path = Path(path)
   csv_path = path.with_suffix(".csv") if csv_path is None else Path(csv_path)
   rows = np.arange(len(result)) if rows is None else np.asarray(rows)
-  write_results_h5(path, result, rows, attrs)
-  write_results_csv(csv_path, result, rows)
+  for k, v in (ids or {}).items():
+    if len(v) != len(result):
+      raise ValueError(f"{path}: ids[{k!r}] has {len(v)} rows, the results {len(result)}")
+  write_results_h5(path, result, rows, attrs, ids)
+  write_results_csv(csv_path, result, rows, ids)
   return path, csv_path
+
+
+def star_ids(obs_path: str | os.PathLike, split: str, start: int, stop: int
+             ) -> dict[str, np.ndarray] | None:
+  """The stars' identity ({name: [stop − start] str} of `ID_FIELDS`) of rows [start, stop) of
+  an input file's split, or None when the file has none (not every field: none)."""
+  with h5py.File(obs_path, "r") as h:
+    names = [f"{k} {split}" for k in ID_FIELDS]
+    if not all(n in h for n in names):
+      return None
+    return {k: h[n].asstr()[start:stop].astype(object) for k, n in zip(ID_FIELDS, names,
+                                                                          strict=True)}
+
+
+def read_ids(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
+  """The ids a results file holds ({name: [N] str}), or None when it has none."""
+  with h5py.File(path, "r") as h:
+    if not all(k in h for k in ID_FIELDS):
+      return None
+    return {k: h[k].asstr()[()].astype(object) for k in ID_FIELDS}
 
 
 def read_results(path: str | os.PathLike) -> tuple[FitResult, np.ndarray, dict]:
@@ -247,7 +285,7 @@ def read_results(path: str | os.PathLike) -> tuple[FitResult, np.ndarray, dict]:
     missing = [k for k in need if k not in h]
     if missing:
       raise ValueError(f"{path}: datasets {missing} are missing")
-    d = {k: h[k][()] for k in h.keys()}
+    d = {k: h[k][()] for k in h.keys() if k not in ID_FIELDS}
   res = FitResult(
       y=d["labels"], y_err=d["labels_err"], chi2=d["chi2"], chi2_r=d["chi2_r"],
       mean_norm_resid=d["mean_norm_resid"], n_pix_fit=d["n_pix_fit"], n_iter=d["n_iter"],

@@ -316,7 +316,9 @@ def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: P
               if "labels_true" in fo.extra_names("test") else None)
     world = fo.attrs.get("world") if y_true is not None else None
     y_sens = y_true if y_true is not None else sp_test.y  # the catalogue's on the user's data
-    paired_ok = "val" in fs.splits and "val" in fo.splits and fs.n("val") == fo.n("val")
+    # The files' `paired_splits` say whether val row i is the same star in both (paper mode's
+    # halves are not); files without it: equal val row counts (`validation.decide_paired_val`).
+    paired_ok = _paired_val(synth_path, obs_path)
     sp_sv = fs.read("val", 0, min(256, fs.n("val"))) if paired_ok else None
     sp_ov = fo.read("val", 0, min(256, fo.n("val"))) if paired_ok else None
   rec = reconstructions(cycle, sp_synth.x, sp_obs_eval.x)
@@ -347,6 +349,10 @@ def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: P
   figures = make_figures(paths, rec, sp_synth, sp_obs_eval, fits, arrays, y_true, tsne, curve,
                          paired, out.get("label_sensitivity"))
   figures += gain_curve_figure(paths, out.get("sensitivity_curve"))
+  if y_true is None and sp_test.y is not None:  # real data: against the catalogue instead
+    out["catalogue_differences"] = {
+        FIT_TITLES[s]: metrics.label_errors(arrays["y"][s], sp_test.y) for s in FIT_METHODS}
+    figures.append(catalogue_figure(paths, sp_test.y, arrays["y"]))
   out["figures"] = [str(Path(p).relative_to(paths.out)) for p in figures]
   return json.loads(json.dumps(out, default=float))
 
@@ -382,6 +388,28 @@ def gain_curve(model_dir: Path, em, sp_test, y: np.ndarray, world: dict | None) 
   return curve.sensitivity_curve(
       model_dir, em, sp_test.x[:n], y[:n],
       None if world is None else mock.WorldConfig.from_json_dict(world), steps=pick)
+
+
+def _paired_val(synth_path: Path, obs_path: Path) -> bool:
+  """Whether row i of both val splits is the same star (`validation.decide_paired_val`)."""
+  import warnings
+
+  from cyclestar_jax.validation import decide_paired_val
+
+  with warnings.catch_warnings():  # the trainer has said it already
+    warnings.simplefilter("ignore")
+    return decide_paired_val(synth_path, obs_path)[0]
+
+
+def catalogue_figure(paths: RunPaths, y_cat: np.ndarray, y_fit: dict) -> str:
+  """fitted − catalogue labels against the catalogue's Teff (Eq. 9 and Eq. 11) into
+  OUT/figures/fitted_vs_catalogue.png (the user's data, where the truth is unknown)."""
+  from cyclestar_jax import plots
+
+  paths.figures.mkdir(parents=True, exist_ok=True)
+  return plots.fig_catalogue_residuals(
+      y_cat, {FIT_TITLES[s]: y_fit[s] for s in ("eq9", "eq11")},
+      paths.figures / "fitted_vs_catalogue.png")
 
 
 __all__ = ["evaluate", "LABEL_NAMES"]

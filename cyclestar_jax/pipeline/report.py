@@ -72,6 +72,26 @@ def label_table(m: dict) -> list[str]:
   return lines
 
 
+def catalogue_table(m: dict) -> list[str]:
+  """Markdown: fitted − catalogue of Teff, log g, [Fe/H], [Mg/H] per method on the user's data
+  (`catalogue_differences`, no truth there); [] without it."""
+  diff = m.get("catalogue_differences")
+  if not diff:
+    return []
+  fmts = (("Teff", "{:+.0f} ± {:.0f}"), ("logg", "{:+.2f} ± {:.2f}"),
+          ("Fe_H", "{:+.3f} ± {:.3f}"), ("Mg_H", "{:+.3f} ± {:.3f}"))
+  lines = ["", "## Labels against the catalogue (fitted − catalogue: mean ± scatter)", "",
+           "The catalogue's labels are not the truth (ASPCAP's own fit with its own models): "
+           "figures/fitted_vs_catalogue.png shows them against the catalogue's Teff.", "",
+           "| method | Teff (K) | log g (dex) | [Fe/H] (dex) | [Mg/H] (dex) |",
+           "| --- | --- | --- | --- | --- |"]
+  for title, e in diff.items():
+    cells = [f.format(e[k]["bias"], e[k]["scatter"]) if e.get(k, {}).get("n") else "—"
+             for k, f in fmts]
+    lines.append(f"| {title} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def _gap_sentence(untransferred: float, transferred: float, floor: float) -> str:
   """How much of the gap between no transfer and the floor the transfer closes."""
   if untransferred <= floor:
@@ -309,6 +329,7 @@ def render(m: dict) -> str:
   if m.get("label_errors"):
     lines += ["", "## Labels against the truth (fitted − true: bias ± scatter)", ""]
     lines += label_table(m)
+  lines += catalogue_table(m)
   fs = m.get("fit_settings")
   if fs:
     lines += ["", f"Fits: L-BFGS in the scaled label space, Eq. 9 and 10 from the catalogue "

@@ -379,6 +379,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
     fitting.save_results(paths.fit_file(stem), res, rows=np.arange(n), attrs={
         "obs_file": str(obs_path), "split": "test", "method_title": FIT_TITLES[stem],
         "payne_mask": use_mask, "seconds": seconds,
-        **({} if cycle.step is None else {"checkpoint_step": cycle.step})})
+        **({} if cycle.step is None else {"checkpoint_step": cycle.step})},
+        ids=fitting.star_ids(obs_path, "test", 0, n))
     info[stem] = {"skipped": False, "seconds": seconds, "n": n}
   return {"skipped": False, "methods": info}

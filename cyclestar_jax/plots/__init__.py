@@ -33,6 +33,7 @@ from cyclestar_jax.plots._base import (
 )
 from cyclestar_jax.plots.fits import fig_fit_example, fig_fit_residuals, fig_kiel_chi2
 from cyclestar_jax.plots.labels import (
+    fig_catalogue_residuals,
     fig_kiel_methods,
     fig_label_errors,
     fig_label_sensitivity,
@@ -55,10 +56,9 @@ from cyclestar_jax.plots.training import (
 
 __all__ = [
     "CHIP_GAP_A", "DPI", "GROUP_COLOURS", "LOGG_LABEL", "TEFF_LABEL", "WAVE_LABEL", "ZOOMS",
-    "chip_slices", "fig_cn_features", "fig_fit_example", "fig_fit_residuals", "fig_gain_curve",
-    "fig_kiel_chi2",
-    "fig_kiel_methods", "fig_label_errors", "fig_label_sensitivity", "fig_line_identification",
-    "fig_observed_residuals",
+    "chip_slices", "fig_catalogue_residuals", "fig_cn_features", "fig_fit_example",
+    "fig_fit_residuals", "fig_gain_curve", "fig_kiel_chi2", "fig_kiel_methods", "fig_label_errors",
+    "fig_label_sensitivity", "fig_line_identification", "fig_observed_residuals",
     "fig_recovery_map", "fig_recovery_vs_fraction", "fig_spectra_panel",
     "fig_synthetic_residuals", "fig_training_curve", "fig_tsne", "percentile_band",
     "plot_emulator_residuals", "plot_examples", "plot_progress",

@@ -176,6 +176,58 @@ def fig_label_errors(truth: np.ndarray, fits: Mapping[str, np.ndarray], path: st
   return _save(fig, path)
 
 
+def fig_catalogue_residuals(catalogue: np.ndarray, fits: Mapping[str, np.ndarray],
+                            path: str | os.PathLike, *,
+                            names: Sequence[str] = ("Teff", "logg", "Fe_H", "Mg_H")) -> str:
+  """Fitted minus catalogue labels against the catalogue's Teff, one panel per label (real
+  data, where the truth is unknown).
+
+  Args:
+    catalogue: [N, 25] catalogue labels in `labels.LABEL_NAMES` order (NaN: missing).
+    fits: method → [N, 25] fitted labels, same stars and order.
+    path: output PNG.
+    names: labels to show, one panel each (default Teff, log g, [Fe/H], [Mg/H]).
+
+  Every method is drawn in its own colour in each panel, with its median and scatter (half the
+  16–84 width) of fitted − catalogue over the stars that have both, and the star count.
+  """
+  cat = np.asarray(catalogue, np.float64)
+  teff = cat[:, label_index("Teff")]
+  idx = [label_index(n) for n in names]
+  rows, cols = _grid_shape(len(idx))
+  fig = _figure(4.2 * cols + 0.4, 3.0 * rows + 0.5)
+  axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+  for ax, j in zip(axes, idx, strict=False):
+    name = LABEL_NAMES[j]
+    diffs = {m: np.asarray(f, np.float64)[:, j] - cat[:, j] for m, f in fits.items()}
+    lim = _sym_limit(*diffs.values(), pad=1.25, floor=1e-6)
+    fmt = ".0f" if name == "Teff" else ".3f"
+    unit = _label_unit(name)
+    unit_txt = f" {unit}" if unit and unit != "ratio" else ""
+    text = []
+    for k, (method, d) in enumerate(diffs.items()):
+      ok = np.isfinite(d) & np.isfinite(teff)
+      ax.scatter(teff[ok], np.clip(d[ok], -lim, lim), s=max(_marker_size(int(ok.sum())), 12.0),
+                 c=f"C{k}", lw=0, alpha=0.7, label=method, rasterized=True)
+      med = float(np.median(d[ok])) if ok.any() else np.nan
+      _, scatter = _bias_scatter(d[ok])
+      text.append(f"{method}: median {_signed(med, fmt)}, scatter {scatter:{fmt}}{unit_txt} "
+                  f"({int(ok.sum())})")
+    ax.axhline(0.0, color="0.4", lw=0.7, ls="--")
+    ax.set_ylim(-lim, lim * (1.0 + 0.2 * len(diffs)))  # room for the text above the points
+    ax.set_xlim(*_finite_limits(teff))  # the same Teff axis in every panel
+    ax.set_xlabel(_axis_label("Teff", prefix="catalogue "))
+    ax.set_ylabel(_axis_label(name, prefix="fitted − catalogue "))
+    _stat_text(ax, "\n".join(text), fontsize=7.5)
+  for ax in axes[len(idx):]:
+    ax.set_visible(False)
+  if len(fits) > 1:
+    axes[0].legend(loc="lower left", fontsize=7.5)
+  fig.suptitle(f"fitted − catalogue labels ({len(cat)} star{'s' * (len(cat) != 1)})",
+               fontsize=11)
+  return _save(fig, path)
+
+
 def _running_median(x: np.ndarray, y: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray,
                                                                              np.ndarray]:
   """Median of y in `n_bins` equal-count bins of x → (bin centres, medians)."""

@@ -100,7 +100,12 @@ def run_main(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None
   if not debug:
     warnings.formatwarning = _one_line_warning
   try:
-    main(None if argv is None else list(argv))
+    with warnings.catch_warnings():
+      # A filter change resets Python's once-per-location memory, so every command says its
+      # warnings even when an earlier one in the same process said the same (tests, notebooks);
+      # appended last, it changes no existing filter.
+      warnings.simplefilter("default", UserWarning, append=True)
+      main(None if argv is None else list(argv))
   except KeyboardInterrupt:
     if debug:
       raise

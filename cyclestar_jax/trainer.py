@@ -402,9 +402,10 @@ def _restore(ckpt: checkpoint.Checkpointer, cfg: Config, mesh, key, resume: bool
                           target)
     found = ckpt.restore_latest(target)
     if found is None and ckpt.steps():
+      why = "; ".join(f"step {k}: {v}" for k, v in sorted(ckpt.skipped.items()))
       raise checkpoint.CheckpointError(
-          f"{out / 'checkpoints'}: no valid checkpoint among steps {ckpt.steps()} (see the "
-          f"warnings); refusing to start over in this directory")
+          f"{out / 'checkpoints'}: no valid checkpoint among steps {ckpt.steps()} ({why}); "
+          "refusing to start over in this directory")
     if found is not None:
       state, meta = found
       _move_aside(ckpt, meta.get("skipped_newer", {}))

@@ -503,6 +503,6 @@ def test_a_file_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_p
   assert cli.run_main(make_data.main, ["--out", str(out), "--n-train", "256", "--n-val", "32",
                                        "--n-test", "32", "--no-progress"]) == 2
   err = capsys.readouterr().err.strip().splitlines()  # the error and the usual hint
-  assert err[0].startswith("__main__.py: error: OSError: ") and "[Errno" not in err[0]
+  assert ": error: OSError: " in err[0] and "[Errno" not in err[0]
   assert "synth.h5: needs" in err[0] and "MB free" in err[0] and len(err) == 2, err
   assert not any(p.suffix == ".h5" for p in out.rglob("*"))

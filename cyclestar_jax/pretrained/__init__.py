@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import platform
 from functools import cache
 from pathlib import Path
@@ -28,7 +29,9 @@ import numpy as np
 from cyclestar_jax import checkpoint, emulator
 from cyclestar_jax.fileio import atomic_write_text
 
-DIR = Path(__file__).parent
+# CYCLESTAR_PRETRAINED_DIR points the loader at another folder of weights (written by
+# `export_run`), e.g. weights a group trained on its own mock world.
+DIR = Path(os.environ.get("CYCLESTAR_PRETRAINED_DIR") or Path(__file__).parent)
 GENERATOR = DIR / "generator.npz"
 EMULATOR = DIR / "emulator.npz"
 

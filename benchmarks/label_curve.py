@@ -22,6 +22,7 @@ import numpy as np
 
 from cyclestar_jax import checkpoint, fitting, h5io, mock
 from cyclestar_jax.emulator import load_emulator
+from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.pipeline import curve
 
 METHOD = {"eq9": "emulator", "eq11": "obs"}
@@ -38,8 +39,9 @@ def fit_row(stem: str, em, cycle, sp, y_true: np.ndarray, max_iter: int) -> dict
   return {**curve.label_errors_row(res.y, y_true, edge), "fit_seconds": time.perf_counter() - t0}
 
 
-def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict) -> dict:
-  """The curve of the module docstring, extending `done` (a previous output) in place."""
+def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict):
+  """The curve of the module docstring, extending `done` (a previous output) in place; yields
+  it after the Eq. 9 row and after every checkpoint's row, so the caller can save as it goes."""
   em = load_emulator(run_dir / "emulator" / "emulator.npz")
   model_dir = run_dir / "model"
   with h5io.SpectraFile(run_dir / "data" / "obs.h5") as f:
@@ -50,6 +52,7 @@ def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict) -> dict:
   rows = {r["step"]: r for r in done.get("rows", [])}
   if "eq9" not in done:
     done["eq9"] = fit_row("eq9", em, None, sp, y_true, max_iter)
+    yield done
   chi2 = curve.paired_chi2_by_step(model_dir)
   ns = curve.N_CURVE_STARS
   for step in curve.kept_steps(model_dir):
@@ -78,8 +81,6 @@ def main() -> None:
   done.update(run_dir=str(a.run_dir), n=a.n, max_iter=a.max_iter, labels=list(curve.CURVE_LABELS))
   for state in run(a.run_dir, a.n, a.every, a.max_iter, done):
     if a.out:
-      from cyclestar_jax.fileio import atomic_write_text
-
       atomic_write_text(a.out, json.dumps(state, indent=1) + "\n")
   print(json.dumps(done, indent=1))
 

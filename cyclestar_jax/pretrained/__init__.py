@@ -127,7 +127,10 @@ def export_run(run_dir: str | Path, *, step: int | None = None, curve: dict | No
       "made_on": f"{platform.machine()} CPU, {jax.device_count()} device(s), "
                  f"{datetime.date.today().isoformat()}",
       "metrics": _summary(run_metrics) if scored else {},
-      "curve": (curve or {}).get("rows", []), "curve_eq9": (curve or {}).get("eq9")}
+      # The label curve when measured, else the gains the run's own evaluation computed.
+      "curve": (curve or {}).get("rows") or (run_metrics.get("sensitivity_curve") or {}).get(
+          "rows", []),
+      "curve_eq9": (curve or {}).get("eq9")}
   out_dir.mkdir(parents=True, exist_ok=True)
   em = emulator.load_emulator(run_dir / "emulator" / "emulator.npz")
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), em.params)
@@ -162,12 +165,37 @@ def render_readme(meta: dict) -> str:
            f"{meta['seed']}, {meta['sizes']} stars per split. `python -m experiments.apogee` "
            "on a CPU uses them on that world (and refuses them for any other data); `--train` "
            "trains from scratch.", ""]
-  if meta.get("curve"):
+  labels = (meta.get("metrics") or {}).get("labels") or {}
+  if labels:
+    edge = meta["metrics"].get("at_box_edge", {})
+    lines += ["The run's own fits of its first test stars against "
+              "the mock's truth (bias ± scatter, scatter = half the 16–84 width):", "",
+              "| method | Teff (K) | log g | [Fe/H] | at box edge |",
+              "| --- | --- | --- | --- | --- |"]
+    for stem, title in (("eq9", "Eq. 9 (The Payne)"), ("eq11", "Eq. 11 (Cycle-StarNet)")):
+      e = labels.get(stem)
+      if e:
+        lines.append(f"| {title} | {e['Teff']['bias']:+.0f} ± {e['Teff']['scatter']:.0f} | "
+                     f"{e['logg']['bias']:+.2f} ± {e['logg']['scatter']:.2f} | "
+                     f"{e['Fe_H']['bias']:+.3f} ± {e['Fe_H']['scatter']:.3f} | "
+                     f"{100 * (edge.get(stem) or 0):.0f} % |")
+    lines.append("")
+  rows = meta.get("curve") or []
+  if rows and "Teff_scatter" not in rows[0]:
+    lines += ["Label gains of T_synth→obs∘Payne against Payne (Teff / log g / [Fe/H]; 1 = full "
+              "response; they need no truth) along the training:", "",
+              "| iterations | gains | paired val χ² |", "| --- | --- | --- |"]
+    for r in rows:
+      chi2 = "–" if r.get("paired_val_chi2") is None else f"{r['paired_val_chi2']:.2f}"
+      lines.append(f"| {r['step']} | " + " / ".join(
+          f"{r[f'{k}_transfer_gain']:.2f}" for k in ("Teff", "logg", "Fe_H")) + f" | {chi2} |")
+    lines.append("")
+  elif rows:
     lines += ["Eq. 11 labels of the test stars against the truth along the training (bias ± "
               "scatter, scatter = half the 16–84 width):", "",
               "| iterations | Teff (K) | log g | [Fe/H] | at box edge | paired val χ² |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for r in meta["curve"]:
+    for r in rows:
       chi2 = "–" if r.get("paired_val_chi2") is None else f"{r['paired_val_chi2']:.2f}"
       lines.append(f"| {r['step']} | {r['Teff_bias']:+.0f} ± {r['Teff_scatter']:.0f} | "
                    f"{r['logg_bias']:+.2f} ± {r['logg_scatter']:.2f} | "

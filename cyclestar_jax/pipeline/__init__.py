@@ -75,7 +75,7 @@ def check_pretrained(synth, emulator, model, seed: int) -> Preset:
                                       "give them without --pretrained")
   p = get_preset(_pretrained.metadata()["preset"])
   _pretrained.check_world(seed, p.sizes)
-  return p
+  return dataclasses.replace(p, sizes=_pretrained.eval_sizes(p.sizes))
 
 
 def _identity(preset: Preset, synth, obs, emulator, model, seed: int, grid=None) -> dict:
@@ -214,7 +214,8 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, *, progress: bool, log) -> di
       "preset": p.name, "device": str(jax.devices()[0]), "mock": synth is None,
       "data_description": ("the mock APOGEE world, seed "
                            f"{seed}, {p.sizes.n_train}/{p.sizes.n_val}/{p.sizes.n_test} stars "
-                           "per domain" if synth is None else f"{synth}, {obs}"),
+                           "per domain" if synth is None else f"{synth}, {obs}")
+      + (" (no training split: the pretrained weights learnt it)" if job.pretrained else ""),
       "train_iterations": tr_info.get("iterations"), "train_seconds": tr_info.get("seconds"),
       "schedule_note": schedule_note,
       "cycle_config": tr_info.get("config", dataclasses.asdict(p.cycle)),

@@ -238,8 +238,9 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, *, progress: bool, log) -> di
              train_iterations=meta["step"], train_seconds=meta.get("metrics", {}).get(
                  "train_seconds"))
     if meta.get("curve"):
-      m["sensitivity_curve"] = {"rows": meta["curve"], "eq9": meta.get("curve_eq9"),
-                                "source": "the pretrained run (benchmarks/label_curve.py)"}
+      m["sensitivity_curve"] = {
+          "rows": meta["curve"], "eq9": meta.get("curve_eq9"),
+          "source": "the checkpoints of the run that made the pretrained weights"}
       m["figures"] = m.get("figures", []) + [str(Path(f).relative_to(paths.out)) for f in
                                              gain_curve_figure(paths, m["sensitivity_curve"])]
   stages._write_json(paths.out / "metrics.json", m)

@@ -117,20 +117,18 @@ def export_run(run_dir: str | Path, *, step: int | None = None, curve: dict | No
   if ident.get("data") != "mock":
     raise PretrainedError(f"{run_dir}: not a run on the mock world (data = {ident.get('data')})")
   metrics_file = run_dir / "metrics.json"
-  steps = sorted(int(p.name) for p in (run_dir / "model" / "checkpoints").iterdir()
-                 if p.name.isdigit())
-  step = steps[-1] if step is None else int(step)
-  cycle = checkpoint.load_cycle_model(run_dir / "model", step=step)
+  cycle = checkpoint.load_cycle_model(run_dir / "model", step=step)  # None: the newest valid
   with h5io.SpectraFile(run_dir / "data" / "obs.h5") as f:
     world = f.attrs["world"]
     sizes = {s: f.n(s) for s in ("train", "val", "test")}
   run_metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-  scored = run_metrics.get("train_iterations") == step
+  # The run's metrics belong to the shipped weights only if they scored that checkpoint.
+  scored = (run_metrics.get("model_checkpoint") or {}).get("step") == cycle.step
   meta = {
       "commands": [f"python -m experiments.apogee --preset {ident['preset']} --out {run_dir}",
                    f"python -m experiments.export_pretrained {run_dir}"
-                   + (f" --step {step}" if step != steps[-1] else "")],
-      "preset": ident["preset"], "step": step, "seed": ident["seed"], "sizes": sizes,
+                   + (f" --step {step}" if step is not None else "")],
+      "preset": ident["preset"], "step": cycle.step, "seed": ident["seed"], "sizes": sizes,
       "world": _normalized(dict(world)),
       "made_on": f"{platform.machine()} CPU, {jax.device_count()} device(s), "
                  f"{datetime.date.today().isoformat()}",

@@ -37,13 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._common import emit_json
+from cyclestar_jax.checkpoint import CycleModel, load_cycle_model
 from cyclestar_jax.emulator import (
     Emulator,
     create_emulator_params,
     emulator_apply,
     load_emulator,
 )
-from cyclestar_jax.fitting import CycleModel, FitConfig, LabelFitter, load_cycle_model
+from cyclestar_jax.fitting import FitConfig, LabelFitter
 from cyclestar_jax.labels import N_LABELS, label_index, unscale_labels
 from cyclestar_jax.resources import N_DROP, spectra_mean_std
 

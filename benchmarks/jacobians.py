@@ -30,8 +30,8 @@ import numpy as np
 from benchmarks._common import emit_json
 from cyclestar_jax import config, lines, networks
 from cyclestar_jax.chain import ModelChain
+from cyclestar_jax.checkpoint import CycleModel
 from cyclestar_jax.emulator import Emulator, create_emulator_params
-from cyclestar_jax.fitting import CycleModel
 from cyclestar_jax.labels import label_box
 from cyclestar_jax.mock import WorldConfig, population
 from cyclestar_jax.networks import count_params

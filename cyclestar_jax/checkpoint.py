@@ -25,14 +25,19 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
+import flax.struct
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from cyclestar_jax.config import Config
+from cyclestar_jax.fileio import atomic_write
+from cyclestar_jax.networks import make_networks
 from cyclestar_jax.train_step import create_train_state
 
 FORMAT = "cyclestar_jax.TrainState/1"
@@ -56,8 +61,6 @@ def _drop_closed_loop_callbacks() -> None:
   left to do and the failure itself is reported by `Checkpointer.restore`, so exactly that
   error is dropped; any other goes to the previous hook. Installed once.
   """
-  import sys
-
   previous = sys.excepthook
   if getattr(previous, "_cyclestar_drops_closed_loop", False):
     return
@@ -284,8 +287,36 @@ def _abstract(x):
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
 
 
-def load_cycle_model(run_dir: str | os.PathLike, *, step: int | None = None):
-  """The generator of a trained Cycle-StarNet, as a `fitting.CycleModel`: from a run directory
+@flax.struct.dataclass
+class CycleModel:
+  """A trained Cycle-StarNet generator, for Eq. 10 and 11 (`load_cycle_model`).
+
+  Attributes:
+    nets: the networks (`networks.make_networks(cfg)`).
+    gen_params: generator parameters {enc_synth, enc_obs, enc_sh, enc_sp, dec_*} (a trained
+      run's moving average, `TrainState.gen_ema`).
+    source: where it was loaded from ("" if built in memory).
+    step: the checkpoint step it was loaded from (None: a generator file or built in memory).
+    skipped_newer: newer checkpoint steps that were unusable (a fall-back when not empty).
+
+  A pytree whose leaves are `gen_params` (`nets` and `source` are static), so it can be an
+  argument of a jitted function.
+  """
+
+  nets: Any = flax.struct.field(pytree_node=False)
+  gen_params: dict
+  source: str = flax.struct.field(pytree_node=False, default="")
+  step: int | None = flax.struct.field(pytree_node=False, default=None)
+  skipped_newer: tuple = flax.struct.field(pytree_node=False, default=())
+
+  @property
+  def n_pix(self) -> int:
+    """Pixels the networks see (7167 for Table 2)."""
+    return int(self.nets.cfg.n_pix)
+
+
+def load_cycle_model(run_dir: str | os.PathLike, *, step: int | None = None) -> CycleModel:
+  """The generator of a trained Cycle-StarNet, as a `CycleModel`: from a run directory
   (the moving average `TrainState.gen_ema` of its newest valid checkpoint, or of checkpoint
   `step`) or from a generator file written by `save_generator_npz` (`.npz`, e.g. shipped
   pretrained weights; `step` must then be None).
@@ -299,9 +330,6 @@ def load_cycle_model(run_dir: str | os.PathLike, *, step: int | None = None):
     FileNotFoundError: no run directory or file, or no checkpoint in the directory.
     ValueError: the config, the file or every checkpoint is unusable (the message says why).
   """
-  from cyclestar_jax.fitting.config import CycleModel
-  from cyclestar_jax.networks import make_networks
-
   run_dir = Path(run_dir)
   if run_dir.is_file():
     if step is not None:
@@ -369,16 +397,14 @@ def _config_from_dict(conf: dict, what: str) -> Config:
     raise ValueError(f"{what}: the config cannot be used ({e})") from None
 
 
-def save_generator_npz(path: str | os.PathLike, cycle_model, metadata: dict | None = None
-                       ) -> Path:
-  """Write a `fitting.CycleModel`'s generator (no critics, no optimizer state) atomically.
+def save_generator_npz(path: str | os.PathLike, cycle_model: CycleModel,
+                       metadata: dict | None = None) -> Path:
+  """Write a `CycleModel`'s generator (no critics, no optimizer state) atomically.
 
   Arrays `gen/<network>/<layer>/<param>` in float32, `config_json` (its `Config`), `format`
   (`GENERATOR_FORMAT`) and `metadata_json` (e.g. the command and metrics that made it).
   `load_cycle_model` and `load_generator_npz` read it back.
   """
-  from cyclestar_jax.fileio import atomic_write
-
   arrays = {f"gen/{k}": np.asarray(v, np.float32)
             for k, v in _flatten(cycle_model.gen_params).items()}
   arrays.update(config_json=np.asarray(json.dumps(dataclasses.asdict(cycle_model.nets.cfg))),
@@ -393,16 +419,13 @@ def generator_metadata(path: str | os.PathLike) -> dict:
     return json.loads(str(z["metadata_json"])) if "metadata_json" in z.files else {}
 
 
-def load_generator_npz(path: str | os.PathLike):
-  """A `fitting.CycleModel` from `save_generator_npz`'s file, every array's shape checked
+def load_generator_npz(path: str | os.PathLike) -> CycleModel:
+  """A `CycleModel` from `save_generator_npz`'s file, every array's shape checked
   against the stored config's networks.
 
   Raises:
     ValueError: not such a file, or arrays that do not fit its config (named).
   """
-  from cyclestar_jax.fitting.config import CycleModel
-  from cyclestar_jax.networks import make_networks
-
   try:
     z = np.load(path, allow_pickle=False)
   except Exception as e:  # noqa: BLE001 - not a zip/npz at all

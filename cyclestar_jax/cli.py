@@ -169,17 +169,6 @@ def check_distributed_args(p: argparse.ArgumentParser, args: argparse.Namespace)
             f"{args.num_processes})")
 
 
-def initialize_distributed(args: argparse.Namespace) -> bool:
-  """`parallel.initialize_distributed` when the flags ask for several processes (before any
-  other JAX call); returns whether they did."""
-  if not (args.distributed or args.coordinator is not None):
-    return False
-  from cyclestar_jax import parallel
-
-  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  return True
-
-
 # ---------------------------------------------------------------------------------------------
 # The options every staged job (experiments.apogee, experiments.new_lines) shares.
 

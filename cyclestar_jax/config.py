@@ -145,11 +145,6 @@ class Config:
     return out
 
   @property
-  def zsh_shape(self) -> tuple[int, int]:
-    """(length, channels) of z_sh, channels-last; the paper writes 25 × 24 (channels × length)."""
-    return (self.lengths["zsh"], self.zsh_filters)
-
-  @property
   def zsp_shape(self) -> tuple[int, int]:
     """(length, channels) of z_sp, channels-last; (24, 4) in §4.1, (24, 0) without split."""
     return (self.lengths["zsh"], self.zsp_filters)

@@ -333,6 +333,7 @@ def load_torch_emulator(path: str | os.PathLike, *, weights_only: bool = True) -
     KeyError: naming the file and the missing keys.
   """
   try:
+    # Deferred import (torch: optional and heavy).
     import torch
   except ImportError as e:
     raise ImportError(f"reading the PyTorch emulator {path} needs torch: "
@@ -378,6 +379,7 @@ def load_orbax_emulator(path: str | os.PathLike) -> Emulator:
   `path` is either the CheckpointManager directory (the latest step is read; training keeps
   only the best one) or one step's directory inside it.
   """
+  # Deferred import (orbax: heavy, only for checkpoint folders).
   import orbax.checkpoint as ocp
 
   path = Path(path).absolute()

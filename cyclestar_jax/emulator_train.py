@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from cyclestar_jax import resources
 from cyclestar_jax.chunks import map_chunks
@@ -66,7 +67,6 @@ from cyclestar_jax.labels import (
     outside_box,
     scale_labels,
 )
-from cyclestar_jax.plots import plot_emulator_residuals
 
 # Accuracy asked of the default recipe on held-out mock spectra (issue 3).
 TARGET_MEDIAN_ABS = 1e-3
@@ -366,6 +366,7 @@ def fit_emulator(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
 
   manager = None
   if checkpoint_dir is not None:
+    # Deferred import (orbax: heavy, only for checkpoint folders).
     import orbax.checkpoint as ocp
 
     manager = ocp.CheckpointManager(
@@ -382,8 +383,6 @@ def fit_emulator(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
   stop_reason = "max_epochs"
   bar = None
   if progress:
-    from tqdm import tqdm
-
     bar = tqdm(total=cfg.max_epochs, desc="emulator", unit="epoch", dynamic_ncols=True)
   t0 = time.perf_counter()
   p_now, epoch_time = 0.0, None
@@ -450,6 +449,7 @@ def fit_emulator(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
 
 
 def _save_checkpoint(manager, epoch: int, params: Params, y_min, y_max) -> None:
+  # Deferred import (orbax: heavy, only for checkpoint folders).
   import orbax.checkpoint as ocp
 
   manager.save(epoch, args=ocp.args.StandardSave(checkpoint_tree(params, y_min, y_max)),
@@ -567,11 +567,12 @@ def _check_learnable(data_path: Path, x: np.ndarray, msk: np.ndarray | None) -> 
 
 def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
                    cfg: EmulatorTrainConfig = EmulatorTrainConfig(), *,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True) -> tuple[dict[str, Any], np.ndarray]:
   """Trains an emulator on a reference-format file and writes its outputs to `out_dir`.
 
-  Writes `emulator.npz` (`save_emulator`), `checkpoint/` (orbax, best weights),
-  `metrics.json` and `residuals.png`; both files load with `load_emulator`.
+  Writes `emulator.npz` (`save_emulator`), `checkpoint/` (orbax, best weights) and
+  `metrics.json`; both files load with `load_emulator`. It draws no figure: the callers draw
+  `residuals.png` from the returned residuals (`plots.plot_emulator_run`).
 
   Args:
     data_path: HDF5 file in the reference format with `spectra`/`labels` for `train`
@@ -581,7 +582,8 @@ def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
     progress: show a progress bar.
 
   Returns:
-    The metrics dict written to `metrics.json`.
+    (the metrics dict written to `metrics.json`, the held-out residuals emulator − truth
+    [N, n_pix] in normalized flux, NaN where masked).
   """
   data_path, out_dir = Path(data_path), Path(out_dir)
   train = _read(data_path, "train", cfg.n_train)
@@ -637,8 +639,4 @@ def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
                 | {"median_abs": metrics["median_abs"], "p99_abs": metrics["p99_abs"]})
   atomic_write(out_dir / "metrics.json",
                lambda f: f.write(json.dumps(summary, indent=1).encode()))
-  plot_emulator_residuals(
-      residual, out_dir / "residuals.png",
-      title=(f"|emulator − truth|, {len(residual)} held-out spectra: median "
-             f"{metrics['median_abs']:.2e}, 99th percentile {metrics['p99_abs']:.2e}"))
-  return summary
+  return summary, residual

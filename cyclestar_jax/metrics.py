@@ -12,7 +12,7 @@ Every function ignores NaN, so masked pixels and unfitted stars are NaN in, left
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -119,7 +119,3 @@ def label_errors(y_fit: np.ndarray, y_true: np.ndarray,
   return out
 
 
-def scatter_ratio(errors_a: Mapping[str, Mapping[str, float]],
-                  errors_b: Mapping[str, Mapping[str, float]], name: str) -> float:
-  """scatter_a / scatter_b of one label (from two `label_errors` results)."""
-  return float(errors_a[name]["scatter"] / errors_b[name]["scatter"])

@@ -49,6 +49,7 @@ import os
 
 import jax
 import numpy as np
+from jax._src import distributed
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cyclestar_jax import data
@@ -116,6 +117,16 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                              process_id=process_id)
 
 
+
+def initialize_from_args(args) -> bool:
+  """`initialize_distributed` when a command's flags (`cli.add_distributed_args`: --distributed,
+  --coordinator, --num-processes, --process-id) ask for several processes; call it before any
+  other JAX call. Returns whether they did."""
+  if not (args.distributed or args.coordinator is not None):
+    return False
+  initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  return True
+
 BARRIER_TIMEOUT_S = 1800  # how long a process waits for the others at a `barrier`
 _barrier_count = [0]
 
@@ -130,8 +141,6 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # the coordination client: no public barrier with a timeout
-
   _barrier_count[0] += 1
   distributed.global_state.client.wait_at_barrier(f"cyclestar_{name}_{_barrier_count[0]}",
                                                   int(timeout_s * 1000))

@@ -27,6 +27,8 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+import h5py
+
 LOCK_NAME = ".lock"
 _MIB = 1 << 20
 
@@ -208,8 +210,6 @@ def _head_tail_sha(path: Path, size: int) -> str:
 def _h5_shapes(path: Path) -> dict | None:
   """{dataset: shape} of an HDF5 file, or None when it is not one."""
   try:
-    import h5py
-
     with h5py.File(path, "r") as h:
       return {k: list(v.shape) for k, v in h.items() if hasattr(v, "shape")}
   except (OSError, ValueError):

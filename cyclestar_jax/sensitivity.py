@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclestar_jax import lines, mock
 from cyclestar_jax.chain import ModelChain, autoencode_synth, payne_scaled
 from cyclestar_jax.labels import LABEL_NAMES
 from cyclestar_jax.resources import N_DROP
@@ -94,8 +95,6 @@ def label_sensitivity(mc: ModelChain, y: np.ndarray, x_obs: np.ndarray, world=No
   Returns:
     {"n": n, "pairs": the pairs computed, "labels": {name: {"<pair>_gain": g, "<pair>_r": r}}}.
   """
-  from cyclestar_jax import lines, mock
-
   y = np.clip(np.asarray(y, np.float32), mc.emulator.y_min, mc.emulator.y_max)
   d = lines.derivative_spectra(mc, y, lines.encode_observed(mc, x_obs))
   res = {"autoencoder": derivative_gain(autoencoder_derivatives(mc, y), d["d_payne"]),

@@ -42,6 +42,7 @@ class TorchImportError(ValueError):
 
 def _import_torch():
   try:
+    # Deferred import (torch: optional and heavy).
     import torch
   except ImportError as e:
     raise ImportError("reading PyTorch checkpoints needs torch: install the optional extra "

@@ -95,10 +95,17 @@ def create_train_state(cfg: Config, key: jax.Array) -> TrainState:
                     gen_ema=jax.tree.map(jnp.copy, gen_params))  # own buffers (donation)
 
 
-def _opt_count(opt_state) -> jax.Array:
-  """Number of updates applied so far, read from the first Adam count in the state."""
-  counts = [x for x in jax.tree.leaves(opt_state) if jnp.issubdtype(x.dtype, jnp.integer)]
-  return counts[0]
+def gen_update_count(gen_opt) -> jax.Array:
+  """Updates applied so far by the generator's optimizer (int32 scalar): the `count` of the
+  decoders' Adam. `gen_opt` is `make_optimizers`' `multi_transform` state, {"decoder",
+  "encoder"} each a masked (Adam, learning-rate schedule) chain; every count in it is equal."""
+  return gen_opt.inner_states["decoder"].inner_state[0].count
+
+
+def critic_update_count(critic_opt) -> jax.Array:
+  """Updates applied so far by the critics' optimizer (int32 scalar): the `count` of its Adam
+  (`critic_opt` is the state of the (Adam, learning-rate schedule) chain)."""
+  return critic_opt[0].count
 
 
 def update_ema(ema: dict, params: dict, count: jax.Array, decay: float) -> dict:
@@ -172,7 +179,8 @@ def make_train_step(cfg: Config, nets: CycleStarNet | None = None, *,
     g_norm, c_norm = optax.tree.norm(g_grads), optax.tree.norm(c_grads)
     ok = jnp.isfinite(g_loss) & jnp.isfinite(c_loss) & jnp.isfinite(g_norm) & jnp.isfinite(c_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-    gen_ema = update_ema(state.gen_ema, gen_params, _opt_count(state.gen_opt), cfg.gen_ema_decay)
+    gen_ema = update_ema(state.gen_ema, gen_params, gen_update_count(state.gen_opt),
+                         cfg.gen_ema_decay)
     new_state = TrainState(
         step=state.step + 1,
         gen_params=keep(gen_params, state.gen_params),
@@ -182,8 +190,8 @@ def make_train_step(cfg: Config, nets: CycleStarNet | None = None, *,
         n_skipped=state.n_skipped + jnp.where(ok, 0, 1).astype(jnp.int32),
         gen_ema=keep(gen_ema, state.gen_ema))
 
-    gen_count = _opt_count(state.gen_opt)
-    critic_count = _opt_count(state.critic_opt)
+    gen_count = gen_update_count(state.gen_opt)
+    critic_count = critic_update_count(state.critic_opt)
     metrics = {**g_terms, **c_metrics, "loss_gen": g_loss, "loss_critic": c_loss,
                "grad_norm_gen": g_norm, "grad_norm_critic": c_norm,
                "lr_encoder": sched["encoder"](gen_count), "lr_decoder": sched["decoder"](gen_count),

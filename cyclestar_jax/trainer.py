@@ -10,9 +10,11 @@ reference-format HDF5 files and writes into `out_dir`:
     and critic accuracy over the interval, it/s, skipped steps) and per validation
     (`kind: "val"`: the loss terms on the first `val_rows` spectra of each val split, and the
     authors' latent cycle scores `zsh_synth_val`, `zsh_obs_val`, `zsp_val`; with a paired
-    val split, the paired transfer residuals `val_paired_*`, see `validation.paired_metrics`);
-  - `checkpoints/`: orbax checkpoints (last `keep`), see `checkpoint.py`;
-  - `training_progress.png`: distances and adversarial losses against iterations (Fig. B1).
+    val split, the paired transfer residuals `val_paired_*`, see `validation.paired_metrics`),
+    written and read by `metrics_log`;
+  - `checkpoints/`: orbax checkpoints (last `keep`), see `checkpoint.py`.
+The trainer draws no figure: its callers (`experiments/train.py`, `pipeline.stages`) draw
+`training_progress.png` (`plots.plot_progress`, Fig. B1) from the log after training.
 
 Every input is checked before the first compilation: the files (pixel counts: exactly
 `cfg.n_pix + 47`, see `data.check_pixel_count`; splits; enough usable pixels, see
@@ -35,7 +37,7 @@ The loop (`run_loop`) is one for both data paths; a runner yields the compiled c
 Several processes (`jax.distributed` initialized first, see `parallel` and `experiments/train.py`):
 every process calls `train` with the same arguments and an `out_dir` they all see. Each reads
 its own rows of every global batch, all take part in every step, validation and checkpoint,
-and process 0 alone writes config.json, run.json, metrics.jsonl and the figure and shows the
+and process 0 alone writes config.json, run.json and metrics.jsonl and shows the
 progress bar; every process returns the same summary (but for the timings).
 """
 
@@ -57,10 +59,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from cyclestar_jax import checkpoint, data, losses, parallel, validation
+from cyclestar_jax import checkpoint, data, losses, metrics_log, parallel, validation
 from cyclestar_jax.config import Config
 from cyclestar_jax.fileio import atomic_write_text
-from cyclestar_jax.plots import plot_progress
 from cyclestar_jax.train_step import create_train_state
 
 # Metrics whose interval means go to metrics.jsonl and the progress bar.
@@ -126,47 +127,6 @@ class LoopConfig:
     g = math.gcd(*intervals)
     return max(d for d in range(1, _MAX_DEFAULT_STEPS_PER_CALL + 1) if g % d == 0)
 
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics.jsonl
-
-
-def _metric_lines(path: Path) -> list[tuple[str, dict]]:
-  """(text, parsed) of each line of a metrics.jsonl file.
-
-  A last line that does not parse is a write torn by a kill (lines are appended whole, so only
-  the last one can be cut short): it is dropped. Any other bad line is an error naming the
-  file and the line number.
-  """
-  lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-  out = []
-  for i, line in enumerate(lines):
-    try:
-      out.append((line, json.loads(line)))
-    except json.JSONDecodeError as e:
-      if i == len(lines) - 1:
-        break
-      raise ValueError(f"{path}: line {i + 1} is not JSON ({e.msg}); expected one JSON object "
-                       f"per line") from e
-  return out
-
-
-def _truncate_metrics(path: Path, after_step: int) -> None:
-  """Drop metric lines past the resumed step (written after the last checkpoint), and a last
-  line torn by the kill."""
-  if not path.exists():
-    return
-  keep = [text for text, d in _metric_lines(path) if d["step"] <= after_step]
-  atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _last_metrics(path: Path) -> tuple[dict, dict]:
-  """(last train line, last val line) of a metrics.jsonl file ({} where there is none)."""
-  if not path.exists():
-    return {}, {}
-  m = read_metrics(path)
-  return (m["train"][-1] if m["train"] else {}), (m["val"][-1] if m["val"] else {})
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -429,10 +389,7 @@ def _move_aside(ckpt: checkpoint.Checkpointer, skipped: dict[int, str]) -> None:
       os.replace(src, dst)
       print(f"checkpoint step {step} unusable ({skipped[step]}); moved to {dst}, training "
             "continues from the older one", file=sys.stderr)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices("trainer: corrupt checkpoints moved")
+  parallel.barrier("trainer_corrupt_checkpoints_moved")  # no-op with one process
   ckpt.steps()  # the manager forgets the moved steps
 
 
@@ -527,7 +484,7 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: 
   loop = loop if staged_mode else dataclasses.replace(loop, steps_per_call=1)
   # With several processes every one runs this loop; process 0 alone writes files and prints.
   lead = jax.process_index() == 0
-  metrics_path = out / "metrics.jsonl"
+  metrics_path = out / metrics_log.FILE_NAME
   summary = {"out_dir": str(out), "paired_val": paired, "paired_val_reason": paired_reason,
              "usable": usable, "already_complete": False}
   ckpt = checkpoint.Checkpointer(out / "checkpoints", cfg, max_to_keep=loop.keep)
@@ -536,11 +493,11 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: 
     state, start, restored = _restore(ckpt, cfg, mesh, key, resume, out)
     if lead:
       if restored:
-        _truncate_metrics(metrics_path, start)
+        metrics_log.truncate_after(metrics_path, start)
       else:
-        atomic_write_text(metrics_path, "")
+        metrics_log.start_new(metrics_path)
     if restored and start >= n_iter:
-      last_train, last_val = _last_metrics(metrics_path)
+      last_train, last_val = metrics_log.last_metrics(metrics_path)
       return {**summary, "step": start, "train": last_train, "val": last_val,
               "already_complete": True, "stopped": "n_iter"}
     if lead:
@@ -572,8 +529,6 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: 
       bar.close()
   finally:
     ckpt.close()
-  if lead:
-    plot_progress(metrics_path, out / "training_progress.png")
   stopped = "n_iter" if done >= n_iter else "time_limit"
   if lead and stopped == "time_limit":
     print(f"{cfg.name}: stopped at the time limit ({time_limit_s:.0f} s) after {done} of "
@@ -591,8 +546,7 @@ def _log_train(history, step, t0, path: Path | None, bar) -> dict:
   line = {"kind": "train", "step": step, **means}
   if path is None:
     return line
-  with path.open("a") as f:
-    f.write(json.dumps(line) + "\n")
+  metrics_log.append_line(path, line)
   if bar is not None:
     bar.set_postfix({k: f"{means[k]:.3g}" for k in _BAR_KEYS}
                     | {"it/s": f"{means['it_per_s']:.1f}"}, refresh=False)
@@ -609,32 +563,5 @@ def _log_val(evaluate, state, batch, step, path: Path | None) -> dict:
   line = {"kind": "val", "step": step, **vals}
   if path is None:
     return line
-  with path.open("a") as f:
-    f.write(json.dumps(line) + "\n")
+  metrics_log.append_line(path, line)
   return line
-
-
-def elapsed_by_step(path) -> dict[int, float]:
-  """Wall-clock seconds of the training loop up to each logged train step of a metrics.jsonl
-  file, summed from its intervals (iterations / `it_per_s`; validations, checkpoints and
-  compilation between them are not counted). Lines of an attempt that was killed and resumed
-  from an earlier checkpoint count too: that time was spent. {} for no file."""
-  if not Path(path).is_file():
-    return {}
-  out, last, clock = {}, 0, 0.0
-  for d in read_metrics(path)["train"]:
-    rate = d.get("it_per_s") or 0.0
-    step = int(d["step"])
-    if rate > 0 and step > last:
-      clock += (step - last) / rate
-    last = step
-    out[step] = clock
-  return out
-
-
-def read_metrics(path) -> dict[str, list[dict]]:
-  """metrics.jsonl → {"train": [lines], "val": [lines]} (a torn last line is skipped)."""
-  out: dict[str, list[dict]] = {"train": [], "val": []}
-  for _, d in _metric_lines(path):
-    out.setdefault(d.get("kind", "train"), []).append(d)
-  return out

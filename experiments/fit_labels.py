@@ -28,7 +28,7 @@ import json
 import sys
 import time
 
-from cyclestar_jax import cli
+from cyclestar_jax import cli, parallel
 from cyclestar_jax.fitting import METHODS, FitConfig, fit_file, read_results
 from cyclestar_jax.fitting.job import summarize, summary_line
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     The summary (`fitting.job.summarize`, plus out and method) on process 0, else None.
   """
   args = parse_args(argv)
-  cli.initialize_distributed(args)
+  parallel.initialize_from_args(args)
   t = time.perf_counter()
   res = fit_file(args.obs, args.out, method=args.method, model_dir=args.model,
                  emulator_path=args.emulator, split=args.split, start=args.start,

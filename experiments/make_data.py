@@ -12,9 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from cyclestar_jax import cli, mock, rundir
+from cyclestar_jax import cli, mock, plots, rundir
 from cyclestar_jax.fileio import atomic_write_text
-from cyclestar_jax.mock import figures
 
 OUTPUTS = ("synth.h5", "obs.h5", "payne_grid.h5", "make_data.json", "examples.png")
 
@@ -58,7 +57,8 @@ def main(argv=None) -> dict:
     rundir.check_replace(args.out, OUTPUTS, args.overwrite)
     rundir.clean_temporary(args.out)
     summary = mock.make_data(args.out, world, sizes, progress=not args.no_progress)
-    figures.plot_examples(args.out / "synth.h5", args.out / "obs.h5", args.out / "examples.png")
+    plots.plot_examples(mock.example_spectra(args.out / "synth.h5", args.out / "obs.h5"),
+                        args.out / "examples.png")
     atomic_write_text(args.out / "make_data.json", json.dumps(summary, indent=2))
   seconds = summary["synth_seconds"] + summary["obs_seconds"] + summary["payne_grid_seconds"]
   print(f"wrote {args.out}/synth.h5 ({summary['synth_mb']:.0f} MB), obs.h5 "

@@ -41,7 +41,16 @@ from pathlib import Path
 import jax
 
 # Importing these starts no JAX backend, so jax.distributed can still be initialized in main.
-from cyclestar_jax import cli, config, rundir, trainer, validation
+from cyclestar_jax import (
+    cli,
+    config,
+    metrics_log,
+    parallel,
+    plots,
+    rundir,
+    trainer,
+    validation,
+)
 
 _LOOP = trainer.LoopConfig()
 DEFAULT_LAMBDA_GRID = 3.0  # --grid without --lambda-grid: the APOGEE experiment's λ_synth
@@ -106,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
-  cli.initialize_distributed(args)
+  parallel.initialize_from_args(args)
   cfg = config.get_config(args.config)
   lam = (args.lambda_grid or cfg.lambda_grid or DEFAULT_LAMBDA_GRID) if args.grid else None
   overrides = {k: v for k, v in (("batch_size", args.batch_size), ("seed", args.seed),
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     if jax.process_index() == 0:
       rundir.clean_temporary(args.out)
     summary = _train(args, cfg)
+    if jax.process_index() == 0 and not summary["already_complete"]:
+      _plot_progress(args.out)
   if jax.process_index() == 0:
     if summary["already_complete"]:
       print(f"{args.out}: run already complete at step {summary['step']} (--n-iter "
@@ -127,6 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
                       **{k: summary["train"].get(k) for k in ("rec_synth", "rec_obs",
                                                               "cc_synth", "cc_obs", "it_per_s")}}))
   return summary
+
+
+def _plot_progress(out: str) -> None:
+  """OUT/training_progress.png (Fig. B1) from OUT/metrics.jsonl."""
+  log = metrics_log.read_metrics(Path(out) / metrics_log.FILE_NAME)
+  plots.plot_progress(log, Path(out) / "training_progress.png")
 
 
 def _train(args: argparse.Namespace, cfg: config.Config) -> dict:

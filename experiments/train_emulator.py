@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from cyclestar_jax import cli, rundir
+from cyclestar_jax import cli, plots, rundir
 from cyclestar_jax.emulator_train import EmulatorTrainConfig, train_emulator
 
 _DEFAULTS = EmulatorTrainConfig()
@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
   with rundir.folder_lock(args.out):
     rundir.check_replace(args.out, OUTPUTS, args.overwrite)
     rundir.clean_temporary(args.out)
-    summary = train_emulator(args.data, args.out, build_config(args),
-                             progress=not args.no_progress)
+    summary, residual = train_emulator(args.data, args.out, build_config(args),
+                                       progress=not args.no_progress)
+    plots.plot_emulator_run(residual, summary, Path(args.out) / "residuals.png")
   held = summary["held_out"]
   print(json.dumps({"out": args.out, "median_abs": held["median_abs"],
                     "p99_abs": held["p99_abs"], "meets_targets": summary["meets_targets"],

@@ -3,6 +3,7 @@ import functools
 import os
 import warnings
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,9 +38,7 @@ def test_round_trip_into_eval_shape_target(tmp_path, smoke_state):
   assert meta["step"] == 7 and meta["data_position"] == 7 and meta["extra"] == {"synth": "a.h5"}
   assert meta["config"]["name"] == "smoke"
   assert jax.tree.structure(restored) == jax.tree.structure(saved)
-  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved), strict=True):
-    assert a.dtype == b.dtype
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(restored, saved, strict=True)  # values, shapes and dtypes
   ckpt.close()
 
 
@@ -101,7 +100,7 @@ def test_foreign_architecture_is_refused_with_the_differing_field(tmp_path, smok
 
 def test_generator_npz_round_trip_and_load_cycle_model_reads_it(tmp_path, smoke_state):
   from cyclestar_jax import networks
-  from cyclestar_jax.fitting.config import CycleModel
+  from cyclestar_jax.checkpoint import CycleModel
 
   cfg, state = smoke_state
   nets = networks.make_networks(cfg)
@@ -110,11 +109,7 @@ def test_generator_npz_round_trip_and_load_cycle_model_reads_it(tmp_path, smoke_
   assert checkpoint.generator_metadata(path) == {"step": 3}
   for back in (checkpoint.load_generator_npz(path), checkpoint.load_cycle_model(path)):
     assert back.nets.cfg == cfg and back.source == str(path)
-    want, got = jax.tree_util.tree_leaves_with_path(model.gen_params), \
-        jax.tree_util.tree_leaves_with_path(back.gen_params)
-    assert [k for k, _ in want] == [k for k, _ in got]
-    for (_, a), (_, b) in zip(want, got, strict=True):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(back.gen_params, model.gen_params)
   with np.load(path) as z:  # the generator only, in float32
     assert not any("critic" in k for k in z.files)
     assert all(z[k].dtype == np.float32 for k in z.files if k.startswith("gen/"))

@@ -4,6 +4,7 @@ import json
 import os
 import warnings
 
+import chex
 import h5py
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import pytest
 
 from cyclestar_jax import emulator as emu
 from cyclestar_jax import emulator_train as et
-from cyclestar_jax import networks
+from cyclestar_jax import networks, plots
 from cyclestar_jax.labels import LABEL_NAMES, N_LABELS, scale_labels
 from cyclestar_jax.resources import N_PIX
 
@@ -276,7 +277,8 @@ def test_tiny_training_writes_outputs_and_checkpoint_reloads(synth_file, tmp_pat
   cfg = et.EmulatorTrainConfig(n_hidden=32, batch_size=32, learning_rate=1e-2, max_epochs=25,
                                patience=25, eval_batch_size=48, teff_bin_width=1000.0)
   out = tmp_path / "emulator"
-  summary = et.train_emulator(synth_file, out, cfg, progress=False)
+  summary, residual = et.train_emulator(synth_file, out, cfg, progress=False)
+  assert residual.shape[0] == 64  # the held-out spectra
   hist = summary["training"]["history"]
   assert len(hist["epoch"]) == 25 and summary["training"]["stop_reason"] == "max_epochs"
   assert min(hist["val_mse"]) < 0.3 * hist["val_mse"][0]  # validation loss went down
@@ -288,6 +290,8 @@ def test_tiny_training_writes_outputs_and_checkpoint_reloads(synth_file, tmp_pat
   assert sum(b["n"] for b in held["per_teff_bin"]) == 64
   assert all(b["teff_hi"] - b["teff_lo"] == 1000.0 for b in held["per_teff_bin"])
   assert set(held["per_chip"]) == {"blue", "green", "red"}
+  assert not (out / "residuals.png").exists()  # the trainer draws no figure; its callers do
+  plots.plot_emulator_run(residual, summary, out / "residuals.png")
   assert (out / "residuals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
   from_npz = emu.load_emulator(out / "emulator.npz")
@@ -332,7 +336,7 @@ def test_file_without_val_and_test_splits(tmp_path):
     f["spectra train"] = x
     f["labels train"] = y
   cfg = et.EmulatorTrainConfig(n_hidden=8, batch_size=32, max_epochs=2, val_fraction=0.25)
-  summary = et.train_emulator(path, tmp_path / "out", cfg, progress=False)
+  summary, _ = et.train_emulator(path, tmp_path / "out", cfg, progress=False)
   assert summary["n_train"] == 60 and summary["n_val"] == 20
   assert summary["held_out"]["n"] == 20 and "no test split" in summary["held_out_split"]
   with h5py.File(path, "a") as f:
@@ -354,9 +358,7 @@ def test_masked_pixels_are_no_training_target():
           for fill in (1.0, 50.0)]
   assert fits[0].history["train_mse"] == fits[1].history["train_mse"]
   assert fits[0].history["val_mse"] == fits[1].history["val_mse"]
-  leaves = [jax.tree.leaves(f.emulator.params) for f in fits]
-  for a, b in zip(*leaves, strict=True):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(fits[0].emulator.params, fits[1].emulator.params)
   plain = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], cfg, progress=False)
   ones = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], cfg, progress=False,
                          msk_train=np.ones((48, N_PIX_SMALL), bool))
@@ -390,7 +392,7 @@ def test_nan_flux_in_the_file_is_masked_out_of_training(tmp_path):
   out = {}
   for name, path in paths.items():
     with pytest.warns(UserWarning, match="left out of the emulator's loss"):
-      out[name] = et.train_emulator(path, tmp_path / f"out_{name}", cfg, progress=False)
+      out[name] = et.train_emulator(path, tmp_path / f"out_{name}", cfg, progress=False)[0]
   a, b = out["nan"], out["flagged"]
   assert a["training"]["history"]["val_mse"] == b["training"]["history"]["val_mse"]
   assert a["held_out"]["median_abs"] == b["held_out"]["median_abs"]

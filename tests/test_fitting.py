@@ -9,6 +9,7 @@ import json
 import os
 import warnings
 
+import chex
 import h5py
 import jax
 import jax.numpy as jnp
@@ -415,9 +416,7 @@ def test_cli_emulator_and_obs_run_dir(tmp_path, smoke_model):
 
   (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
   loaded = F.load_cycle_model(run)
-  for a, b in zip(jax.tree.leaves(loaded.gen_params), jax.tree.leaves(smoke_model.gen_params),
-                  strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  chex.assert_trees_all_equal(loaded.gen_params, smoke_model.gen_params)
   with pytest.raises(FileNotFoundError, match="--emulator"):
     fit_labels.main(["--model", str(run), "--obs", str(obs), "--out", str(out)])
   out2 = tmp_path / "fit_obs.h5"

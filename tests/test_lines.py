@@ -19,7 +19,7 @@ from jax.test_util import check_grads
 from cyclestar_jax import config, emulator, lines, networks
 from cyclestar_jax import labels as L
 from cyclestar_jax.chain import ModelChain, payne_scaled, split_features, synth_to_obs_scaled
-from cyclestar_jax.fitting import CycleModel
+from cyclestar_jax.checkpoint import CycleModel
 from cyclestar_jax.mock import WorldConfig, masked_pixels, population
 from cyclestar_jax.resources import N_DROP
 

@@ -81,11 +81,9 @@ def test_nonfinite_step_is_skipped_and_counted(smoke):
   new, metrics = step(state, bad, key)
   assert float(metrics["skipped"]) == 1.0 and int(new.n_skipped) == int(state.n_skipped) + 1
   assert int(new.step) == int(state.step) + 1  # the data position moves on
-  for a, b in zip(jax.tree.leaves((new.gen_params, new.critic_params, new.gen_opt,
-                                   new.critic_opt)),
-                  jax.tree.leaves((state.gen_params, state.critic_params, state.gen_opt,
-                                   state.critic_opt)), strict=True):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal((new.gen_params, new.critic_params, new.gen_opt, new.critic_opt),
+                              (state.gen_params, state.critic_params, state.gen_opt,
+                               state.critic_opt))
   inf_err = dict(batch, x_synth_err=np.zeros_like(batch["x_synth_err"]))  # 0/0 → NaN loss
   new2, metrics2 = step(new, inf_err, key)
   assert float(metrics2["skipped"]) == 1.0 and int(new2.n_skipped) == int(new.n_skipped) + 1
@@ -134,10 +132,9 @@ def test_data_parallel_step_equals_single_device(smoke):
   # Same losses, same gradients (Adam's moments) and same counters.
   for k in want_metrics:
     np.testing.assert_allclose(got_metrics[k], want_metrics[k], rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree.leaves((got_state.gen_opt, got_state.critic_opt, got_state.step)),
-                  jax.tree.leaves((want_state.gen_opt, want_state.critic_opt, want_state.step)),
-                  strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close((got_state.gen_opt, got_state.critic_opt, got_state.step),
+                              (want_state.gen_opt, want_state.critic_opt, want_state.step),
+                              rtol=1e-5, atol=1e-5)
   # Same parameters, except where the gradient is rounding noise: a channel that stays in one
   # linear regime of LeakyReLU before an instance norm has a gradient that is exactly zero in
   # exact arithmetic, and Adam's first step turns its noise into ±lr in either layout (noise: a
@@ -191,9 +188,9 @@ def test_multi_step_equals_single_steps(smoke):
     rtol = 1e-3 if k.startswith("grad_norm") else 1e-4
     np.testing.assert_allclose(got_metrics[k][1:], want[1:], rtol=rtol, atol=1e-6, err_msg=k)
   assert int(got_state.n_skipped) == int(want_state.n_skipped)
-  for a, b in zip(jax.tree.leaves((got_state.gen_params, got_state.critic_params)),
-                  jax.tree.leaves((want_state.gen_params, want_state.critic_params)), strict=True):
-    np.testing.assert_allclose(a, b, rtol=0, atol=cfg.lr_encoder)
+  chex.assert_trees_all_close((got_state.gen_params, got_state.critic_params),
+                              (want_state.gen_params, want_state.critic_params),
+                              rtol=0, atol=cfg.lr_encoder)
   with pytest.raises(ValueError, match="leading"):
     multi(_copy(state), dict(stacked, x_obs=stacked["x_obs"][:2]), key)
 

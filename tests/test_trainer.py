@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 from toy_files import write_toy_domain
 
-from cyclestar_jax import checkpoint, cli, config, h5io, trainer, validation
+from cyclestar_jax import checkpoint, cli, config, h5io, metrics_log, trainer, validation
 
 N_ITER, CKPT_EVERY = 40, 20
 
@@ -55,7 +56,7 @@ def test_smoke_run_learns_and_resumes_exactly_after_sigkill(toy_files, tmp_path)
   subprocess.run(_command(synth, obs, straight), check=True, env=_env(cache), cwd=cwd,
                  timeout=300, capture_output=True)
 
-  m = trainer.read_metrics(straight / "metrics.jsonl")
+  m = metrics_log.read_metrics(straight / "metrics.jsonl")
   assert [d["step"] for d in m["train"]] == list(range(10, N_ITER + 1, 10))
   assert [d["step"] for d in m["val"]] == [20, 40]
   for d in m["train"] + m["val"]:
@@ -92,10 +93,8 @@ def test_smoke_run_learns_and_resumes_exactly_after_sigkill(toy_files, tmp_path)
 
   (a, meta_a), (b, meta_b) = _final_state(straight), _final_state(killed)
   assert meta_a["data_position"] == meta_b["data_position"] == N_ITER
-  import jax
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(x, y)
-  mk = trainer.read_metrics(killed / "metrics.jsonl")
+  chex.assert_trees_all_equal(a, b)
+  mk = metrics_log.read_metrics(killed / "metrics.jsonl")
   assert [d["step"] for d in mk["train"]] == [d["step"] for d in m["train"]]
   for da, db in zip(m["train"], mk["train"], strict=True):
     assert da["rec_obs"] == db["rec_obs"] and da["gen_synth"] == db["gen_synth"]
@@ -150,7 +149,6 @@ def test_data_on_device_gives_the_streamed_run(toy_files, tmp_path):
   """Training splits held on the devices (batches gathered there by row index) train exactly
   like the HDF5 stream one iteration a call, and up to a scanned step's rounding with several
   iterations a call, with the events at the same steps; bad settings are refused."""
-  import jax
 
   synth, obs = toy_files
   cfg = config.get_config("smoke")
@@ -160,21 +158,18 @@ def test_data_on_device_gives_the_streamed_run(toy_files, tmp_path):
   m, state = {}, {}
   for name, extra in runs.items():
     trainer.train(cfg, synth, obs, tmp_path / name, **kw, **extra)
-    m[name] = trainer.read_metrics(tmp_path / name / "metrics.jsonl")
+    m[name] = metrics_log.read_metrics(tmp_path / name / "metrics.jsonl")
     state[name] = checkpoint.restore_state(tmp_path / name / "checkpoints", cfg, 10)[0]
     assert [d["step"] for d in m[name]["train"]] == [5, 10]
     assert [d["step"] for d in m[name]["val"]] == [10]
-  for a, b in zip(jax.tree.leaves(state["stream"]), jax.tree.leaves(state["staged"]),
-                  strict=True):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(state["stream"], state["staged"])
   # Scanned: the first interval's means agree closely; GAN training then amplifies rounding.
   for k, v in m["stream"]["train"][0].items():
     if k not in ("it_per_s", "kind", "step") and isinstance(v, float):
       np.testing.assert_allclose(m["scanned"]["train"][0][k], v, rtol=1e-3, atol=1e-6,
                                  err_msg=k)
-  for x, y in zip(jax.tree.leaves(state["stream"].gen_params),
-                  jax.tree.leaves(state["scanned"].gen_params), strict=True):
-    np.testing.assert_allclose(x, y, rtol=0, atol=10 * cfg.lr_encoder)
+  chex.assert_trees_all_close(state["stream"].gen_params, state["scanned"].gen_params,
+                              rtol=0, atol=10 * cfg.lr_encoder)
   with pytest.raises(ValueError, match="data_on_device"):
     trainer.train(cfg, synth, obs, tmp_path / "bad", data_on_device="maybe", **kw)
   with pytest.raises(ValueError, match="steps_per_call"):
@@ -198,12 +193,12 @@ def test_metrics_file_with_a_torn_last_line(tmp_path):
   path = tmp_path / "metrics.jsonl"
   lines = [json.dumps({"kind": "train", "step": s, "rec_obs": 1.0 / s}) for s in (10, 20, 30)]
   path.write_text("\n".join(lines) + "\n" + lines[0][:17])
-  assert [d["step"] for d in trainer.read_metrics(path)["train"]] == [10, 20, 30]
-  trainer._truncate_metrics(path, 20)
+  assert [d["step"] for d in metrics_log.read_metrics(path)["train"]] == [10, 20, 30]
+  metrics_log.truncate_after(path, 20)
   assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
   path.write_text(lines[0] + "\n{broken\n" + lines[1] + "\n")
   with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
-    trainer.read_metrics(path)
+    metrics_log.read_metrics(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,9 +216,9 @@ def test_elapsed_training_time_from_the_metrics_file(tmp_path):
            {"kind": "train", "step": 300, "it_per_s": 5.0},
            {"kind": "train", "step": 350, "it_per_s": 0.0}]  # no rate: adds nothing
   log.write_text("".join(json.dumps(d) + "\n" for d in lines))
-  assert trainer.elapsed_by_step(log) == {100: 10.0, 300: 50.0, 350: 50.0}
+  assert metrics_log.elapsed_by_step(log) == {100: 10.0, 300: 50.0, 350: 50.0}
   assert stages._train_seconds(tmp_path) == 50.0
-  assert trainer.elapsed_by_step(tmp_path / "none.jsonl") == {}
+  assert metrics_log.elapsed_by_step(tmp_path / "none.jsonl") == {}
   assert stages._train_seconds(tmp_path / "empty") == 0.0
 
 
@@ -354,7 +349,7 @@ def test_time_limit_stops_the_loop_checkpointed_and_logged(tmp_path):
                                       ckpt=ckpt, log_path=log, deadline=t0 + 0.2)
   assert 5 <= done < 50 and time.perf_counter() - t0 < 1.5
   assert ckpt.saved == [done] and last["step"] == done
-  assert trainer.read_metrics(log)["train"][-1]["step"] == done
+  assert metrics_log.read_metrics(log)["train"][-1]["step"] == done
   # a deadline already past still runs one call; no deadline runs to n_iter
   _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0, 10, loop,
                                    ckpt=_FakeCheckpointer(), deadline=t0)
@@ -494,7 +489,6 @@ def test_command_line_errors_are_one_line(toy_files, tmp_path, capsys, monkeypat
 def test_grid_batch_trains_the_same_staged_or_streamed(toy_files, tmp_path):
   """With `lambda_grid` > 0 the grid file is a third stream: logged (`rec_grid`, `cc_grid`),
   staged on the device like the domains, and the same run either way; without it, refused."""
-  import jax
 
   synth, obs = toy_files
   grid = tmp_path / "grid.h5"
@@ -504,14 +498,12 @@ def test_grid_batch_trains_the_same_staged_or_streamed(toy_files, tmp_path):
   state = {}
   for name, where in (("stream", "no"), ("staged", "yes")):
     trainer.train(cfg, synth, obs, tmp_path / name, data_on_device=where, **kw)
-    m = trainer.read_metrics(tmp_path / name / "metrics.jsonl")
+    m = metrics_log.read_metrics(tmp_path / name / "metrics.jsonl")
     assert all(d["rec_grid"] > 0 and d["cc_grid"] > 0 for d in m["train"])
     run = json.loads((tmp_path / name / "run.json").read_text())
     assert run["n_spectra"] == {"synth": 64, "obs": 64, "grid": 32}
     state[name] = checkpoint.restore_state(tmp_path / name / "checkpoints", cfg, 4)[0]
-  for a, b in zip(jax.tree.leaves(state["stream"]), jax.tree.leaves(state["staged"]),
-                  strict=True):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(state["stream"], state["staged"])
   with pytest.raises(ValueError, match="lambda_grid"):
     trainer.train(cfg, synth, obs, tmp_path / "no_grid", **{**kw, "grid_path": None})
 

@@ -125,6 +125,7 @@ def read_allstar(path: str | os.PathLike, cuts: CutConfig = _DEFAULT_CUTS,
   """
   if teff_logg not in TEFF_LOGG:
     raise ValueError(f"teff_logg must be one of {TEFF_LOGG}, got {teff_logg!r}")
+  # Deferred import (astropy: heavy, only for FITS files).
   from astropy.io import fits
 
   path = os.fspath(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from cyclestar_jax.apogee import bits
+from cyclestar_jax.labels import label_index
 
 TELESCOPES: tuple[str, ...] = ("apo25m", "lco25m", "apo1m")
 COADDS = ("pixel", "global")
@@ -145,8 +146,6 @@ class PaperConfig:
   chunk: int = 1024
 
   def check(self) -> PaperConfig:
-    from cyclestar_jax.labels import label_index
-
     if self.sizes is not None and (len(self.sizes) != 3 or any(
         int(v) != v or v < 0 for v in self.sizes) or self.sizes[0] < 1):
       raise ValueError(f"sizes (train, val, test) must be integers >= 0 with train >= 1, got "

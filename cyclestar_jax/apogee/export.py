@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cyclestar_jax import plots
 from cyclestar_jax.apogee import catalog
 from cyclestar_jax.fileio import atomic_write
 from cyclestar_jax.fitting.results import ID_FIELDS, FitResult, read_ids, read_results
@@ -61,6 +62,7 @@ def join_allstar(path: str | os.PathLike, ids: dict[str, np.ndarray]):
   Raises:
     FileNotFoundError; ValueError naming the file and the missing key column.
   """
+  # Deferred import (astropy: heavy, only for FITS files).
   from astropy.io import fits
   from astropy.table import Column, MaskedColumn, Table
 
@@ -121,6 +123,7 @@ def export_fits(results: str | os.PathLike, out: str | os.PathLike,
     FileExistsError, FileNotFoundError, ValueError (one line naming the file and field),
     checked before allStar is read.
   """
+  # Deferred import (astropy: heavy, only for FITS files).
   from astropy.io import fits
   from astropy.table import Table, hstack
 
@@ -155,8 +158,6 @@ def export_fits(results: str | os.PathLike, out: str | os.PathLike,
 def plot_vs_catalogue(results: str | os.PathLike, png: str | os.PathLike) -> str | None:
   """The fitted − catalogue figure (`plots.fig_catalogue_residuals`) of a results file whose
   fits started from catalogue labels (`labels_start`); None when it has none with a Teff."""
-  from cyclestar_jax import plots
-
   res, _, attrs = read_results(results)
   if res.y_start is None or not np.isfinite(res.y_start[:, label_index("Teff")]).any():
     return None

@@ -21,6 +21,7 @@ def plot_normalization(stars: Sequence[Star], path: str | os.PathLike) -> str:
   Returns:
     The path written (PNG, atomically).
   """
+  # Deferred import (matplotlib: heavy, only when drawing).
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 

@@ -33,11 +33,13 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from cyclestar_jax import h5io
 from cyclestar_jax.apogee import catalog
 from cyclestar_jax.apogee.config import CutConfig, PrepareConfig, ReadConfig
 from cyclestar_jax.apogee.errors import CorruptFileError, StarRejected, WrongInputError
+from cyclestar_jax.apogee.plot import plot_normalization
 from cyclestar_jax.apogee.spectra import file_kind, read_star
 from cyclestar_jax.fileio import atomic_write, atomic_write_text
 from cyclestar_jax.labels import N_LABELS
@@ -229,8 +231,6 @@ def preflight(files: list[str], cfg: PrepareConfig) -> None:
 def _run_shards(files: list[str], parts: Path, cfg: PrepareConfig, progress: bool) -> None:
   k = cfg.shard_files
   todo = [i for i in range(-(-len(files) // k)) if not _shard_path(parts, i).exists()]
-  from tqdm.auto import tqdm
-
   done_files = len(files) - sum(len(files[i * k:(i + 1) * k]) for i in todo)
   bar = tqdm(total=len(files), initial=done_files, unit="files", desc="apStar",
              disable=not progress, smoothing=0.1, dynamic_ncols=True)
@@ -429,8 +429,6 @@ def plot_kept(reading: Reading, keep: np.ndarray, cfg: PrepareConfig) -> None:
   n_keep = int(keep.sum())
   if not cfg.n_plot or not n_keep:
     return
-  from cyclestar_jax.apogee.plot import plot_normalization
-
   picks = np.flatnonzero(keep)[np.linspace(0, n_keep - 1, min(cfg.n_plot, n_keep)).astype(int)]
   stars = [read_star(str(reading.meta["path"][r]), cfg.read) for r in np.unique(picks)]
   plot_normalization(stars, reading.out / PLOT_FILE)

@@ -34,7 +34,12 @@ import numpy as np
 from cyclestar_jax.apogee import bits, fitsio, grid
 from cyclestar_jax.apogee.config import TELESCOPES, CutConfig, ReadConfig
 from cyclestar_jax.apogee.errors import CorruptFileError, StarRejected, WrongInputError
-from cyclestar_jax.apogee.normalize import Normalized, bad_pixels, normalize_star
+from cyclestar_jax.apogee.normalize import (
+    Normalized,
+    bad_pixels,
+    check_masked_share,
+    normalize_star,
+)
 
 KINDS = ("apStar", "asStar", "aspcapStar")
 _RELEASE = re.compile(r"-(dr\d+|r\d+)-")
@@ -113,6 +118,7 @@ def _number(h: dict[str, Any], key: str) -> float:
 
 def _open(path: str):
   if path.endswith((".gz", ".fz", ".bz2")):
+    # Deferred import (astropy: heavy, only for compressed FITS files).
     from cyclestar_jax.apogee.fits_astropy import AstropyImages
 
     return AstropyImages(path)
@@ -302,8 +308,6 @@ def _read_aspcap(f, h: StarHeader, cfg: ReadConfig) -> Star:
   bad = bad_pixels(flux, err, mask, 0)
   if bad.all():
     raise CorruptFileError(f"{h.path}: HDU 1 (the spectrum) is all zero or NaN")
-  from cyclestar_jax.apogee.normalize import check_masked_share
-
   check_masked_share(bad, cfg)
   good = ~bad
   x = np.where(good, flux, 1.0).astype(np.float32)

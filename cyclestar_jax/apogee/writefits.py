@@ -55,6 +55,7 @@ def write_apstar(path: str | os.PathLike, rows: StarRows, header: dict[str, Any]
     flux_dtype: float32 as SDSS; float64 as the real test file. n_hdus: image HDUs after the
       primary (7; fewer writes a damaged file for tests).
   """
+  # Deferred import (astropy: heavy, only for FITS files).
   from astropy.io import fits
 
   h0 = fits.Header()

@@ -7,7 +7,7 @@ T_synth→obs(Payne(θ)) with the star's own z_sp, from `chain`).
 
 One concern per module:
 
-- `config`: `FitConfig`, `CycleModel`, the constants (`METHODS`, `FLAGS`, ...).
+- `config`: `FitConfig`, the constants (`METHODS`, `FLAGS`, ...).
 - `objectives`: observed flux and weights (`prepare_observed`), `doppler_shift`, the model of
   each method (`make_objective`).
 - `lbfgs`: the batched L-BFGS with a job queue on the device and its float32-robust stopping
@@ -20,10 +20,11 @@ One concern per module:
   identity (`star_ids` of an input file, `read_ids` of a results file).
 - `job`: `fit_file`, a fit of one file as a restartable, chunked, multi-process job.
 
-`load_cycle_model` lives in `checkpoint` and is re-exported here.
+`CycleModel` (a loaded Cycle-StarNet generator) and `load_cycle_model` live in `checkpoint`
+and are re-exported here.
 """
 
-from cyclestar_jax.checkpoint import load_cycle_model
+from cyclestar_jax.checkpoint import CycleModel, load_cycle_model
 from cyclestar_jax.fitting import chunk, job, lbfgs
 from cyclestar_jax.fitting.config import (
     FLAGS,
@@ -32,7 +33,6 @@ from cyclestar_jax.fitting.config import (
     SPEED_OF_LIGHT_KMS,
     START_KINDS,
     SYNTH_ERROR,
-    CycleModel,
     FitConfig,
     PixelCountError,
 )

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
-
-import flax.struct
 
 from cyclestar_jax.labels import label_index
 from cyclestar_jax.resources import ERROR_FLOOR, ERROR_MASK_THRESHOLD
@@ -118,31 +115,3 @@ class FitConfig:
   def n_starts(self) -> int:
     """Starts per spectrum (jobs per spectrum)."""
     return sum(self.n_grid if s == "grid" else 1 for s in self.starts)
-
-
-@flax.struct.dataclass
-class CycleModel:
-  """A trained Cycle-StarNet generator, for Eq. 10 and 11 (`checkpoint.load_cycle_model`).
-
-  Attributes:
-    nets: the networks (`networks.make_networks(cfg)`).
-    gen_params: generator parameters {enc_synth, enc_obs, enc_sh, enc_sp, dec_*} (a trained
-      run's moving average, `TrainState.gen_ema`).
-    source: where it was loaded from ("" if built in memory).
-    step: the checkpoint step it was loaded from (None: a generator file or built in memory).
-    skipped_newer: newer checkpoint steps that were unusable (a fall-back when not empty).
-
-  A pytree whose leaves are `gen_params` (`nets` and `source` are static), so it can be an
-  argument of a jitted function.
-  """
-
-  nets: Any = flax.struct.field(pytree_node=False)
-  gen_params: dict
-  source: str = flax.struct.field(pytree_node=False, default="")
-  step: int | None = flax.struct.field(pytree_node=False, default=None)
-  skipped_newer: tuple = flax.struct.field(pytree_node=False, default=())
-
-  @property
-  def n_pix(self) -> int:
-    """Pixels the networks see (7167 for Table 2)."""
-    return int(self.nets.cfg.n_pix)

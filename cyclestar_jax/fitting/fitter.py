@@ -29,15 +29,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from cyclestar_jax import parallel
+from cyclestar_jax.checkpoint import CycleModel
 from cyclestar_jax.emulator import Emulator
 from cyclestar_jax.fitting import starts
 from cyclestar_jax.fitting.chunk import make_chunk_fit
 from cyclestar_jax.fitting.config import (
     FLAGS,
     METHOD_EQUATION,
-    CycleModel,
     FitConfig,
     PixelCountError,
 )
@@ -339,8 +340,6 @@ class LabelFitter:
 
 def progress_bar(n: int | None, desc: str, initial: int = 0):
   """A tqdm bar over n spectra (rate in spectra/s and an ETA)."""
-  from tqdm.auto import tqdm
-
   return tqdm(total=n, initial=initial, desc=desc, unit="spectra", dynamic_ncols=True,
               smoothing=0.1)
 

@@ -24,12 +24,15 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import h5py
+import jax
 import numpy as np
 
-from cyclestar_jax import rundir
+from cyclestar_jax import parallel, rundir
+from cyclestar_jax.checkpoint import load_cycle_model
 from cyclestar_jax.emulator import load_emulator
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.fitting.config import FLAGS, FitConfig
@@ -42,6 +45,8 @@ from cyclestar_jax.fitting.results import (
     star_ids,
     write_results_h5,
 )
+from cyclestar_jax.h5io import SpectraFile
+from cyclestar_jax.labels import LABEL_NAMES
 
 JOB_FORMAT = "cyclestar_jax.fit_job/1"
 
@@ -130,15 +135,11 @@ def _warn_nan_held(y: np.ndarray | None, config: FitConfig, y_median: np.ndarray
   their catalogue values."""
   if y is None or config.free_labels is None:
     return
-  from cyclestar_jax.labels import LABEL_NAMES
-
   nan_rows = ~np.all(np.isfinite(y), axis=1)
   if not nan_rows.any():
     return
   bad = {LABEL_NAMES[i]: int(np.count_nonzero(~np.isfinite(y[:, i])))
          for i in range(y.shape[1]) if not np.isfinite(y[:, i]).all()}
-  import warnings
-
   shown = ", ".join(f"{k} = {y_median[LABEL_NAMES.index(k)]:.4g}" for k in list(bad)[:3]
                     if k not in config.free_labels)
   warnings.warn(f"{where}: {int(nan_rows.sum())} spectra have NaN catalogue labels "
@@ -152,8 +153,6 @@ def _same_finished_job(out_path: Path, job: dict) -> None:
   arguments, another input file); warn if it does not say (an older version wrote it)."""
   attrs = read_results(out_path)[2]
   if "job" not in attrs:
-    import warnings
-
     warnings.warn(f"{out_path}: finished by an older version that did not record its arguments; "
                   "they cannot be checked (pass --overwrite to fit again)", stacklevel=3)
     return
@@ -233,11 +232,10 @@ def _check_job(parts: Path, job: dict) -> None:
 
 
 def _barrier(name: str, n_proc: int) -> None:
-  """Wait for every process (no-op with one)."""
+  """Wait for every process (no-op with one): `parallel.barrier`, the coordination service's
+  barrier (a collective would time out between processes that arrive far apart)."""
   if n_proc > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
+    parallel.barrier(name)
 
 
 def summarize(result: FitResult, wall_s: float) -> dict:
@@ -297,8 +295,6 @@ def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method
   Raises:
     OutputPathError: the output cannot or may not be written (checked before any work).
   """
-  import jax
-
   t_start = time.perf_counter()
   proc = jax.process_index() if process_index is None else process_index
   n_proc = jax.process_count() if process_count is None else process_count
@@ -311,8 +307,6 @@ def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method
   parts = parts_dir(out_path)
   config = dataclasses.replace(config or FitConfig(), method=method)
   if resume and not overwrite and out_path.exists() and not parts.exists():  # finished before
-    from cyclestar_jax.h5io import SpectraFile
-
     with SpectraFile(obs_path, n_pix=None) as f:
       n = f.n(split) if split in f.splits else 0
     _same_finished_job(out_path, _job_record(obs_path, split, start, n if stop is None else
@@ -358,9 +352,6 @@ class _Run:
 
 def _fit_locked(obs_path, out_path: Path, job_: _Job, run: _Run) -> FitResult | None:
   """`fit_file` once the output is locked."""
-  from cyclestar_jax.checkpoint import load_cycle_model
-  from cyclestar_jax.h5io import SpectraFile
-
   method, model_dir, em_path, run_dir = job_.method, job_.model_dir, job_.em_path, job_.run_dir
   split, start, stop, config = job_.split, job_.start, job_.stop, job_.config
   progress, resume, overwrite, chunk_rows = run.progress, run.resume, run.overwrite, run.chunk_rows
@@ -386,13 +377,13 @@ def _fit_locked(obs_path, out_path: Path, job_: _Job, run: _Run) -> FitResult | 
     job = _job_record(obs_path, split, start, stop, method, model_dir, em_path, config, rows)
     if resume and not overwrite:
       _check_job(parts, job)
-    _barrier("fit_file: checked", n_proc)
+    _barrier("fit_file_checked", n_proc)
     if proc == 0:
       if overwrite and parts.exists():
         shutil.rmtree(parts)
       parts.mkdir(parents=True, exist_ok=True)
       atomic_write_text(parts / "job.json", json.dumps(job, indent=1))
-    _barrier("fit_file: parts ready", n_proc)
+    _barrier("fit_file_parts_ready", n_proc)
     y_cat = _read_labels(obs_path, split, start, stop)
     y_median = fitter.default_median(y_cat)
     if proc == 0:
@@ -421,7 +412,7 @@ def _fit_locked(obs_path, out_path: Path, job_: _Job, run: _Run) -> FitResult | 
     finally:
       if bar is not None:
         bar.close()
-  _barrier("fit_file: chunks written", n_proc)
+  _barrier("fit_file_chunks_written", n_proc)
   if proc != 0 or not all(_done(parts, *c) for c in chunks):
     return None
   result = concat_results([read_results(_chunk_path(parts, *c))[0] for c in chunks]) \

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from cyclestar_jax import labels as _labels
-from cyclestar_jax import resources
+from cyclestar_jax import mock, resources
 from cyclestar_jax.resources import N_DROP, N_PIX, N_PIX_NET
 
 # Abundance labels [X/H] (positions 3..22 of the 25): the only candidates for owning a line.
@@ -98,8 +98,6 @@ def kurucz_features() -> Features:
 def removed_features(world) -> Features:
   """The features the mock world removed from its missing-line synthetic domain
   (`mock.removed_features(world)`, a `mock.WorldConfig`), with their owners."""
-  from cyclestar_jax import mock  # the mock world is optional for real data
-
   r = mock.removed_features(world)
   return Features(r["start"], r["end"], r["label"])
 

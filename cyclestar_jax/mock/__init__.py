@@ -7,9 +7,10 @@ Public:
   observe(labels, w, rng)          the "APOGEE" domain: instrument + noise
   derivative_spectra(labels, w)    ∂flux/∂label of both domains (the line-identification truth)
   WorldConfig, DataSizes, make_data(out, world, sizes)
+  example_spectra(synth, obs)      the arrays of `plots.plot_examples` (the view of the gap)
 """
 
-from cyclestar_jax.mock.files import DataSizes, make_data
+from cyclestar_jax.mock.files import DataSizes, example_spectra, make_data
 from cyclestar_jax.mock.population import sample_labels
 from cyclestar_jax.mock.world import (
     WorldConfig,
@@ -23,7 +24,7 @@ from cyclestar_jax.mock.world import (
 )
 
 __all__ = [
-    "DataSizes", "WorldConfig", "derivative_spectra", "make_data", "masked_features",
-    "masked_pixels", "observe", "removed_features", "sample_labels", "synthetic_spectrum",
-    "truth_spectrum",
+    "DataSizes", "WorldConfig", "derivative_spectra", "example_spectra", "make_data",
+    "masked_features", "masked_pixels", "observe", "removed_features", "sample_labels",
+    "synthetic_spectrum", "truth_spectrum",
 ]  # fmt: skip

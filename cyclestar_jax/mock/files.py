@@ -144,3 +144,43 @@ def make_data(out, world: _world.WorldConfig, sizes: DataSizes, *, progress: boo
       "obs_mb": (out / "obs.h5").stat().st_size / 1e6,
       "payne_grid_mb": (out / PAYNE_GRID_FILE).stat().st_size / 1e6, "n_pix": resources.N_PIX,
   }
+
+
+def _pick_cool_giant(snr: np.ndarray, y_true: np.ndarray) -> int:
+  """Index of a cool, high-S/N giant (the gap is largest there), else the first star."""
+  score = np.where((y_true[:, 0] < 4400) & (y_true[:, 1] < 2.5), snr, -np.inf)
+  return int(np.argmax(score)) if np.isfinite(score).any() else 0
+
+
+def example_spectra(synth_path, obs_path, *, split: str = "test") -> dict:
+  """The arrays of `plots.plot_examples` (the mock world's view of the gap), from the two mock
+  data files: a cool, high-S/N observed giant among the first 256 stars of `split`, the
+  synthetic-domain model at its true labels, and the synthetic star nearest to it in (Teff,
+  log g, [Fe/H]) among the first 2048 of the synthetic file.
+
+  Returns:
+    {"wavelength" [n_pix] Å, "obs_flux", "obs_err" [n_pix], "good" [n_pix] bool (unmasked),
+    "obs_labels" [25] true labels, "snr" float, "model_flux" [n_pix], "synth_flux" [n_pix],
+    "synth_labels" [25], "experiment" str}.
+  """
+  with h5io.SpectraFile(obs_path) as fo, h5io.SpectraFile(synth_path) as fs:
+    n = min(fo.n(split), 256)
+    obs = fo.read(split, 0, n)
+    y_true = fo.extra("labels_true", split, 0, n)
+    world = _world.WorldConfig.from_json_dict(fo.attrs["world"])
+    snr = obs.snr if obs.snr is not None else np.zeros(n)
+    i = _pick_cool_giant(snr, y_true)
+    ns = min(fs.n(split), 2048)
+    syn = fs.read(split, 0, ns)
+  key = np.array([1 / 150.0, 1 / 0.3, 1 / 0.1])
+  d = ((syn.y[:, [0, 1, 18]] - y_true[i, [0, 1, 18]]) * key) ** 2
+  j = int(np.argmin(d.sum(1)))
+  wl = resources.wavelength()
+  return {
+      "wavelength": wl, "obs_flux": obs.x[i],
+      "obs_err": obs.x_err[i] if obs.x_err is not None else np.zeros_like(wl),
+      "good": obs.x_msk[i].astype(bool) if obs.x_msk is not None else np.ones_like(wl, bool),
+      "obs_labels": y_true[i], "snr": float(snr[i]),
+      "model_flux": np.asarray(_world.synthetic_spectrum(y_true[i][None], world))[0],
+      "synth_flux": syn.x[j], "synth_labels": syn.y[j], "experiment": world.experiment,
+  }

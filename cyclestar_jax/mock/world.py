@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -68,13 +67,6 @@ class WorldConfig:
       raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {self.experiment!r}")
     if self.masked_fraction is not None and not 0.0 <= self.masked_fraction <= 1.0:
       raise ValueError(f"masked_fraction must be in [0, 1], got {self.masked_fraction}")
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self))
-
-  @classmethod
-  def from_json(cls, text: str) -> WorldConfig:
-    return cls.from_json_dict(json.loads(text))
 
   @classmethod
   def from_json_dict(cls, d: dict) -> WorldConfig:

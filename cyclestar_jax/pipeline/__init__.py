@@ -11,11 +11,14 @@ from pathlib import Path
 
 import jax
 
+from cyclestar_jax import h5io
 from cyclestar_jax import pretrained as _pretrained
+from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.pipeline import preflight, report, stages
 from cyclestar_jax.pipeline.evaluate import evaluate, gain_curve_figure
 from cyclestar_jax.pipeline.presets import PRESET_NAMES, PRESETS, Preset, get_preset
 from cyclestar_jax.pipeline.stages import RunFolderError, RunPaths
+from cyclestar_jax.resources import N_PIX
 
 __all__ = ["PRESET_NAMES", "PRESETS", "Preset", "RunFolderError", "RunPaths", "default_preset",
            "get_preset", "run", "check_inputs"]
@@ -29,9 +32,6 @@ def default_preset() -> str:
 def check_inputs(synth: str | None, obs: str | None, emulator: str | None,
                  model: str | None, grid: str | None = None) -> None:
   """The user's files, checked before any work: one clear error naming the file and field."""
-  from cyclestar_jax import h5io
-  from cyclestar_jax.resources import N_PIX
-
   if (synth is None) != (obs is None):
     raise ValueError("--synth and --obs go together: give both files (the synthetic and the "
                      "observed domain) or neither (the mock world)")
@@ -244,8 +244,6 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, *, progress: bool, log) -> di
       m["figures"] = m.get("figures", []) + [str(Path(f).relative_to(paths.out)) for f in
                                              gain_curve_figure(paths, m["sensitivity_curve"])]
   stages._write_json(paths.out / "metrics.json", m)
-  from cyclestar_jax.fileio import atomic_write_text
-
   atomic_write_text(paths.out / "report.md", report.render(m))
   log(f"[report] {paths.out / 'report.md'}: " + " ".join(
       report.verdicts(m)[:1]) + f" ({m['total_seconds'] / 60:.1f} min this run)")

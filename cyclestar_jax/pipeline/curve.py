@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclestar_jax import chain, checkpoint, sensitivity
-from cyclestar_jax.trainer import read_metrics
+from cyclestar_jax import chain, checkpoint, metrics, sensitivity
+from cyclestar_jax.metrics_log import read_metrics
 
 CURVE_LABELS = ("Teff", "logg", "Fe_H")
 N_CURVE_STARS = 8  # stars per checkpoint (~6 s of derivative spectra each on a 2-core CPU)
@@ -87,8 +87,6 @@ def label_errors_row(y_fit: np.ndarray, y_true: np.ndarray, at_edge: np.ndarray
                      ) -> dict[str, float]:
   """Bias and scatter (half the 16–84 width) of fitted − true per `CURVE_LABELS` label, and
   the share of fits at the emulator's box edge."""
-  from cyclestar_jax import metrics
-
   errs = metrics.label_errors(y_fit, y_true)
   row = {"at_box_edge": float(np.mean(at_edge))}
   for name in CURVE_LABELS:

@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from cyclestar_jax import chain, metrics
+from cyclestar_jax import chain, fitting, h5io, metrics, mock, plots, sensitivity
 from cyclestar_jax.chunks import map_chunks
+from cyclestar_jax.data import observed_errors
+from cyclestar_jax.emulator import load_emulator
 from cyclestar_jax.labels import LABEL_NAMES, label_index
+from cyclestar_jax.metrics_log import elapsed_by_step, read_metrics
+from cyclestar_jax.pipeline import curve
 from cyclestar_jax.pipeline.stages import FIT_METHODS, FIT_TITLES, RunPaths
 from cyclestar_jax.resources import ERROR_FLOOR, ERROR_MASK_THRESHOLD, N_DROP, wavelength
+from cyclestar_jax.validation import decide_paired_val
 
 MOCK_FLOOR_CHI2 = 1.24  # χ²_R of the instrument's own noise-free spectrum (docs/mock_world.md)
 KEY_LABELS = ("Teff", "logg", "Fe_H")
@@ -29,8 +35,6 @@ KEY_LABELS = ("Teff", "logg", "Fe_H")
 
 def _observed_weights(sp) -> tuple[np.ndarray, np.ndarray]:
   """(σ floored, good mask) of observed spectra on the 7167 network pixels."""
-  from cyclestar_jax.data import observed_errors
-
   err, good = observed_errors(sp.x_err, sp.x_msk, error_floor=ERROR_FLOOR,
                                  error_mask_threshold=ERROR_MASK_THRESHOLD)
   return err[:, N_DROP:], good[:, N_DROP:]
@@ -137,8 +141,6 @@ def fit_metrics(paths: RunPaths, sp_test, em, cycle, y_true: np.ndarray | None
                 ) -> tuple[dict, dict]:
   """Fit statistics of each method (χ²_R, mean normalized residual, label errors against the
   truth, fits at the box edge) and the arrays the figures need."""
-  from cyclestar_jax import fitting
-
   err, good = _observed_weights(sp_test)
   out, arrays = {}, {"resid": {}, "model": {}, "y": {}, "chi2r": {}}
   x_os = None
@@ -172,6 +174,7 @@ def fit_metrics(paths: RunPaths, sp_test, em, cycle, y_true: np.ndarray | None
 def tsne_panels(rec: dict, sp_synth, sp_obs, n: int, seed: int = 0) -> dict:
   """Fig. 10: 2-D t-SNE embeddings (scikit-learn) of the spectra of both domains and of their
   shared latents z_sh: {title: (emb [2n, 2], group [2n])}."""
+  # Deferred import (scikit-learn: heavy, only for t-SNE).
   from sklearn.manifold import TSNE
 
   n = min(n, len(rec["zsh_synth"]))
@@ -194,8 +197,6 @@ def tsne_panels(rec: dict, sp_synth, sp_obs, n: int, seed: int = 0) -> dict:
 def training_curve(model_dir: Path) -> dict[str, list[float]]:
   """Paired validation χ² against training minutes and iterations (from metrics.jsonl); empty
   lists for a model without a training log (a generator .npz, e.g. pretrained weights)."""
-  from cyclestar_jax.trainer import elapsed_by_step, read_metrics
-
   out = {"step": [], "minutes": [], "chi2": [], "chi2_all": [], "bias": []}
   log = Path(model_dir) / "metrics.jsonl"
   if not log.is_file():
@@ -215,13 +216,11 @@ def training_curve(model_dir: Path) -> dict[str, list[float]]:
   return out
 
 
-def make_figures(paths: RunPaths, rec: dict, sp_synth, sp_obs, fits: dict, arrays: dict,
+def make_figures(paths: RunPaths, rec: dict, sp_synth, sp_obs, arrays: dict,
                  y_true: np.ndarray | None, tsne: dict | None, curve: dict,
                  paired: dict, sensitivity: dict | None = None) -> list[str]:
   """The paper's Figs. 5–11 (and label errors, label sensitivity, training curve) into
   OUT/figures/."""
-  from cyclestar_jax import plots
-
   fig = paths.figures
   fig.mkdir(parents=True, exist_ok=True)
   wave = wavelength()[N_DROP:]
@@ -291,8 +290,6 @@ SENSITIVITY_BARS = (("payne_gain", "Payne vs its synthetic world (the emulator a
 def label_sensitivity(em, cycle, sp_test, y: np.ndarray, world: dict | None) -> dict:
   """`sensitivity.label_sensitivity` at the first `sensitivity.N_STARS` fitted test stars, at
   labels y (the truth with the mock `world`'s settings; else the catalogue's, truth-free)."""
-  from cyclestar_jax import mock, sensitivity
-
   n = min(sensitivity.N_STARS, len(y))
   return sensitivity.label_sensitivity(
       chain.ModelChain(em, cycle), y[:n], sp_test.x[:n],
@@ -302,9 +299,6 @@ def label_sensitivity(em, cycle, sp_test, y: np.ndarray, world: dict | None) -> 
 def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: Path,
              model_dir: Path, *, n_eval: int, n_tsne: int | None = None) -> dict:
   """All numbers of metrics.json (except the run's bookkeeping) and the figures."""
-  from cyclestar_jax import fitting, h5io
-  from cyclestar_jax.emulator import load_emulator
-
   em = load_emulator(emulator_path)
   cycle = fitting.load_cycle_model(model_dir)
   with h5io.SpectraFile(synth_path) as fs, h5io.SpectraFile(obs_path) as fo:
@@ -346,8 +340,8 @@ def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: P
     rows = gain_curve(model_dir, em, sp_test, y_sens, world)
     if rows:
       out["sensitivity_curve"] = {"rows": rows, "source": "this run's checkpoints"}
-  figures = make_figures(paths, rec, sp_synth, sp_obs_eval, fits, arrays, y_true, tsne, curve,
-                         paired, out.get("label_sensitivity"))
+  figures = make_figures(paths, rec, sp_synth, sp_obs_eval, arrays, y_true, tsne, curve, paired,
+                         out.get("label_sensitivity"))
   figures += gain_curve_figure(paths, out.get("sensitivity_curve"))
   if y_true is None and sp_test.y is not None:  # real data: against the catalogue instead
     out["catalogue_differences"] = {
@@ -359,8 +353,6 @@ def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: P
 
 def gain_curve_figure(paths: RunPaths, sens_curve: dict | None) -> list[str]:
   """figures/label_gain_curve.png from metrics.json's `sensitivity_curve` ([] without one)."""
-  from cyclestar_jax import plots
-
   if not sens_curve or not sens_curve.get("rows"):
     return []
   paths.figures.mkdir(parents=True, exist_ok=True)
@@ -375,9 +367,6 @@ def gain_curve(model_dir: Path, em, sp_test, y: np.ndarray, world: dict | None) 
   """`curve.sensitivity_curve` at up to `MAX_CURVE_POINTS` kept checkpoints of a training run
   (evenly spaced, the newest always), at the first `curve.N_CURVE_STARS` test stars; [] for
   a generator file or a run with fewer than two checkpoints kept."""
-  from cyclestar_jax import mock
-  from cyclestar_jax.pipeline import curve
-
   steps = curve.kept_steps(model_dir) if Path(model_dir).is_dir() else []
   if len(steps) < 2:
     return []
@@ -392,10 +381,6 @@ def gain_curve(model_dir: Path, em, sp_test, y: np.ndarray, world: dict | None) 
 
 def _paired_val(synth_path: Path, obs_path: Path) -> bool:
   """Whether row i of both val splits is the same star (`validation.decide_paired_val`)."""
-  import warnings
-
-  from cyclestar_jax.validation import decide_paired_val
-
   with warnings.catch_warnings():  # the trainer has said it already
     warnings.simplefilter("ignore")
     return decide_paired_val(synth_path, obs_path)[0]
@@ -404,8 +389,6 @@ def _paired_val(synth_path: Path, obs_path: Path) -> bool:
 def catalogue_figure(paths: RunPaths, y_cat: np.ndarray, y_fit: dict) -> str:
   """fitted − catalogue labels against the catalogue's Teff (Eq. 9 and Eq. 11) into
   OUT/figures/fitted_vs_catalogue.png (the user's data, where the truth is unknown)."""
-  from cyclestar_jax import plots
-
   paths.figures.mkdir(parents=True, exist_ok=True)
   return plots.fig_catalogue_residuals(
       y_cat, {FIT_TITLES[s]: y_fit[s] for s in ("eq9", "eq11")},

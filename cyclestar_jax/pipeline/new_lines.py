@@ -22,14 +22,18 @@ import jax
 import numpy as np
 
 from cyclestar_jax import config as _config
-from cyclestar_jax import sensitivity
+from cyclestar_jax import h5io, lines, mock, plots, sensitivity
+from cyclestar_jax.chain import ModelChain
+from cyclestar_jax.emulator import load_emulator
 from cyclestar_jax.emulator_train import EmulatorTrainConfig
 from cyclestar_jax.fileio import atomic_write_text
+from cyclestar_jax.fitting import load_cycle_model
 from cyclestar_jax.labels import LABEL_NAMES, abundance_fe_correlation, label_index
 from cyclestar_jax.mock import DataSizes
 from cyclestar_jax.pipeline import presets as _presets
 from cyclestar_jax.pipeline import stages
 from cyclestar_jax.pipeline.report import grid_note, sensitivity_table
+from cyclestar_jax.resources import N_DROP, wavelength
 
 _NL = _config.get_config("new_lines_1")
 PRESETS = {
@@ -106,12 +110,6 @@ def reference_labels(y_median: np.ndarray) -> np.ndarray:
 def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Path,
             emulator_path: Path, model_dir: Path, *, seed: int = 0) -> dict:
   """Derivative spectra → the §4.2 metrics and Figs. 12–14 (module docstring)."""
-  from cyclestar_jax import h5io, lines, mock
-  from cyclestar_jax.chain import ModelChain
-  from cyclestar_jax.emulator import load_emulator
-  from cyclestar_jax.fitting import load_cycle_model
-  from cyclestar_jax.resources import N_DROP
-
   em = load_emulator(emulator_path)
   mc = ModelChain(em, load_cycle_model(model_dir))
   removed = lines.removed_features(world)
@@ -202,8 +200,6 @@ def _ranking_check(true: np.ndarray, model: dict, truth: dict) -> dict:
   """The reference star's attribution by raw sums against the background-normalized ranking
   (`lines.attribute_features`' "predicted_raw_sums" and "predicted"), for the model and the
   world's own derivatives. Non-C/N features only."""
-  from cyclestar_jax import lines
-
   fe = label_index("Fe_H")
   scored = (true >= 0) & ~np.isin(true, lines.CN_LABELS) & (model["predicted"] >= 0)
   p, r = model["predicted"][scored], model["predicted_raw_sums"][scored]
@@ -222,17 +218,12 @@ def _ranking_check(true: np.ndarray, model: dict, truth: dict) -> dict:
 
 def _pooled(winner: np.ndarray, true: np.ndarray) -> float:
   """Accuracy over (label set, feature) pairs, C and N left out."""
-  from cyclestar_jax import lines
-
   if len(winner) == 0:
     return float("nan")
   return float(lines.attribution_accuracy(true, winner)["accuracy"])
 
 
 def _figures(paths, ds, x_true_ref, removed, ref_att, rec, m) -> list[str]:
-  from cyclestar_jax import plots
-  from cyclestar_jax.resources import N_DROP, wavelength
-
   fig = paths.figures
   fig.mkdir(parents=True, exist_ok=True)
   wave = wavelength()[N_DROP:]
@@ -341,8 +332,6 @@ def run(out: str | Path, *, preset: str = "cpu", n_iter: int | None = None, seed
         train_limit_s: float | None = None, progress: bool = True, log=print) -> dict:
   """The line-identification job; returns metrics.json's dict. `train_limit_s` (None: the
   preset's) bounds the Cycle-StarNet training's wall clock (`stages.stage_cyclestarnet`)."""
-  from cyclestar_jax import mock
-
   p = get_preset(preset, n_iter)
   paths = stages.RunPaths(Path(out))
   world = mock.WorldConfig(experiment="new_lines", seed=seed, masked_fraction=masked_fraction)

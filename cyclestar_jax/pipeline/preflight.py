@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclestar_jax import data, h5io
+from cyclestar_jax import checkpoint, data, h5io
 from cyclestar_jax.config import Config
+from cyclestar_jax.emulator import load_emulator
 
 ALLOW_OLDER_FLAG = "--allow-older-checkpoint"
 
@@ -47,9 +48,6 @@ def check_splits(path: str | Path, flag: str, domain: str, cfg: Config) -> None:
 def load_given_models(emulator: str | None, model: str | None, allow_older: bool) -> dict:
   """Load a given emulator and Cycle-StarNet now (not at the fits stage); {"model_checkpoint":
   `model_checkpoint` of the model} (empty without one)."""
-  from cyclestar_jax import checkpoint
-  from cyclestar_jax.emulator import load_emulator
-
   if emulator is not None:
     try:
       load_emulator(emulator)

@@ -21,13 +21,18 @@ import time
 import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from cyclestar_jax import config as _config
-from cyclestar_jax import rundir
+from cyclestar_jax import fitting, h5io, metrics_log, mock, plots, rundir, trainer
+from cyclestar_jax.emulator import load_emulator
+from cyclestar_jax.emulator_train import train_emulator
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.mock.files import PAYNE_GRID_FILE
+from cyclestar_jax.pipeline import preflight
 from cyclestar_jax.pipeline.presets import Preset
+from cyclestar_jax.resources import payne_mask
 
 # Fit methods of the report: file stem → (FitConfig.method, Payne's spectroscopic mask?).
 FIT_METHODS = {"eq9_mask": ("emulator", True), "eq9": ("emulator", False),
@@ -188,8 +193,6 @@ def stage_data(paths: RunPaths, preset: Preset, *, seed: int = 0, world=None,
   Returns:
     (synth.h5, obs.h5, info {"skipped", "seconds", sizes}).
   """
-  from cyclestar_jax import mock
-
   synth, obs, done = paths.data / "synth.h5", paths.data / "obs.h5", paths.data / "make_data.json"
   if done.is_file() and synth.is_file() and obs.is_file() and paths.payne_grid.is_file():
     return synth, obs, {"skipped": True, **read_json(done)}
@@ -239,14 +242,13 @@ def stage_emulator(paths: RunPaths, preset: Preset, synth_path: Path, *,
   Returns:
     (emulator.npz, its metrics dict).
   """
-  from cyclestar_jax.emulator_train import train_emulator
-
   npz, done = paths.emulator / "emulator.npz", paths.emulator / "metrics.json"
   if npz.is_file() and done.is_file():
     return npz, {"skipped": True, **read_json(done)}
   t0 = time.perf_counter()
-  summary = train_emulator(emulator_training_file(paths, synth_path, grid), paths.emulator,
-                           preset.emulator, progress=progress)
+  summary, residual = train_emulator(emulator_training_file(paths, synth_path, grid),
+                                     paths.emulator, preset.emulator, progress=progress)
+  plots.plot_emulator_run(residual, summary, paths.emulator / "residuals.png")
   return npz, {"skipped": False, "seconds": time.perf_counter() - t0, **summary}
 
 
@@ -264,8 +266,6 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   Returns:
     (the run directory, {"iterations", "n_iter", "stopped", "seconds", "val", ...}).
   """
-  from cyclestar_jax import trainer
-
   done = paths.model / "done.json"
   if done.is_file():
     return paths.model, {"skipped": True, **read_json(done)}
@@ -280,6 +280,9 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
                          val_every=preset.val_every, ckpt_every=preset.ckpt_every,
                          log_every=min(100, preset.val_every), val_rows=256, keep=preset.keep,
                          progress=progress, time_limit_s=left, grid_path=grid)
+  if jax.process_index() == 0 and not result["already_complete"]:
+    log = metrics_log.read_metrics(paths.model / metrics_log.FILE_NAME)
+    plots.plot_progress(log, paths.model / "training_progress.png")
   seconds = before + time.perf_counter() - t0
   info = {"iterations": int(result["step"]), "n_iter": cfg.n_iter,
           "stopped": result.get("stopped", "n_iter"), "time_limit_s": time_limit_s,
@@ -300,18 +303,14 @@ def time_limit_note(train_info: dict) -> str:
 
 def _train_seconds(model_dir: Path) -> float:
   """Training seconds spent by earlier (interrupted) attempts: the training loop's time in
-  their metrics.jsonl (`trainer.elapsed_by_step`), which a kill leaves behind; 0 for none."""
-  from cyclestar_jax.trainer import elapsed_by_step
-
-  return max(elapsed_by_step(model_dir / "metrics.jsonl").values(), default=0.0)
+  their metrics.jsonl (`metrics_log.elapsed_by_step`), which a kill leaves behind; 0 for none."""
+  return max(metrics_log.elapsed_by_step(model_dir / metrics_log.FILE_NAME).values(),
+             default=0.0)
 
 
 def model_checkpoint(model_dir: Path, allow_older: bool) -> dict:
   """The checkpoint the model of `model_dir` loads from ({"step", "skipped_newer", "source"},
   `preflight.model_checkpoint`): a fall-back to an older one is refused unless `allow_older`."""
-  from cyclestar_jax import fitting
-  from cyclestar_jax.pipeline import preflight
-
   return preflight.model_checkpoint(fitting.load_cycle_model(model_dir), str(model_dir),
                                     allow_older)
 
@@ -319,8 +318,6 @@ def model_checkpoint(model_dir: Path, allow_older: bool) -> dict:
 def _fit_kept(path: Path, checkpoint_step: int | None) -> bool:
   """Whether a finished fit file can be kept: readable, and fitted with the model's current
   checkpoint step (when both are known); else it is fitted again, with a warning."""
-  from cyclestar_jax import fitting
-
   if not path.is_file():
     return False
   try:
@@ -347,10 +344,6 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
   Returns:
     {"skipped": all files were there, "methods": {stem: {"skipped", "seconds", "n"}}}.
   """
-  from cyclestar_jax import fitting, h5io
-  from cyclestar_jax.emulator import load_emulator
-  from cyclestar_jax.resources import payne_mask
-
   paths.fits.mkdir(parents=True, exist_ok=True)
   todo = [s for s in FIT_METHODS if not _fit_kept(paths.fit_file(s), checkpoint_step)]
   info = {s: {"skipped": True} for s in FIT_METHODS if s not in todo}

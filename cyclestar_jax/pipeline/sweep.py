@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cyclestar_jax import plots
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.pipeline import new_lines, stages
 
@@ -179,8 +180,6 @@ def render_csv(rows: Sequence[dict]) -> str:
 def plot_sweep(rows: Sequence[dict], path: Path, preset: str) -> str | None:
   """table1.png from the done rows: this sweep's recovery error, its no-recovery baseline
   (dashed) and every row of the paper's Table 1; None when no row is done."""
-  from cyclestar_jax import plots
-
   done = [r for r in rows if r["status"] == "done"]
   if not done:
     return None

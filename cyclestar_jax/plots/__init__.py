@@ -51,6 +51,7 @@ from cyclestar_jax.plots.training import (
     fig_recovery_vs_fraction,
     fig_training_curve,
     plot_emulator_residuals,
+    plot_emulator_run,
     plot_progress,
 )
 
@@ -61,5 +62,5 @@ __all__ = [
     "fig_label_sensitivity", "fig_line_identification", "fig_observed_residuals",
     "fig_recovery_map", "fig_recovery_vs_fraction", "fig_spectra_panel",
     "fig_synthetic_residuals", "fig_training_curve", "fig_tsne", "percentile_band",
-    "plot_emulator_residuals", "plot_examples", "plot_progress",
+    "plot_emulator_residuals", "plot_emulator_run", "plot_examples", "plot_progress",
 ]

@@ -28,6 +28,7 @@ ZOOMS = ((15_330.0, 15_400.0), (15_950.0, 16_020.0), (16_700.0, 16_770.0))  # Å
 
 def _figure(width: float, height: float, *, constrained: bool = True) -> Any:
   """A new Matplotlib `Figure` (inches) on an Agg canvas, constrained layout by default."""
+  # Deferred import (matplotlib: heavy, only when drawing).
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -133,6 +134,7 @@ def _tex(text: str) -> str:
 
 def _plain_log_axis(axis: Any) -> None:
   """Log-scale axis with ticks at 1, 2, 5 × 10^k labelled as plain numbers (0.2, 0.5, 1, 2)."""
+  # Deferred import (matplotlib: heavy, only when drawing).
   from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
   axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
@@ -247,6 +249,7 @@ def _marker_size(n: int) -> float:
 
 def _diverging_cmap() -> Any:
   """Blue–white–red colour map with masked (NaN) pixels light grey."""
+  # Deferred import (matplotlib: heavy, only when drawing).
   import matplotlib
 
   return matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.82")

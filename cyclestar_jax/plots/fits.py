@@ -107,6 +107,7 @@ def fig_fit_residuals(wave: np.ndarray, resid_a: np.ndarray, resid_b: np.ndarray
   mean normalized residual and the median χ²_R printed, and a bottom row with the per-pixel
   median and 16–84% band of both.
   """
+  # Deferred import (matplotlib: heavy, only when drawing).
   from matplotlib.colors import Normalize
 
   wave = np.asarray(wave, np.float64)
@@ -160,6 +161,7 @@ def fig_kiel_chi2(teff: np.ndarray, logg: np.ndarray, chi2_a: np.ndarray, chi2_b
 
   Shared logarithmic colour scale (1st–99th percentile of both), the median χ²_R printed.
   """
+  # Deferred import (matplotlib: heavy, only when drawing).
   from matplotlib.colors import LogNorm
 
   teff, logg = np.asarray(teff, np.float64), np.asarray(logg, np.float64)

@@ -42,6 +42,7 @@ def fig_tsne(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os
   Points are drawn in a random (seeded) order so neither group hides the other; colours are the
   same group-for-group in every panel.
   """
+  # Deferred import (matplotlib: heavy, only when drawing).
   from matplotlib.lines import Line2D
 
   groups = sorted({str(g) for _, grp in panels.values() for g in np.asarray(grp).ravel()})

@@ -81,6 +81,7 @@ def fig_recovery_map(recovered: np.ndarray, baseline: np.ndarray, teff_edges, lo
                      path: str | os.PathLike) -> str:
   """Fig. 13: mean recovery error (%) over the masked pixels per Teff–log g bin, transferred
   and without recovery, on one colour scale (NaN: empty bins)."""
+  # Deferred import (matplotlib: heavy, only when drawing).
   import matplotlib.colors as mcolors
 
   fig = _figure(11.0, 4.5)

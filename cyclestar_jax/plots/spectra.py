@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,24 +13,24 @@ from cyclestar_jax import metrics
 from cyclestar_jax.fileio import save_figure
 from cyclestar_jax.metrics import CLIP
 from cyclestar_jax.plots._base import (
-  DPI,
-  WAVE_LABEL,
-  ZOOMS,
-  _as_2d,
-  _band_chips,
-  _bias_scatter,
-  _bottom_legend,
-  _chip_grid,
-  _figure,
-  _hline_chips,
-  _plot_chips,
-  _row_title,
-  _save,
-  _signed,
-  _sym_limit,
-  _wave_xlabel,
-  chip_slices,
-  percentile_band,
+    DPI,
+    WAVE_LABEL,
+    ZOOMS,
+    _as_2d,
+    _band_chips,
+    _bias_scatter,
+    _bottom_legend,
+    _chip_grid,
+    _figure,
+    _hline_chips,
+    _plot_chips,
+    _row_title,
+    _save,
+    _signed,
+    _sym_limit,
+    _wave_xlabel,
+    chip_slices,
+    percentile_band,
 )
 
 
@@ -180,72 +181,57 @@ def fig_observed_residuals(wave: np.ndarray, x: np.ndarray, x_err: np.ndarray,
 
 
 
-def _pick_cool_giant(snr: np.ndarray, y_true: np.ndarray) -> int:
-  """Index of a cool, high-S/N giant (the gap is largest there), else the first star."""
-  score = np.where((y_true[:, 0] < 4400) & (y_true[:, 1] < 2.5), snr, -np.inf)
-  return int(np.argmax(score)) if np.isfinite(score).any() else 0
-
-
-def plot_examples(synth_path: str | os.PathLike, obs_path: str | os.PathLike,
-                  out_png: str | os.PathLike, *, split: str = "test") -> Path:
+def plot_examples(example: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
   """Mock world, Fig. 7-like view of the gap: an observed spectrum and synthetic spectra.
 
-  Reads the two mock data files. Panels: the whole band; three zooms (`ZOOMS`, Å) with the
-  observed flux (masked pixels grey), the synthetic-domain model at the observed star's true
-  labels, the nearest synthetic star of the file, and below each zoom the observed minus
-  synthetic difference with the ±σ error band.
-  """
-  from cyclestar_jax import h5io, resources
-  from cyclestar_jax.mock import world as _world
+  Panels: the whole band; three zooms (`ZOOMS`, Å) with the observed flux (masked pixels grey),
+  the synthetic-domain model at the observed star's true labels, the nearest synthetic star of
+  the file, and below each zoom the observed minus synthetic difference with the ±σ error band.
 
-  with h5io.SpectraFile(obs_path) as fo, h5io.SpectraFile(synth_path) as fs:
-    n = min(fo.n(split), 256)
-    obs = fo.read(split, 0, n)
-    y_true = fo.extra("labels_true", split, 0, n)
-    world = _world.WorldConfig.from_json_dict(fo.attrs["world"])
-    snr = obs.snr if obs.snr is not None else np.zeros(n)
-    i = _pick_cool_giant(snr, y_true)
-    ns = min(fs.n(split), 2048)
-    syn = fs.read(split, 0, ns)
-  key = np.array([1 / 150.0, 1 / 0.3, 1 / 0.1])
-  d = ((syn.y[:, [0, 1, 18]] - y_true[i, [0, 1, 18]]) * key) ** 2
-  j = int(np.argmin(d.sum(1)))
-  model = np.asarray(_world.synthetic_spectrum(y_true[i][None], world))[0]
-  wl = resources.wavelength()
-  good = obs.x_msk[i].astype(bool) if obs.x_msk is not None else np.ones_like(wl, bool)
+  Args:
+    example: plain arrays (`mock.example_spectra` of the two mock data files):
+      "wavelength" [n_pix] Å; "obs_flux", "obs_err" [n_pix] the observed spectrum and its σ;
+      "good" [n_pix] bool, its unmasked pixels; "obs_labels" [25] its true labels (physical
+      units); "snr" its S/N; "model_flux" [n_pix] the synthetic domain at those labels;
+      "synth_flux" [n_pix] and "synth_labels" [25] the nearest synthetic star;
+      "experiment" the mock world's experiment name.
+    out_png: output PNG.
+  """
+  wl, obs_x, err, good = (np.asarray(example[k]) for k in ("wavelength", "obs_flux", "obs_err",
+                                                          "good"))
+  model, syn_x, ys, yt = (np.asarray(example[k]) for k in ("model_flux", "synth_flux",
+                                                          "synth_labels", "obs_labels"))
+  snr = float(example["snr"])
 
   fig = _figure(15, 9, constrained=False)
   gs = fig.add_gridspec(3, 3, height_ratios=[1.0, 1.4, 0.6], hspace=0.35, wspace=0.18)
   top = fig.add_subplot(gs[0, :])
   for c in chip_slices(wl):
-    top.plot(wl[c], np.where(good[c], obs.x[i, c], np.nan), "k", lw=0.4)
+    top.plot(wl[c], np.where(good[c], obs_x[c], np.nan), "k", lw=0.4)
     top.plot(wl[c], model[c], "C3", lw=0.4, alpha=0.8)
   for a, b in ZOOMS:
     top.axvspan(a, b, color="C0", alpha=0.15)
-  yt = y_true[i]
   top.set_title(f"observed star: Teff {yt[0]:.0f} K, log g {yt[1]:.2f}, [Fe/H] {yt[18]:+.2f}, "
-                f"S/N {snr[i]:.0f}  (black: observed, red: synthetic domain at the same "
+                f"S/N {snr:.0f}  (black: observed, red: synthetic domain at the same "
                 f"labels)", fontsize=10)
   top.set_ylim(0.3, 1.15)
   top.set_ylabel("normalized flux")
   top.set_xlabel(WAVE_LABEL)
-  err = obs.x_err[i] if obs.x_err is not None else np.zeros_like(wl)
   for k, (a, b) in enumerate(ZOOMS):
     ax = fig.add_subplot(gs[1, k])
     dx = fig.add_subplot(gs[2, k], sharex=ax)
     sel = (wl >= a) & (wl <= b)
     ok = sel & good
-    ax.plot(wl[ok], obs.x[i, ok], "k.", ms=2.5, label="observed")
-    ax.plot(wl[sel & ~good], np.clip(obs.x[i, sel & ~good], 0.2, 1.2), "x", color="0.6",
+    ax.plot(wl[ok], obs_x[ok], "k.", ms=2.5, label="observed")
+    ax.plot(wl[sel & ~good], np.clip(obs_x[sel & ~good], 0.2, 1.2), "x", color="0.6",
             ms=3, label="masked")
     ax.plot(wl[sel], model[sel], "C3", lw=1, label="synthetic, same labels")
-    ys = syn.y[j]
-    ax.plot(wl[sel], syn.x[j, sel], "C0", lw=0.8, alpha=0.7,
+    ax.plot(wl[sel], syn_x[sel], "C0", lw=0.8, alpha=0.7,
             label=f"nearest synthetic star ({ys[0]:.0f} K, {ys[1]:.1f}, {ys[18]:+.2f})")
     ax.set_xlim(a, b)
     ax.set_ylim(0.3, 1.12)
     ax.tick_params(labelbottom=False)
-    diff = np.where(good, obs.x[i] - model, np.nan)
+    diff = np.where(good, obs_x - model, np.nan)
     dx.plot(wl[sel], diff[sel], "k", lw=0.7)
     dx.fill_between(wl[sel], -err[sel], err[sel], color="C0", alpha=0.3, lw=0, label="±σ")
     dx.axhline(0, color="0.5", lw=0.5)
@@ -256,7 +242,7 @@ def plot_examples(synth_path: str | os.PathLike, obs_path: str | os.PathLike,
       dx.set_ylabel("obs − synth")
       ax.legend(fontsize=7, loc="lower left")
       dx.legend(fontsize=7, loc="lower left")
-  fig.suptitle(f"mock world ({world.experiment}): the synthetic gap", fontsize=12)
+  fig.suptitle(f"mock world ({example['experiment']}): the synthetic gap", fontsize=12)
   out_png = Path(out_png)
   save_figure(fig, out_png, dpi=DPI, bbox_inches="tight")
   return out_png

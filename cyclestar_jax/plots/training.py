@@ -10,15 +10,16 @@ from typing import Any
 
 import numpy as np
 
+from cyclestar_jax import resources
 from cyclestar_jax.plots._base import (
-  WAVE_LABEL,
-  _bottom_legend,
-  _figure,
-  _label_tex,
-  _plain_log_axis,
-  _save,
-  _tex,
-  chip_slices,
+    WAVE_LABEL,
+    _bottom_legend,
+    _figure,
+    _label_tex,
+    _plain_log_axis,
+    _save,
+    _tex,
+    chip_slices,
 )
 
 
@@ -176,15 +177,17 @@ def fig_recovery_vs_fraction(fractions: np.ndarray,
   return _save(fig, path)
 
 
-def plot_progress(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -> str | None:
+def plot_progress(metrics: Mapping[str, list[dict]], png_path: str | os.PathLike) -> str | None:
   """Training progress like the paper's Fig. B1: distances (top), adversarial losses (bottom).
 
-  Reads the trainer's metrics.jsonl; with paired validation lines a third panel shows the paired
-  transfer residuals. Returns the figure path, or None if there is nothing to plot yet.
-  """
-  from cyclestar_jax.trainer import read_metrics
+  Args:
+    metrics: the trainer's log, {"train": [lines], "val": [lines]}
+      (`metrics_log.read_metrics` of a run's metrics.jsonl); with paired validation lines a
+      third panel shows the paired transfer residuals.
+    png_path: output PNG.
 
-  metrics = read_metrics(metrics_path)
+  Returns the figure path, or None if there is nothing to plot yet.
+  """
   m = metrics["train"]
   if not m:
     return None
@@ -238,16 +241,9 @@ def plot_emulator_residuals(residual: np.ndarray, path: str | os.PathLike, *,
     path: output PNG (written atomically).
     wavelength: [n_pix] Å; default the APOGEE grid (if n_pix is 7214) or pixel index.
     title: figure title.
-    targets: (median, 99th percentile) target levels; default `emulator_train`'s
-      TARGET_MEDIAN_ABS and TARGET_P99_ABS (1e-3, 1e-2).
+    targets: (median, 99th percentile) target levels, drawn dashed (`emulator_train`'s
+      TARGET_MEDIAN_ABS and TARGET_P99_ABS); None: no target lines.
   """
-  from cyclestar_jax import resources
-
-  if targets is None:
-    from cyclestar_jax.emulator_train import TARGET_MEDIAN_ABS, TARGET_P99_ABS
-
-    targets = (TARGET_MEDIAN_ABS, TARGET_P99_ABS)
-
   abs_res = np.abs(np.asarray(residual, np.float32))  # NaN (masked) pixels stay NaN
   n_pix = abs_res.shape[1]
   in_a = wavelength is not None or n_pix == resources.N_PIX
@@ -268,7 +264,8 @@ def plot_emulator_residuals(residual: np.ndarray, path: str | os.PathLike, *,
     ax.fill_between(wl, q[0, c], q[4, c], color="C0", alpha=0.2, lw=0, label="1–99%")
     ax.fill_between(wl, q[1, c], q[3, c], color="C0", alpha=0.45, lw=0, label="16–84%")
     ax.plot(wl, q[2, c], color="C0", lw=0.6, label="median")
-    for level, lab in zip(targets, ("targets: median, 99%", None), strict=True):
+    for level, lab in zip(targets or (), ("targets: median, 99%", None)[:len(targets or ())],
+                          strict=True):
       ax.axhline(level, color="k", ls="--", lw=0.6, label=lab)
     ax.set_yscale("log")
     if wl.size > 1:
@@ -280,3 +277,21 @@ def plot_emulator_residuals(residual: np.ndarray, path: str | os.PathLike, *,
   path = Path(path)
   _save(fig, path)
   return path
+
+
+def plot_emulator_run(residual: np.ndarray, summary: Mapping[str, Any],
+                      path: str | os.PathLike) -> Path:
+  """`residuals.png` of an emulator training run: `plot_emulator_residuals` with the targets
+  and the held-out median and 99th percentile of `summary` (`emulator_train.train_emulator`'s
+  metrics dict: "targets" {"median_abs", "p99_abs"}, "held_out" {"median_abs", "p99_abs"}).
+
+  Args:
+    residual: [N, n_pix] held-out emulator − truth (NaN: masked).
+    summary: the run's metrics dict.
+    path: output PNG.
+  """
+  held, targets = summary["held_out"], summary["targets"]
+  return plot_emulator_residuals(
+      residual, path, targets=(targets["median_abs"], targets["p99_abs"]),
+      title=(f"|emulator − truth|, {len(residual)} held-out spectra: median "
+             f"{held['median_abs']:.2e}, 99th percentile {held['p99_abs']:.2e}"))

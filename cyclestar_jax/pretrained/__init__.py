@@ -26,7 +26,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cyclestar_jax import checkpoint, emulator
+from cyclestar_jax import checkpoint, emulator, h5io, mock
 from cyclestar_jax.fileio import atomic_write_text
 
 # CYCLESTAR_PRETRAINED_DIR points the loader at another folder of weights (written by
@@ -63,8 +63,6 @@ def _normalized(d: dict) -> dict:
 def check_world(seed: int, sizes) -> None:
   """Refuse (PretrainedError naming the first difference) a mock world other than the
   weights' own: the default `WorldConfig` with this seed, data of these `mock.DataSizes`."""
-  from cyclestar_jax import mock
-
   meta = metadata()
   want = _normalized(dataclasses.asdict(mock.WorldConfig(seed=seed)))
   have = meta.get("world", {})
@@ -109,8 +107,6 @@ def export_run(run_dir: str | Path, *, step: int | None = None, curve: dict | No
   Returns:
     The metadata written into generator.npz.
   """
-  from cyclestar_jax import h5io
-
   run_dir, out_dir = Path(run_dir), Path(out_dir)
   run = json.loads((run_dir / "run.json").read_text())
   ident = run["identity"]

@@ -52,6 +52,9 @@ def test_smoke_writes_every_key_and_file(smoke_run):
   for f in FIGURES:
     p = out / "figures" / f
     assert p.is_file() and p.stat().st_size > 10_000, f
+  # The trainers draw no figure; the stages draw them after training.
+  for p in (out / "model" / "training_progress.png", out / "emulator" / "residuals.png"):
+    assert p.is_file() and p.stat().st_size > 10_000, p
   report = (out / "report.md").read_text()
   assert "Eq. 11" in report and "paper" in report and "fig7_fit_example.png" in report
   assert "## Label sensitivity" in report

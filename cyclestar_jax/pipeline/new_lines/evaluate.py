@@ -165,6 +165,9 @@ def _pooled(winner: np.ndarray, true: np.ndarray) -> float:
 
 
 def _figures(paths, ds, x_true_ref, removed, ref_att, rec, m) -> list[str]:
+  """Figs. 12–14 in paths.figures: the reference star's derivative spectra `ds` (batch of 1,
+  network pixels), the recovery map of `rec`, the C/N features with m's confusion table;
+  returns their paths."""
   from cyclestar_jax import plots
   from cyclestar_jax.resources import N_DROP, wavelength
 

@@ -31,6 +31,7 @@ def fe_attribution_line(fe: dict, preset: str | None) -> str:
 
 
 def _r_range(m: dict) -> str:
+  """The range of the label sets' Pearson r of each abundance with [Fe/H], for the report."""
   r = list(m.get("abundance_fe_correlation", {}).values())
   return f"{min(r):.2f} to {max(r):.2f}" if r else "not computed"
 

@@ -9,7 +9,7 @@
 paper Table 1 (DIR/table1.md, table1.csv, table1.png, sweep.json); resumable per fraction.
 
 Same run-folder conventions as experiments.apogee. The logic is in
-`cyclestar_jax.pipeline.new_lines`.
+`cyclestar_jax.pipeline.new_lines` (the sweep: `cyclestar_jax.pipeline.new_lines.sweep`).
 """
 
 from __future__ import annotations
@@ -48,16 +48,16 @@ def main(argv=None) -> dict:
 
   preset = args.preset or pipeline.default_preset()
   if args.sweep is not None:
-    from cyclestar_jax.pipeline import sweep
+    from cyclestar_jax.pipeline.new_lines import sweep
 
     fractions = sweep.parse_sweep(args.sweep)
     return sweep.sweep(args.out or f"runs/new_lines_sweep_{preset}", fractions, preset=preset,
                        n_iter=args.n_iter, seed=args.seed, spec=args.sweep,
                        overwrite=args.overwrite, train_limit_s=args.train_limit_s,
                        progress=not args.no_progress)
-  return new_lines.run(args.out or f"runs/new_lines_{preset}", preset=preset,
-                       n_iter=args.n_iter, seed=args.seed,
-                       masked_fraction=args.masked_fraction, overwrite=args.overwrite,
+  job = new_lines.Job(preset=preset, n_iter=args.n_iter, seed=args.seed,
+                      masked_fraction=args.masked_fraction)
+  return new_lines.run(args.out or f"runs/new_lines_{preset}", job, overwrite=args.overwrite,
                        train_limit_s=args.train_limit_s, progress=not args.no_progress)
 
 

@@ -1,5 +1,5 @@
-"""The Table-1 sweep (`pipeline.sweep`, `experiments.new_lines --sweep`) with the per-fraction
-job replaced by a fast fake: spec parsing, table contents, resume, atomic files."""
+"""The Table-1 sweep (`pipeline.new_lines.sweep`, `experiments.new_lines --sweep`) with the
+per-fraction job replaced by a fast fake: spec parsing, table contents, resume, atomic files."""
 
 import csv
 import json
@@ -7,7 +7,8 @@ import json
 import pytest
 
 from cyclestar_jax import cli
-from cyclestar_jax.pipeline import new_lines, stages, sweep
+from cyclestar_jax.pipeline import new_lines, presets, stages
+from cyclestar_jax.pipeline.new_lines import sweep
 
 SPEC = "0.1:0.9:0.2"
 FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9]
@@ -34,19 +35,18 @@ class FakeJob:
     self.limits: list[float | None] = []
     self.fail_at = fail_at
 
-  def __call__(self, out, *, preset, n_iter, seed, masked_fraction, overwrite, progress, log,
-               train_limit_s=None):
-    self.calls.append(masked_fraction)
+  def __call__(self, out, job, *, overwrite, progress, log, train_limit_s=None):
+    self.calls.append(job.masked_fraction)
     self.limits.append(train_limit_s)
-    p = new_lines.get_preset(preset, n_iter)
+    p = presets.get_preset(job.preset, job.n_iter, job="new_lines")
     paths = stages.RunPaths(out)
     stages.check_run_folder(paths, {"job": "new_lines", "preset": p.name,
-                                    "n_iter": p.cycle.n_iter, "seed": seed,
-                                    "masked_fraction": masked_fraction})
+                                    "n_iter": p.cycle.n_iter, "seed": job.seed,
+                                    "masked_fraction": job.masked_fraction})
     log("[data] ...")
-    if masked_fraction == self.fail_at:
+    if job.masked_fraction == self.fail_at:
       raise Interrupted
-    m = _fake_metrics(masked_fraction)
+    m = _fake_metrics(job.masked_fraction)
     stages._write_json(paths.out / "metrics.json", m)
     return m
 
@@ -202,7 +202,7 @@ def test_done_marker_matches_the_real_job(tmp_path, monkeypatch):
   monkeypatch.setattr(stages, "stage_data", stop)
   folder = tmp_path / "f0.30"
   with pytest.raises(Interrupted):
-    new_lines.run(folder, preset="smoke", masked_fraction=0.3, progress=False,
+    new_lines.run(folder, new_lines.Job(preset="smoke", masked_fraction=0.3), progress=False,
                   log=lambda s: None)
   ident = sweep.sweep_identity("smoke", None, 0)
   assert not sweep._is_done(folder, ident, 0.3)  # no metrics.json yet

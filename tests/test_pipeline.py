@@ -133,6 +133,22 @@ def test_report_warns_of_an_emulator_that_cannot_tell_the_elements_apart():
   assert report.emulator_note({"emulator_training": None}) == []
 
 
+def test_only_the_cpu_report_has_the_cpu_research_note():
+  """Labels not closer with Eq. 11: said on every preset; what was tried, on the cpu preset's
+  report alone (the preset the research was done on)."""
+  from cyclestar_jax.pipeline import report
+
+  worse = {k: {"bias": 0.0, "scatter": 2.0} for k in ("Teff", "logg", "Fe_H")}
+  better = {k: {"bias": 0.0, "scatter": 1.0} for k in ("Teff", "logg", "Fe_H")}
+  m = {"label_errors": {report.FIT_TITLES["eq9"]: better, report.FIT_TITLES["eq11"]: worse},
+       "fits": {"eq11": {"at_box_edge_fraction": 0.0}}}
+  for preset in ("smoke", "cpu", "long", "paper"):
+    said = "\n".join(report.verdicts({**m, "preset": preset}))
+    assert "Eq. 11 closer for none of them" in said
+    assert ("What was tried for the label scatter on the cpu preset" in said) == (
+        preset == "cpu"), preset
+
+
 def test_grid_term_uses_the_runs_payne_grid_or_turns_off(tmp_path):
   """λ_grid > 0 trains on the run's payne_grid.h5 (the mock world); with only the user's
   synthetic file there is no separate grid, and the term is off."""

@@ -170,17 +170,7 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, *, progress: bool, log) -> di
   t_all = time.perf_counter()
 
   def stage(name, fn, *a, **kw):
-    log(f"[{name}] ...")
-    t0 = time.perf_counter()
-    res = fn(*a, **kw)
-    info = res[-1] if isinstance(res, tuple) else res
-    said = "kept from an earlier run" if isinstance(info, dict) and info.get("skipped") \
-        else f"{time.perf_counter() - t0:.0f} s"
-    log(f"[{name}] done ({said})")
-    slim = {k: v for k, v in info.items() if k not in ("training", "history", "config")} \
-        if isinstance(info, dict) else {}
-    stages.record_stage(paths, name, {"seconds": time.perf_counter() - t0, **slim})
-    return res
+    return stages.run_stage(paths, log, name, fn, *a, **kw)
 
   if synth is None:
     synth_path, obs_path, _ = stage("data", stages.stage_data, paths, p, seed=seed,

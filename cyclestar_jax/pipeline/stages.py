@@ -1,4 +1,6 @@
-"""The main job's stages (paper §4.1), one function each, every one kept in the run folder.
+"""The stages of the staged jobs, one function each, every one kept in the run folder: the main
+job's (paper §4.1) below, and the line-identification job's (`pipeline.new_lines`, §4.2), which
+shares the run folder, data, emulator and Cycle-StarNet stages and has no fits.
 
     OUT/run.json            preset, data identity, stage times (checked on every re-run)
     OUT/data/               synth.h5, obs.h5, payne_grid.h5 (the mock world and the emulator's
@@ -179,6 +181,24 @@ def record_stage(paths: RunPaths, stage: str, info: dict) -> None:
   run = read_json(paths.run_json)
   run.setdefault("stages", {})[stage] = info
   _write_json(paths.run_json, run)
+
+
+def run_stage(paths: RunPaths, log, name: str, fn, *args, **kwargs):
+  """fn(*args, **kwargs) as the stage `name` of a job: "[name] ..." and "[name] done (N s)" (or
+  "kept from an earlier run") through `log`, and its summary in run.json (`record_stage`: the
+  seconds and the stage's info dict, the last element of a tuple result, without its training
+  history and config). Returns fn's result."""
+  log(f"[{name}] ...")
+  t0 = time.perf_counter()
+  res = fn(*args, **kwargs)
+  info = res[-1] if isinstance(res, tuple) else res
+  said = "kept from an earlier run" if isinstance(info, dict) and info.get("skipped") \
+      else f"{time.perf_counter() - t0:.0f} s"
+  log(f"[{name}] done ({said})")
+  slim = {k: v for k, v in info.items() if k not in ("training", "history", "config")} \
+      if isinstance(info, dict) else {}
+  record_stage(paths, name, {"seconds": time.perf_counter() - t0, **slim})
+  return res
 
 
 # ---------------------------------------------------------------------------------------------

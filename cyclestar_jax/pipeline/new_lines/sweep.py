@@ -29,6 +29,7 @@ from pathlib import Path
 from cyclestar_jax import plots
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.pipeline import new_lines, stages
+from cyclestar_jax.pipeline.presets import get_preset
 
 # Paper Table 1 (§4.2): masked fraction → average error of the pixel recovery over the masked
 # features, in % (docs/metrics_and_figures.md, 'Numbers the paper reports').
@@ -92,7 +93,7 @@ def fraction_folder(f: float) -> str:
 
 def sweep_identity(preset: str, n_iter: int | None, seed: int) -> dict:
   """What a sweep folder is of: the job, the preset, its training iterations, the seed."""
-  p = new_lines.get_preset(preset, n_iter)
+  p = get_preset(preset, n_iter, job=new_lines.JOB)
   return {"job": "new_lines_sweep", "preset": p.name, "n_iter": p.cycle.n_iter, "seed": seed}
 
 
@@ -265,8 +266,9 @@ def sweep(out: str | Path, fractions: Sequence[float], *, preset: str = "cpu",
   rows = [_row(f, d, "done", stages.read_json(out / d / "metrics.json")) if ok else
           _row(f, d, "started" if (out / d / "run.json").is_file() else "pending")
           for f, d, ok in zip(fractions, folders, done, strict=True)]
+  n_label_sets = get_preset(preset, n_iter, job=new_lines.JOB).n_fit
   sweep_ = {"identity": ident, "spec": spec, "fractions": fractions, "rows": rows,
-            "n_done": sum(done), "n_label_sets": new_lines.get_preset(preset, n_iter).n_fit,
+            "n_done": sum(done), "n_label_sets": n_label_sets,
             "elapsed_s": 0.0, "paper_table1": {str(k): v for k, v in PAPER_TABLE1.items()},
             "figure": None}
 
@@ -296,8 +298,8 @@ def sweep(out: str | Path, fractions: Sequence[float], *, preset: str = "cpu",
     rows[k - 1]["status"] = "started"
     save()
     t_f = time.perf_counter()
-    m = new_lines.run(out / d, preset=preset, n_iter=n_iter, seed=seed, masked_fraction=f,
-                      overwrite=overwrite, train_limit_s=train_limit_s, progress=progress,
+    m = new_lines.run(out / d, new_lines.Job(preset, n_iter, seed, f), overwrite=overwrite,
+                      train_limit_s=train_limit_s, progress=progress,
                       log=lambda s, d=d: log(f"  {d} {s}"))
     ran.append(time.perf_counter() - t_f)
     if not resuming:

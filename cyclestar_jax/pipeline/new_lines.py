@@ -158,7 +158,8 @@ def analyse(paths: stages.RunPaths, preset: _presets.Preset, world, obs_path: Pa
   found = lines.recovered_features(ds["synth_to_obs"][0], ds["payne"][0])
   detection = lines.detection_scores(found, removed)
   n_sens = min(256, len(y))
-  sens = lines.zsp_choice_sensitivity(mc, y[:n_sens], y_obs, z_obs, removed)
+  sens = lines.zsp_choice_sensitivity(mc, y[:n_sens], y_obs, z_obs,
+                                      lines.attribution_reducer(removed))
   x_true_ref = np.asarray(mock.truth_spectrum(y_ref[None]))[0]
   n_lab = min(sensitivity.N_STARS, len(y_obs))
   label_sens = sensitivity.label_sensitivity(mc, y_obs[:n_lab], x_obs[:n_lab], world)
@@ -237,9 +238,9 @@ def _figures(paths, ds, x_true_ref, removed, ref_att, rec, m) -> list[str]:
   fig.mkdir(parents=True, exist_ok=True)
   wave = wavelength()[N_DROP:]
   diff = ds["d_synth_to_obs"][0] - ds["d_payne"][0]  # [7167, 25]
+  star = plots.LineStar(ds["payne"][0], ds["synth_to_obs"][0], x_true_ref[N_DROP:], diff)
   out = [plots.fig_line_identification(
-      wave, ds["payne"][0], ds["synth_to_obs"][0], x_true_ref[N_DROP:], diff, removed,
-      fig / "fig12_line_identification.png",
+      wave, star, removed, fig / "fig12_line_identification.png",
       elements=FIG12_ELEMENTS, title="solar K giant (Teff 4750 K, log g 2.5, [X/H] = 0)")]
   out.append(plots.fig_recovery_map(
       np.asarray(rec["recovered_binned"]), np.asarray(rec["no_recovery_binned"]),
@@ -337,11 +338,16 @@ def render(m: dict) -> str:
 
 
 def run(out: str | Path, *, preset: str = "cpu", n_iter: int | None = None, seed: int = 0,
-        masked_fraction: float | None = None, overwrite: bool = False,
-        train_limit_s: float | None = None, progress: bool = True, log=print) -> dict:
-  """The line-identification job; returns metrics.json's dict. `train_limit_s` (None: the
-  preset's) bounds the Cycle-StarNet training's wall clock (`stages.stage_cyclestarnet`)."""
+        masked_fraction: float | None = None,
+        options: stages.RunOptions | None = None) -> dict:
+  """The line-identification job; returns metrics.json's dict. `options` (`stages.RunOptions`,
+  None: the defaults): overwrite, progress, log, and `train_limit_s` (None: the preset's),
+  which bounds the Cycle-StarNet training's wall clock (`stages.stage_cyclestarnet`)."""
   from cyclestar_jax import mock
+
+  options = stages.RunOptions() if options is None else options
+  overwrite, train_limit_s = options.overwrite, options.train_limit_s
+  progress, log = options.progress, options.log
 
   p = get_preset(preset, n_iter)
   paths = stages.RunPaths(Path(out))

@@ -44,7 +44,7 @@ from cyclestar_jax.emulator import (
     emulator_apply,
     load_emulator,
 )
-from cyclestar_jax.fitting import FitConfig, LabelFitter
+from cyclestar_jax.fitting import FitConfig, LabelFitter, LBFGSOptions
 from cyclestar_jax.labels import N_LABELS, label_index, unscale_labels
 from cyclestar_jax.resources import N_DROP, spectra_mean_std
 
@@ -131,8 +131,8 @@ def quality(res, ref, y_true=None) -> dict:
 def run(methods=("obs", "synth", "emulator"), n: int = 32768, batches=(1024, 16384),
         starts=("catalogue",), repeats: int = 3, config_name: str = "kurucz_to_apogee_1",
         emulator_path: str | None = None, model_dir: str | None = None, quality_n: int = 256,
-        chunk_size: int = 16384, seed: int = 0, tol: float = FitConfig.tol,
-        patience: int = FitConfig.patience) -> dict:
+        chunk_size: int = 16384, seed: int = 0, tol: float = LBFGSOptions.tol,
+        patience: int = LBFGSOptions.patience) -> dict:
   """All timings; returns the JSON-ready dict."""
   emulator = load_emulator(emulator_path) if emulator_path else flux_like_emulator(seed)
   cycle = None
@@ -158,14 +158,16 @@ def run(methods=("obs", "synth", "emulator"), n: int = 32768, batches=(1024, 163
     qn = min(quality_n, n)
     ref = None
     if qn:
-      slow = FitConfig(method=method, starts=starts, tol=1e-9, max_iter=3000, max_evals=6000,
-                       batch_size=min(batches), chunk_size=chunk_size)
+      slow = FitConfig(method=method, starts=starts, batch_size=min(batches),
+                       chunk_size=chunk_size,
+                       lbfgs=LBFGSOptions(tol=1e-9, max_iter=3000, max_evals=6000))
       ref = LabelFitter(emulator, slow, cycle_model=cycle).fit(x[:qn], err[:qn],
                                                                y_start=y_cat[:qn])
     for batch in batches:
       # A chunk holds several jobs per slot, so that slots freed by converged fits find work.
       cfg = FitConfig(method=method, starts=starts, batch_size=batch,
-                      chunk_size=max(chunk_size, 4 * batch), tol=tol, patience=patience)
+                      chunk_size=max(chunk_size, 4 * batch),
+                      lbfgs=LBFGSOptions(tol=tol, patience=patience))
       fitter = LabelFitter(emulator, cfg, cycle_model=cycle)
       timing, res = time_fit(fitter, x, err, y_cat, repeats)
       fitted = res.start >= 0
@@ -177,7 +179,7 @@ def run(methods=("obs", "synth", "emulator"), n: int = 32768, batches=(1024, 163
              "loop_iters": res.timing.get("loop_iters"),
              "converged_fraction": float(res.converged.mean()),
              "chi2_r_p50": float(np.nanmedian(res.chi2_r)),
-             "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+             "config": {k: v for k, v in cfg.record().items()
                         if k in ("tol", "patience", "max_iter", "max_evals", "memory_size",
                                  "chunk_size")}}
       if ref is not None:
@@ -203,8 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
                  help="spectra compared with an unhurried fit (0: skip)")
   p.add_argument("--chunk-size", type=int, default=16384)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--tol", type=float, default=FitConfig.tol, help="FitConfig.tol")
-  p.add_argument("--patience", type=int, default=FitConfig.patience, help="FitConfig.patience")
+  p.add_argument("--tol", type=float, default=LBFGSOptions.tol, help="LBFGSOptions.tol")
+  p.add_argument("--patience", type=int, default=LBFGSOptions.patience,
+                 help="LBFGSOptions.patience")
   p.add_argument("--out", default=None, help="also write the JSON to this file")
   args = p.parse_args(argv)
   res = run(methods=tuple(args.methods.split(",")), n=args.n,

@@ -30,8 +30,8 @@ METHOD = {"eq9": "emulator", "eq11": "obs"}
 
 def fit_row(stem: str, em, cycle, sp, y_true: np.ndarray, max_iter: int) -> dict:
   """Fits of one method to the spectra `sp`, scored by `curve.label_errors_row`."""
-  cfg = fitting.FitConfig(method=METHOD[stem], starts=("catalogue",), max_iter=max_iter,
-                          batch_size=256, chunk_size=64)
+  cfg = fitting.FitConfig(method=METHOD[stem], starts=("catalogue",), batch_size=256,
+                          chunk_size=64, lbfgs=fitting.LBFGSOptions(max_iter=max_iter))
   fitter = fitting.LabelFitter(em, cfg, cycle_model=None if stem == "eq9" else cycle)
   t0 = time.perf_counter()
   res = fitter.fit(sp.x, sp.x_err, sp.x_msk, y_start=sp.y, progress=False)

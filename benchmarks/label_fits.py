@@ -51,7 +51,8 @@ def run(run_dir: Path, n: int, methods: list[str], free_sets: list[str], starts:
   for stem in methods:
     for free in free_sets:
       y_start = y_true if free == "truth-start" else sp.y
-      cfg = fitting.FitConfig(method=METHOD[stem], starts=starts, max_iter=max_iter,
+      cfg = fitting.FitConfig(method=METHOD[stem], starts=starts,
+                              lbfgs=fitting.LBFGSOptions(max_iter=max_iter),
                               batch_size=256, chunk_size=64,
                               free_labels=ASPCAP_FREE if free == "aspcap" else None)
       fitter = fitting.LabelFitter(em, cfg, cycle_model=None if stem == "eq9" else cycle)

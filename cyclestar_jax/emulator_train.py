@@ -38,7 +38,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -296,29 +296,42 @@ def _box_with_margin(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return y_min, y_max
 
 
-def fit_emulator(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+class SpectraSet(NamedTuple):
+  """Spectra with their labels, as `fit_emulator` learns them.
+
+  Attributes:
+    x: [N, n_pix] normalized flux.
+    y: [N, n_labels] physical labels.
+    msk: [N, n_pix] bool good pixels (None: all good).
+  """
+
+  x: np.ndarray
+  y: np.ndarray
+  msk: np.ndarray | None = None
+
+
+def fit_emulator(train: SpectraSet, val: SpectraSet,
                  cfg: EmulatorTrainConfig = EmulatorTrainConfig(), *,
                  checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
-                 y_min: np.ndarray | None = None, y_max: np.ndarray | None = None,
-                 msk_train: np.ndarray | None = None,
-                 msk_val: np.ndarray | None = None) -> TrainResult:
+                 y_min: np.ndarray | None = None, y_max: np.ndarray | None = None
+                 ) -> TrainResult:
   """Trains an emulator on (labels → flux) pairs, keeping the weights of the best validation loss.
 
   Args:
-    x_train: [N, n_pix] normalized flux. y_train: [N, n_labels] physical labels.
-    x_val: [M, n_pix]. y_val: [M, n_labels]: validation set for early stopping.
+    train: the training set (`SpectraSet`: x [N, n_pix], y [N, n_labels], msk).
+    val: the validation set for early stopping (x [M, n_pix], y [M, n_labels], msk). Masked
+      pixels (msk False) are left out of the loss, the output scaling and the validation loss.
     cfg: the recipe.
     checkpoint_dir: if given, an orbax CheckpointManager directory that receives the best
       weights (emulator format, output scaling folded in) during and at the end of training;
       checkpoints already there (a previous run's) are deleted first.
     progress: show a tqdm progress bar.
-    y_min, y_max: training box [n_labels]; default: the range of y_train.
-    msk_train, msk_val: [N, n_pix] / [M, n_pix] bool good pixels (None: all good). Masked
-      pixels are left out of the loss, the output scaling and the validation loss.
+    y_min, y_max: training box [n_labels]; default: the range of the training labels.
 
   Returns:
     `TrainResult`.
   """
+  (x_train, y_train, msk_train), (x_val, y_val, msk_val) = train, val
   x_train = np.asarray(x_train, np.float32)
   x_val = np.asarray(x_val, np.float32)
   y_train, y_val = np.asarray(y_train, np.float64), np.asarray(y_val, np.float64)
@@ -613,9 +626,8 @@ def train_emulator(data_path: str | os.PathLike, out_dir: str | os.PathLike,
     warnings.warn(f"{data_path}: masked pixels (the file's mask, or NaN/inf flux) are left out "
                   f"of the emulator's loss and metrics: {n_masked}", stacklevel=2)
   out_dir.mkdir(parents=True, exist_ok=True)
-  result = fit_emulator(x_train, y_train, val[0], val[1], cfg,
-                        checkpoint_dir=out_dir / "checkpoint", progress=progress,
-                        msk_train=m_train, msk_val=val[2])
+  result = fit_emulator(SpectraSet(x_train, y_train, m_train), SpectraSet(*val), cfg,
+                        checkpoint_dir=out_dir / "checkpoint", progress=progress)
   metrics, residual = emulator_metrics(result.emulator, test[0], test[1],
                                        teff_bin_width=cfg.teff_bin_width,
                                        batch_size=cfg.eval_batch_size, x_msk=test[2])

@@ -1,7 +1,7 @@
 """The Cycle-StarNet training loop: data, data-parallel step, validation, checkpoints, metrics.
 
-`train(cfg, synth_path, obs_path, out_dir)` runs the paper's schedule (Appendix B) from the two
-reference-format HDF5 files and writes into `out_dir`:
+`train(cfg, TrainFiles(synth_path, obs_path), out_dir, LoopConfig(...))` runs the paper's
+schedule (Appendix B) from the two reference-format HDF5 files and writes into `out_dir`:
   - `config.json`: the config used;
   - `run.json`: how the run was set up: the `LoopConfig`, whether validation was paired and
     why (`paired_val`, `paired_val_reason`), the usable pixels found in the training splits,
@@ -51,9 +51,9 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -78,32 +78,70 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-  """How the training loop runs (not what it trains: that is `Config`). Checked on creation.
+  """How the training loop runs (not what it trains: that is `Config`). Checked on creation;
+  `resolve` fills the fields left to the run (None) before the loop starts.
 
   Attributes:
     log_every, val_every, ckpt_every: intervals in iterations between a metrics line, a
       validation and a checkpoint.
-    steps_per_call: iterations per compiled call (data on the devices; streamed data: 1). It
+    steps_per_call: iterations per compiled call with data on the devices (a `lax.scan`: one
+      launch per call, the lever at batch 8 on a GPU, docs/devices.md; streamed data: 1). It
       must divide every interval, so that every call has this one length and the scanned step
       compiles once (a run whose total is not a multiple adds one shorter call at the end).
+      None: `default_steps_per_call` (1 on the CPU, 10 on accelerators with the default
+      intervals).
     val_rows: spectra per domain in the validation batch.
     keep: checkpoints kept.
     max_skipped: consecutive skipped (non-finite) iterations that stop the run.
+    n_iter: total iterations (None: the config's `n_iter`); a resumed run stops at the same
+      total.
+    time_limit_s: wall-clock seconds for the training loop (compilation excluded): the run
+      stops at the first call that ends past it, validated and checkpointed as at the end, and
+      says so in "stopped". A resumed run gets the limit afresh. One process only. None: none.
+    data_on_device: "yes": hold both training splits, standardized, on every device
+      (`parallel.stage_on_devices`, `StagedRunner`: each step gathers its batch there from row
+      indices, so no spectrum crosses the host–device link during training); "no": stream
+      the batches from the HDF5 files (`StreamedRunner`: a reading thread, memory bounded,
+      for files larger than memory); "auto": "yes" when `data_on_device_fits`. Both give the
+      same batches.
+    paired_val: whether row i of the two val splits is the same star (adds `val_paired_*`):
+      "yes"/True, "no"/False, or "auto"/None: the files' `paired_splits` attribute, else equal
+      val row counts with a warning (`validation.decide_paired_val`).
   """
 
   log_every: int = 100
   val_every: int = 1000
   ckpt_every: int = 1000
-  steps_per_call: int = 1
+  steps_per_call: int | None = None
   val_rows: int = 64
   keep: int = 3
   max_skipped: int = 100
+  n_iter: int | None = None
+  time_limit_s: float | None = None
+  data_on_device: str = "auto"
+  paired_val: bool | str | None = None
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):
-      v = getattr(self, f.name)
+    for name in ("log_every", "val_every", "ckpt_every", "steps_per_call", "val_rows", "keep",
+                 "max_skipped"):
+      v = getattr(self, name)
+      if v is None and name == "steps_per_call":
+        continue
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{f.name} must be an integer ≥ 1, got {v!r}")
+        raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
+    if self.n_iter is not None and (isinstance(self.n_iter, bool) or not isinstance(
+        self.n_iter, (int, np.integer)) or self.n_iter < 0):
+      raise ValueError(f"n_iter must be an integer ≥ 0, got {self.n_iter!r}")
+    t = self.time_limit_s
+    if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool)
+                              and math.isfinite(t) and t > 0):
+      raise ValueError(f"time_limit_s must be a number of seconds > 0, got {t!r}")
+    if self.data_on_device not in ("auto", "yes", "no"):
+      raise ValueError(f"data_on_device must be 'auto', 'yes' or 'no', got "
+                       f"{self.data_on_device!r}")
+    validation.paired_val_option(self.paired_val)  # raises naming the options
+    if self.steps_per_call is None:
+      return
     bad = {k: v for k, v in zip(("log_every", "val_every", "ckpt_every"), self.intervals,
                                 strict=True) if v % self.steps_per_call}
     if bad:
@@ -126,6 +164,37 @@ class LoopConfig:
       return 1
     g = math.gcd(*intervals)
     return max(d for d in range(1, _MAX_DEFAULT_STEPS_PER_CALL + 1) if g % d == 0)
+
+  def resolve(self, n_iter: int, platform: str) -> LoopConfig:
+    """This loop with the fields left to the run filled: `n_iter` (the config's, when None)
+    and `steps_per_call` (`default_steps_per_call(platform, ...)`, when None)."""
+    return dataclasses.replace(
+        self, n_iter=int(n_iter) if self.n_iter is None else self.n_iter,
+        steps_per_call=(self.default_steps_per_call(platform, self.intervals)
+                        if self.steps_per_call is None else self.steps_per_call))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainFiles:
+  """The reference-format HDF5 files a run trains on (`data.BatchStream`).
+
+  Attributes:
+    synth, obs: the synthetic and observed domains.
+    grid: synthetic spectra at decorrelated labels for the grid batch; needed exactly when
+      `Config.lambda_grid` > 0.
+  """
+
+  synth: str | os.PathLike
+  obs: str | os.PathLike
+  grid: str | os.PathLike | None = None
+
+
+class Validation(NamedTuple):
+  """The loop's validation: `evaluate(gen_params, critic_params, batch) -> metrics` (e.g.
+  `validation.make_eval_fn(...)`, compiled) and the batch it runs on."""
+
+  evaluate: Callable
+  batch: dict
 
 
 
@@ -259,11 +328,10 @@ class SkipWatch:
             + ", ".join(f"{k}={v:.4g}" for k, v in terms.items()))
 
 
-def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
-             ckpt: checkpoint.Checkpointer, evaluate=None, val_batch: dict | None = None,
-             log_path: Path | None = None, bar=None, deadline: float | None = None
+def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Checkpointer,
+             val: Validation | None = None, log_path: Path | None = None, bar=None
              ) -> tuple[Any, int, dict, dict]:
-  """Train from step `start` to `n_iter` with a runner's calls; log, validate, checkpoint.
+  """Train from step `start` to `loop.n_iter` with a runner's calls; log, validate, checkpoint.
 
   Events (a metrics line every `log_every`, a validation every `val_every`, a checkpoint every
   `ckpt_every` iterations, and all three at the end) land on the same steps whatever the
@@ -274,12 +342,13 @@ def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
   Args:
     runner: `StagedRunner` or `StreamedRunner` (anything with `calls(state, start, stop, loop)`).
     state: the replicated `TrainState` at `start` (donated to the first call).
+    loop: the loop's settings, `n_iter` set (`LoopConfig.resolve`). With `time_limit_s` the loop
+      stops after the first call that ends that many seconds after it started (then logs,
+      validates and checkpoints as at the end).
     ckpt: the run's checkpointer.
-    evaluate, val_batch: `validation.make_eval_fn(...)` and its batch, or None (no validation).
+    val: the validation (evaluation and batch), or None (no validation).
     log_path: metrics.jsonl (None: another process writes it).
     bar: a tqdm bar (or None).
-    deadline: a `time.perf_counter()` value; the loop stops after the first call that ends past
-      it (then logs, validates and checkpoints as at the end). None: no time limit.
 
   Returns:
     (state, step reached, last train line, last val line).
@@ -287,6 +356,10 @@ def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
   Raises:
     TrainingDiverged: `loop.max_skipped` consecutive skipped steps (nothing more is written).
   """
+  if loop.n_iter is None:
+    raise ValueError("run_loop needs loop.n_iter; resolve the LoopConfig first")
+  n_iter = loop.n_iter
+  deadline = None if loop.time_limit_s is None else time.perf_counter() + loop.time_limit_s
   watch = SkipWatch(loop.max_skipped)
   history: list[dict] = []
   pending: dict | None = None  # metrics of the last call, not yet seen by the watch
@@ -322,8 +395,8 @@ def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
       if done % loop.log_every == 0:
         last_train = _log_train(history, done, t_interval, log_path, bar)
         history, t_interval = [], time.perf_counter()
-      if evaluate is not None and done % loop.val_every == 0:
-        last_val = _log_val(evaluate, state, val_batch, done, log_path)
+      if val is not None and done % loop.val_every == 0:
+        last_val = _log_val(val.evaluate, state, val.batch, done, log_path)
       if done % loop.ckpt_every == 0:
         save_if_good()
       if deadline is not None and done < n_iter and time.perf_counter() >= deadline:
@@ -342,8 +415,8 @@ def run_loop(runner, state, start: int, n_iter: int, loop: LoopConfig, *,
   if history:
     last_train = _log_train(history, done, t_interval, log_path, bar)
   if done > start:
-    if evaluate is not None and done % loop.val_every:
-      last_val = _log_val(evaluate, state, val_batch, done, log_path)
+    if val is not None and done % loop.val_every:
+      last_val = _log_val(val.evaluate, state, val.batch, done, log_path)
     if done % loop.ckpt_every:
       save_if_good()
   return state, done, last_train, last_val
@@ -393,41 +466,20 @@ def _move_aside(ckpt: checkpoint.Checkpointer, skipped: dict[int, str]) -> None:
   ckpt.steps()  # the manager forgets the moved steps
 
 
-def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
-          n_iter: int | None = None, log_every: int = 100, val_every: int = 1000,
-          val_rows: int = 64, ckpt_every: int = 1000, keep: int = 3, progress: bool = True,
-          mesh=None, paired_val: bool | str | None = None, data_on_device: str = "auto",
-          steps_per_call: int | None = None, max_skipped: int = 100,
-          time_limit_s: float | None = None, grid_path=None) -> dict:
+def train(cfg: Config, files: TrainFiles, out_dir, loop: LoopConfig = LoopConfig(), *,
+          resume: bool = False, progress: bool = True, mesh=None) -> dict:
   """Train Cycle-StarNet; see the module docstring for what is written.
 
   Args:
     cfg: config (architecture, schedule, batch size, seed).
-    synth_path, obs_path: reference-format HDF5 files of the synthetic and observed domains.
+    files: the training files (`TrainFiles`: synthetic and observed domains, the grid file).
     out_dir: output directory.
+    loop: how the loop runs (`LoopConfig`: intervals, iterations, time limit, data on the
+      devices or streamed, paired validation); its None fields are filled by
+      `LoopConfig.resolve` (n_iter: cfg.n_iter; steps_per_call: by the platform).
     resume: continue from the newest valid checkpoint in `out_dir/checkpoints`.
-    n_iter: total iterations (default cfg.n_iter); a resumed run stops at the same total.
-    log_every, val_every, ckpt_every, val_rows, keep, max_skipped: see `LoopConfig`.
     progress: show a progress bar.
     mesh: device mesh (default: all devices).
-    paired_val: whether row i of the two val splits is the same star (adds `val_paired_*`):
-      "yes"/True, "no"/False, or "auto"/None (default): the files' `paired_splits` attribute,
-      else equal val row counts with a warning (`validation.decide_paired_val`).
-    data_on_device: "yes": hold both training splits, standardized, on every device
-      (`parallel.stage_on_devices`, `StagedRunner`: each step gathers its batch there from row
-      indices, so no spectrum crosses the host–device link during training); "no": stream
-      the batches from the HDF5 files (`StreamedRunner`: a reading thread, memory bounded,
-      for files larger than memory); "auto" (default): "yes" when `data_on_device_fits`.
-      Both give the same batches.
-    steps_per_call: iterations per compiled call with data on the devices (a `lax.scan`:
-      one launch per call, the lever at batch 8 on a GPU, docs/devices.md); it must divide
-      every interval; default `LoopConfig.default_steps_per_call` (1 on the CPU, 10 on
-      accelerators with the default intervals). Streamed data: always 1.
-    time_limit_s: wall-clock seconds for the training loop (compilation excluded): the run
-      stops at the first call that ends past it, validated and checkpointed as at the end, and
-      says so in "stopped". A resumed run gets the limit afresh. One process only. None: none.
-    grid_path: file of synthetic spectra at decorrelated labels for the grid batch; needed
-      exactly when `cfg.lambda_grid` > 0 (`data.BatchStream`).
 
   Returns:
     {"step", "train": last interval's means, "val": last validation, "out_dir", "paired_val",
@@ -437,50 +489,36 @@ def train(cfg: Config, synth_path, obs_path, out_dir, *, resume: bool = False,
 
   Raises:
     ValueError: bad files or settings (before anything compiles). CheckpointError: see the
-    module docstring. TrainingDiverged: `max_skipped` consecutive non-finite steps.
+    module docstring. TrainingDiverged: `loop.max_skipped` consecutive non-finite steps.
   """
   out = Path(out_dir)
-  n_iter = cfg.n_iter if n_iter is None else int(n_iter)
-  if data_on_device not in ("auto", "yes", "no"):
-    raise ValueError(f"data_on_device must be 'auto', 'yes' or 'no', got {data_on_device!r}")
-  if time_limit_s is not None:
-    if not (isinstance(time_limit_s, (int, float)) and math.isfinite(time_limit_s)
-            and time_limit_s > 0):
-      raise ValueError(f"time_limit_s must be a number of seconds > 0, got {time_limit_s!r}")
-    if jax.process_count() > 1:
-      raise ValueError("time_limit_s is for one process: processes stopping on their own "
-                       "clocks would stop at different steps; use n_iter")
+  if loop.time_limit_s is not None and jax.process_count() > 1:
+    raise ValueError("time_limit_s is for one process: processes stopping on their own "
+                     "clocks would stop at different steps; use n_iter")
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(cfg.batch_size, mesh)
-  intervals = (log_every, val_every, ckpt_every)
-  if steps_per_call is None and all(isinstance(k, int) and k > 0 for k in intervals):
-    steps_per_call = LoopConfig.default_steps_per_call(mesh.devices.flat[0].platform, intervals)
-  loop = LoopConfig(log_every=log_every, val_every=val_every, ckpt_every=ckpt_every,
-                    steps_per_call=steps_per_call, val_rows=val_rows, keep=keep,
-                    max_skipped=max_skipped)
-  paired_opt = validation.paired_val_option(paired_val)
+  loop = loop.resolve(cfg.n_iter, mesh.devices.flat[0].platform)
   out.mkdir(parents=True, exist_ok=True)
-  stream = data.BatchStream(synth_path, obs_path, cfg, process_index=jax.process_index(),
-                            process_count=jax.process_count(), grid_path=grid_path)
+  stream = data.BatchStream(files.synth, files.obs, cfg, process_index=jax.process_index(),
+                            process_count=jax.process_count(), grid_path=files.grid)
   try:
-    return _train(cfg, stream, out, n_iter, loop, resume=resume, progress=progress, mesh=mesh,
-                  paired_opt=paired_opt, data_on_device=data_on_device,
-                  time_limit_s=time_limit_s)
+    return _train(cfg, stream, out, loop, resume=resume, progress=progress, mesh=mesh)
   finally:
     stream.close()
 
 
-def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: LoopConfig, *,
-           resume: bool, progress: bool, mesh, paired_opt: str, data_on_device: str,
-           time_limit_s: float | None = None) -> dict:
+def _train(cfg: Config, stream: data.BatchStream, out: Path, loop: LoopConfig, *, resume: bool,
+           progress: bool, mesh) -> dict:
   """`train` once the stream is open (it closes the stream)."""
   paths = stream.paths()
   usable = stream.check_usable()
+  n_iter, time_limit_s = loop.n_iter, loop.time_limit_s
+  paired_opt = validation.paired_val_option(loop.paired_val)
   val_batch = validation.validation_rows(paths["synth"], paths["obs"], cfg, loop.val_rows)
   paired, paired_reason = (validation.decide_paired_val(paths["synth"], paths["obs"], paired_opt)
                            if val_batch is not None else (False, "no validation batch"))
-  staged_mode = data_on_device == "yes" or (
-      data_on_device == "auto" and data_on_device_fits(sum(stream.sizes().values()), cfg))
+  staged_mode = loop.data_on_device == "yes" or (
+      loop.data_on_device == "auto" and data_on_device_fits(sum(stream.sizes().values()), cfg))
   loop = loop if staged_mode else dataclasses.replace(loop, steps_per_call=1)
   # With several processes every one runs this loop; process 0 alone writes files and prints.
   lead = jax.process_index() == 0
@@ -509,8 +547,9 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: 
       atomic_write_text(out / "run.json", json.dumps(run_info, indent=1))
     if val_batch is not None and jax.process_count() > 1:
       val_batch = parallel.replicate(val_batch, mesh)  # every process holds the whole batch
-    evaluate = (parallel.compile_then_sync(validation.make_eval_fn(cfg, paired=paired), "eval")
-                if val_batch is not None else None)
+    val = (Validation(parallel.compile_then_sync(validation.make_eval_fn(cfg, paired=paired),
+                                                 "eval"), val_batch)
+           if val_batch is not None else None)
     rkey = parallel.replicate(key, mesh)
     if staged_mode:
       runner = StagedRunner(stream, mesh, parallel.compile_then_sync(
@@ -520,11 +559,10 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, n_iter: int, loop: 
           parallel.make_parallel_train_step(cfg, mesh), "train_step"), rkey)
     bar = tqdm(total=n_iter, initial=start, disable=not (progress and lead), desc=cfg.name,
                dynamic_ncols=True)
-    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     try:
       state, done, last_train, last_val = run_loop(
-          runner, state, start, n_iter, loop, ckpt=ckpt, evaluate=evaluate, val_batch=val_batch,
-          log_path=metrics_path if lead else None, bar=bar, deadline=deadline)
+          runner, state, start, loop, ckpt=ckpt, val=val,
+          log_path=metrics_path if lead else None, bar=bar)
     finally:
       bar.close()
   finally:

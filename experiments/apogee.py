@@ -69,18 +69,20 @@ def main(argv=None) -> dict:
 
   if wants_pretrained(args):
     return pipeline.run(args.out or "runs/apogee_pretrained", seed=args.seed,
-                        overwrite=args.overwrite, progress=not args.no_progress,
+                        options=pipeline.RunOptions(overwrite=args.overwrite,
+                                                    progress=not args.no_progress),
                         pretrained=True)
   preset = args.preset or pipeline.default_preset()
   out = args.out or f"runs/apogee_{preset}"
   if args.preset is None:
     print(f"preset: {preset} (no --preset given; {'a GPU' if preset == 'paper' else 'a CPU'} "
           f"was found)")
-  return pipeline.run(out, preset=preset, n_iter=args.n_iter, synth=args.synth, obs=args.obs,
-                      emulator=args.emulator, model=args.model, seed=args.seed, grid=args.grid,
-                      overwrite=args.overwrite, train_limit_s=args.train_limit_s,
-                      progress=not args.no_progress,
-                      allow_older_checkpoint=args.allow_older_checkpoint)
+  inputs = pipeline.Inputs(synth=args.synth, obs=args.obs, grid=args.grid,
+                           emulator=args.emulator, model=args.model)
+  options = pipeline.RunOptions(overwrite=args.overwrite, train_limit_s=args.train_limit_s,
+                                progress=not args.no_progress)
+  return pipeline.run(out, preset=preset, n_iter=args.n_iter, seed=args.seed, inputs=inputs,
+                      options=options, allow_older_checkpoint=args.allow_older_checkpoint)
 
 
 def cli(argv=None) -> int:

@@ -29,7 +29,7 @@ import sys
 import time
 
 from cyclestar_jax import cli, parallel
-from cyclestar_jax.fitting import METHODS, FitConfig, fit_file, read_results
+from cyclestar_jax.fitting import METHODS, FitConfig, FitJob, LBFGSOptions, fit_file, read_results
 from cyclestar_jax.fitting.job import summarize, summary_line
 
 _DEFAULTS = FitConfig()
@@ -64,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="most spectra per device call")
   p.add_argument("--chunk-rows", type=int, default=None,
                  help="spectra per results chunk (None: as the device call)")
-  p.add_argument("--max-iter", type=int, default=_DEFAULTS.max_iter,
+  p.add_argument("--max-iter", type=int, default=_DEFAULTS.lbfgs.max_iter,
                  help="accepted L-BFGS steps per start")
-  p.add_argument("--tol", type=float, default=_DEFAULTS.tol,
+  p.add_argument("--tol", type=float, default=_DEFAULTS.lbfgs.tol,
                  help="relative χ² decrease the L-BFGS model expects, below which a fit has "
                       "converged")
   p.add_argument("--resume", action="store_true",
@@ -86,8 +86,8 @@ def build_config(args: argparse.Namespace) -> FitConfig:
   return FitConfig(method=args.method, starts=_names(args.starts), n_grid=args.n_grid,
                    free_labels=_names(args.free_labels), fit_rv=args.fit_rv,
                    batch_size=args.batch_size, chunk_size=args.chunk_size,
-                   max_iter=args.max_iter, max_evals=max(_DEFAULTS.max_evals, 2 * args.max_iter),
-                   tol=args.tol)
+                   lbfgs=LBFGSOptions(max_iter=args.max_iter, tol=args.tol, max_evals=max(
+                       _DEFAULTS.lbfgs.max_evals, 2 * args.max_iter)))
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> dict | None:
   args = parse_args(argv)
   parallel.initialize_from_args(args)
   t = time.perf_counter()
-  res = fit_file(args.obs, args.out, method=args.method, model_dir=args.model,
-                 emulator_path=args.emulator, split=args.split, start=args.start,
-                 stop=args.stop, config=build_config(args), progress=not args.no_progress,
-                 resume=args.resume, overwrite=args.overwrite, chunk_rows=args.chunk_rows)
+  job = FitJob(args.obs, args.out, build_config(args), model_dir=args.model,
+               emulator_path=args.emulator, split=args.split, start=args.start, stop=args.stop,
+               chunk_rows=args.chunk_rows)
+  res = fit_file(job, progress=not args.no_progress, resume=args.resume,
+                 overwrite=args.overwrite)
   if res is None:
     return None
   attrs = read_results(args.out)[2]

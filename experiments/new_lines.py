@@ -47,18 +47,17 @@ def main(argv=None) -> dict:
   from cyclestar_jax.pipeline import new_lines
 
   preset = args.preset or pipeline.default_preset()
+  options = pipeline.RunOptions(overwrite=args.overwrite, train_limit_s=args.train_limit_s,
+                                progress=not args.no_progress)
   if args.sweep is not None:
     from cyclestar_jax.pipeline.new_lines import sweep
 
     fractions = sweep.parse_sweep(args.sweep)
     return sweep.sweep(args.out or f"runs/new_lines_sweep_{preset}", fractions, preset=preset,
-                       n_iter=args.n_iter, seed=args.seed, spec=args.sweep,
-                       overwrite=args.overwrite, train_limit_s=args.train_limit_s,
-                       progress=not args.no_progress)
+                       n_iter=args.n_iter, seed=args.seed, spec=args.sweep, options=options)
   job = new_lines.Job(preset=preset, n_iter=args.n_iter, seed=args.seed,
                       masked_fraction=args.masked_fraction)
-  return new_lines.run(args.out or f"runs/new_lines_{preset}", job, overwrite=args.overwrite,
-                       train_limit_s=args.train_limit_s, progress=not args.no_progress)
+  return new_lines.run(args.out or f"runs/new_lines_{preset}", job, options)
 
 
 if __name__ == "__main__":

@@ -148,14 +148,13 @@ def _plot_progress(out: str) -> None:
 
 def _train(args: argparse.Namespace, cfg: config.Config) -> dict:
   """`trainer.train` with the command's options."""
-  return trainer.train(cfg, args.synth, args.obs, args.out, resume=args.resume,
-                       n_iter=args.n_iter, log_every=args.log_every,
-                       val_every=args.val_every, val_rows=args.val_rows,
-                       ckpt_every=args.ckpt_every, keep=args.keep,
-                       progress=not args.no_progress, paired_val=args.paired_val,
-                       data_on_device=args.data_on_device,
-                       steps_per_call=args.steps_per_call, max_skipped=args.max_skipped,
-                       grid_path=args.grid)
+  loop = trainer.LoopConfig(
+      log_every=args.log_every, val_every=args.val_every, ckpt_every=args.ckpt_every,
+      steps_per_call=args.steps_per_call, val_rows=args.val_rows, keep=args.keep,
+      max_skipped=args.max_skipped, n_iter=args.n_iter, data_on_device=args.data_on_device,
+      paired_val=args.paired_val)
+  return trainer.train(cfg, trainer.TrainFiles(args.synth, args.obs, args.grid), args.out, loop,
+                       resume=args.resume, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -314,19 +314,20 @@ def test_fit_stops_on_time_limit_and_rejects_bad_data():
   # patience as long as the epoch budget: only the clock can stop it, however fast the machine
   cfg = et.EmulatorTrainConfig(n_hidden=8, batch_size=32, max_epochs=10**6, patience=10**6,
                                time_limit_s=5.0)
-  res = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], cfg, progress=False)
+  train, val = et.SpectraSet(x[:48], y[:48]), et.SpectraSet(x[48:], y[48:])
+  res = et.fit_emulator(train, val, cfg, progress=False)
   assert res.stop_reason == "time_limit" and 2 <= len(res.history["epoch"]) < 10**6
   # the schedule decays over the time budget: the last learning rate is near the final one
   assert res.history["lr"][-1] < 0.2 * cfg.learning_rate
   # early stopping: with a zero learning rate the validation loss never improves after epoch 1
   frozen = et.EmulatorTrainConfig(n_hidden=8, batch_size=32, max_epochs=50, patience=3,
                                   learning_rate=0.0)
-  res = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], frozen, progress=False)
+  res = et.fit_emulator(train, val, frozen, progress=False)
   assert (res.stop_reason, res.best_epoch, len(res.history["epoch"])) == ("early_stopping", 1, 4)
   x_bad = x.copy()
   x_bad[3, 2] = np.nan
   with pytest.raises(ValueError, match="train set: x has non-finite"):
-    et.fit_emulator(x_bad[:48], y[:48], x[48:], y[48:], cfg, progress=False)
+    et.fit_emulator(et.SpectraSet(x_bad[:48], y[:48]), val, cfg, progress=False)
 
 
 def test_file_without_val_and_test_splits(tmp_path):
@@ -353,15 +354,17 @@ def test_masked_pixels_are_no_training_target():
   cfg = et.EmulatorTrainConfig(n_hidden=8, batch_size=16, max_epochs=3, patience=100)
   msk = np.random.default_rng(0).random(x.shape) > 0.1
   msk[5] = False  # one spectrum masked entirely
-  fits = [et.fit_emulator(np.where(msk, x, fill)[:48], y[:48], np.where(msk, x, fill)[48:],
-                          y[48:], cfg, progress=False, msk_train=msk[:48], msk_val=msk[48:])
+  fits = [et.fit_emulator(et.SpectraSet(np.where(msk, x, fill)[:48], y[:48], msk[:48]),
+                          et.SpectraSet(np.where(msk, x, fill)[48:], y[48:], msk[48:]), cfg,
+                          progress=False)
           for fill in (1.0, 50.0)]
   assert fits[0].history["train_mse"] == fits[1].history["train_mse"]
   assert fits[0].history["val_mse"] == fits[1].history["val_mse"]
   chex.assert_trees_all_equal(fits[0].emulator.params, fits[1].emulator.params)
-  plain = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], cfg, progress=False)
-  ones = et.fit_emulator(x[:48], y[:48], x[48:], y[48:], cfg, progress=False,
-                         msk_train=np.ones((48, N_PIX_SMALL), bool))
+  val = et.SpectraSet(x[48:], y[48:])
+  plain = et.fit_emulator(et.SpectraSet(x[:48], y[:48]), val, cfg, progress=False)
+  ones = et.fit_emulator(et.SpectraSet(x[:48], y[:48], np.ones((48, N_PIX_SMALL), bool)), val,
+                         cfg, progress=False)
   assert plain.history["val_mse"] == ones.history["val_mse"]
   # evaluate_mse: the mean over good pixels only
   params = fits[0].emulator.params

@@ -269,8 +269,8 @@ def test_pixel_count_mismatch_is_an_error_before_fitting(fitter, tmp_path):
     h["spectra test"] = np.ones((3, 7000), np.float32)
   emu_path = save_emulator(tmp_path / "emu.npz", fitter.emulator.params, Y_MIN, Y_MAX)
   with pytest.raises(F.PixelCountError, match=r"obs.h5 \(test\) has spectra of 7000"):
-    F.fit_file(path, tmp_path / "out.h5", method="emulator", model_dir=emu_path,
-               config=F.FitConfig(method="emulator", batch_size=8))
+    F.fit_file(F.FitJob(path, tmp_path / "out.h5", F.FitConfig(method="emulator", batch_size=8),
+                        model_dir=emu_path))
   assert not (tmp_path / "out.h5").exists()
 
 
@@ -323,7 +323,8 @@ def test_cycle_objectives_end_to_end(smoke_model):
   nets, gen = smoke_model.nets, smoke_model.gen_params
   mean, std = spectra_mean_std()
   # Eq. 10 end to end here; Eq. 11 end to end in the CLI test below.
-  cfg = F.FitConfig(method="synth", batch_size=8, starts=("catalogue",), max_iter=40)
+  cfg = F.FitConfig(method="synth", batch_size=8, starts=("catalogue",),
+                    lbfgs=F.LBFGSOptions(max_iter=40))
   res = F.LabelFitter(em, cfg, cycle_model=smoke_model).fit(x, err, y_start=y_cat)
   assert np.all(np.isfinite(res.y)) and np.all(np.isfinite(res.chi2))
   assert np.all(res.n_iter > 0) and np.all(res.n_pix_fit == N_PIX - N_DROP)

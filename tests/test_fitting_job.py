@@ -4,6 +4,7 @@ protection, the CSV's columns, exit code 2 with one line, and two processes (jax
 writing the file one process writes. Tiny sizes: a 20-spectrum file and a small emulator.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -36,10 +37,17 @@ def files(tmp_path_factory):
   return d / "obs.h5", save_emulator(d / "emulator.npz", em.params, Y_MIN, Y_MAX)
 
 
+_JOB_FIELDS = {f.name for f in dataclasses.fields(F.FitJob)}
+EMU_CFG = F.FitConfig(method="emulator", batch_size=16)
+
+
 def _fit(files, out, **kw):
+  """`fit_file` of the emulator method: FitJob fields and fit_file options from `kw`."""
   obs, emu = files
-  kw = {"config": F.FitConfig(method="emulator", batch_size=16), "chunk_rows": 8, **kw}
-  return F.fit_file(obs, out, method="emulator", model_dir=emu, progress=False, **kw)
+  kw = {"config": EMU_CFG, "chunk_rows": 8, **kw}
+  job_kw = {k: v for k, v in kw.items() if k in _JOB_FIELDS}
+  run_kw = {k: v for k, v in kw.items() if k not in _JOB_FIELDS}
+  return F.fit_file(F.FitJob(obs, out, model_dir=emu, **job_kw), progress=False, **run_kw)
 
 
 def _contents(path: Path) -> tuple[dict, dict]:
@@ -81,10 +89,10 @@ def test_output_checked_before_any_work(files, tmp_path):
   obs, _ = files
   (tmp_path / "dir.h5").mkdir()
   with pytest.raises(F.OutputPathError, match="dir.h5: is a directory"):
-    F.fit_file(obs, tmp_path / "dir.h5", method="emulator", model_dir=tmp_path / "missing")
+    F.fit_file(F.FitJob(obs, tmp_path / "dir.h5", EMU_CFG, model_dir=tmp_path / "missing"))
   (tmp_path / "file").write_text("")
   with pytest.raises(F.OutputPathError, match="cannot write in"):
-    F.fit_file(obs, tmp_path / "file" / "out.h5", method="emulator", model_dir=tmp_path)
+    F.fit_file(F.FitJob(obs, tmp_path / "file" / "out.h5", EMU_CFG, model_dir=tmp_path))
 
 
 def test_cli_errors_help_and_csv(files, tmp_path, capsys):
@@ -167,8 +175,8 @@ def test_case5_resume_of_a_finished_job_with_other_arguments_is_refused(files, t
   moved = tmp_path / "obs_copy.h5"
   shutil.copy(obs, moved)
   with pytest.raises(F.OutputPathError, match="obs_file"):
-    F.fit_file(moved, out, method="emulator", model_dir=emu, progress=False, resume=True,
-               config=F.FitConfig(method="emulator", batch_size=16), chunk_rows=8)
+    F.fit_file(F.FitJob(moved, out, EMU_CFG, model_dir=emu, chunk_rows=8), progress=False,
+               resume=True)
   with pytest.raises(ValueError, match="in use by another job"):
     with job.rundir.file_lock(out):
       _fit(files, out, overwrite=True)
@@ -179,7 +187,7 @@ def test_emulator_method_with_a_run_directory_says_what_it_needs(files, tmp_path
   run = tmp_path / "run"
   (run / "checkpoints" / "10").mkdir(parents=True)
   with pytest.raises(ValueError, match="is a Cycle-StarNet run directory; --method emulator"):
-    F.fit_file(obs, tmp_path / "o.h5", method="emulator", model_dir=run)
+    F.fit_file(F.FitJob(obs, tmp_path / "o.h5", EMU_CFG, model_dir=run))
 
 
 def test_nan_catalogue_labels_held_fixed_are_warned(files, tmp_path):
@@ -193,8 +201,24 @@ def test_nan_catalogue_labels_held_fixed_are_warned(files, tmp_path):
     y[0, 0] = np.nan
     h["labels test"][...] = y
   cfg = F.FitConfig(method="emulator", batch_size=16, free_labels=tuple(LABEL_NAMES[1:]),
-                    max_iter=2)
+                    lbfgs=F.LBFGSOptions(max_iter=2))
   with pytest.warns(UserWarning, match=r"1 spectra have NaN catalogue labels \(Teff: 1\).*"
                                        r"population median instead \(Teff = "):
-    F.fit_file(nan_obs, tmp_path / "o.h5", method="emulator", model_dir=emu, progress=False,
-               config=cfg, stop=4)
+    F.fit_file(F.FitJob(nan_obs, tmp_path / "o.h5", cfg, model_dir=emu, stop=4),
+               progress=False)
+
+
+def test_job_json_keeps_the_flat_config_of_older_jobs(files, tmp_path):
+  """job.json records the config flat (`FitConfig.record`: the L-BFGS settings at the top level,
+  as before `FitConfig.lbfgs` was nested), so parts written by an older version still resume."""
+  out = tmp_path / "part.h5"
+  assert _fit(files, out, max_chunks=1) is None
+  f = job.parts_dir(out) / "job.json"
+  rec = json.loads(f.read_text())
+  assert rec["config"]["max_iter"] == 1000 and "lbfgs" not in rec["config"]
+  old_keys = {"method", "starts", "n_grid", "max_iter", "max_evals", "tol", "patience",
+              "memory_size", "armijo_c1", "noise_tol", "min_step", "precision_tol",
+              "stall_window", "tie_tol", "batch_size", "chunk_size", "free_labels", "fit_rv",
+              "rv_max", "error_floor", "error_mask_threshold", "min_good_pixels", "bound_tol"}
+  assert set(rec["config"]) == old_keys
+  assert len(_fit(files, out, resume=True)) == N

@@ -244,7 +244,8 @@ def test_zsp_choices(chain, stars):
   ys, z = stars
   z_same = np.repeat(z[:1], 5, axis=0)
   feats = lines.Features(start=[60, 100], end=[68, 112], label=[FE, MG])
-  s = lines.zsp_choice_sensitivity(chain, ys[:6], ys[6:], z_same, feats, chunk_per_device=1)
+  s = lines.zsp_choice_sensitivity(chain, ys[:6], ys[6:], z_same,
+                                   lines.attribution_reducer(feats), chunk_per_device=1)
   assert s["winner_agreement"] == 1.0 and s["predicted_agreement"] == 1.0
   assert s["mean_score_max_rel_diff"] < 1e-5
 

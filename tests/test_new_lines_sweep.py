@@ -2,6 +2,7 @@
 per-fraction job replaced by a fast fake: spec parsing, table contents, resume, atomic files."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -35,9 +36,10 @@ class FakeJob:
     self.limits: list[float | None] = []
     self.fail_at = fail_at
 
-  def __call__(self, out, job, *, overwrite, progress, log, train_limit_s=None):
+  def __call__(self, out, job, options):
+    log = options.log
     self.calls.append(job.masked_fraction)
-    self.limits.append(train_limit_s)
+    self.limits.append(options.train_limit_s)
     p = presets.get_preset(job.preset, job.n_iter, job="new_lines")
     paths = stages.RunPaths(out)
     stages.check_run_folder(paths, {"job": "new_lines", "preset": p.name,
@@ -49,6 +51,9 @@ class FakeJob:
     m = _fake_metrics(job.masked_fraction)
     stages._write_json(paths.out / "metrics.json", m)
     return m
+
+
+QUIET = stages.RunOptions(progress=False, log=lambda s: None)
 
 
 @pytest.fixture
@@ -98,8 +103,8 @@ def test_table_contents(tmp_path, monkeypatch):
 
   monkeypatch.setattr(sweep, "plot_sweep", plot_when_complete)
   lines = []
-  s = sweep.sweep(tmp_path / "sw", FRACTIONS, preset="smoke", spec=SPEC, progress=False,
-                  log=lines.append, train_limit_s=60.0)
+  s = sweep.sweep(tmp_path / "sw", FRACTIONS, preset="smoke", spec=SPEC, options=stages.RunOptions(
+      progress=False, log=lines.append, train_limit_s=60.0))
   assert job.limits == [60.0] * len(FRACTIONS)  # every fraction's job gets the limit
   out = tmp_path / "sw"
   on_disk = json.loads((out / "sweep.json").read_text())
@@ -133,7 +138,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch, no_plot):
   first = FakeJob(fail_at=0.5)
   monkeypatch.setattr(new_lines, "run", first)
   with pytest.raises(Interrupted):
-    sweep.sweep(out, FRACTIONS, preset="smoke", progress=False, log=lambda s: None)
+    sweep.sweep(out, FRACTIONS, preset="smoke", options=QUIET)
   assert first.calls == [0.1, 0.3, 0.5]
   # What the interruption left: every sweep file whole, the finished fractions in them.
   on_disk = json.loads((out / "sweep.json").read_text())
@@ -146,7 +151,8 @@ def test_resume_after_interruption(tmp_path, monkeypatch, no_plot):
   second = FakeJob()
   monkeypatch.setattr(new_lines, "run", second)
   lines = []
-  s = sweep.sweep(out, FRACTIONS, preset="smoke", progress=False, log=lines.append)
+  s = sweep.sweep(out, FRACTIONS, preset="smoke",
+                  options=stages.RunOptions(progress=False, log=lines.append))
   assert second.calls == [0.5, 0.7, 0.9]  # the finished ones read, not run again
   assert sum("done already" in x for x in lines) == 2
   assert any("masked fraction 0.5" in x and "resuming" in x for x in lines)
@@ -154,7 +160,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch, no_plot):
   assert s["wall_s_total"] == pytest.approx(on_disk["wall_s_total"] + s["elapsed_s"])
   third = FakeJob()
   monkeypatch.setattr(new_lines, "run", third)
-  sweep.sweep(out, FRACTIONS, preset="smoke", progress=False, log=lambda s: None)
+  sweep.sweep(out, FRACTIONS, preset="smoke", options=QUIET)
   assert third.calls == []
 
 
@@ -169,7 +175,7 @@ def test_files_are_written_atomically(tmp_path, monkeypatch, no_plot):
   monkeypatch.setattr(sweep, "atomic_write_text", spy)
   monkeypatch.setattr(stages, "atomic_write_text", spy)  # sweep.json via stages._write_json
   monkeypatch.setattr(new_lines, "run", FakeJob())
-  sweep.sweep(tmp_path / "sw", [0.2, 0.4], preset="smoke", progress=False, log=lambda s: None)
+  sweep.sweep(tmp_path / "sw", [0.2, 0.4], preset="smoke", options=QUIET)
   sweep_files = [n for n in written if n in ("sweep.json", "table1.md", "table1.csv")]
   # At the start, as each fraction starts and after each one: 5 × the 3 files.
   assert sweep_files == ["sweep.json", "table1.csv", "table1.md"] * 5
@@ -178,19 +184,19 @@ def test_files_are_written_atomically(tmp_path, monkeypatch, no_plot):
 def test_refuses_other_sweeps_and_other_folders(tmp_path, monkeypatch, no_plot):
   monkeypatch.setattr(new_lines, "run", FakeJob())
   out = tmp_path / "sw"
-  sweep.sweep(out, [0.5], preset="smoke", progress=False, log=lambda s: None)
+  sweep.sweep(out, [0.5], preset="smoke", options=QUIET)
   with pytest.raises(stages.RunFolderError, match="preset = 'smoke', not 'cpu'"):
-    sweep.sweep(out, [0.5], preset="cpu", progress=False, log=lambda s: None)
+    sweep.sweep(out, [0.5], preset="cpu", options=QUIET)
   with pytest.raises(stages.RunFolderError, match="n_iter"):
-    sweep.sweep(out, [0.5], preset="smoke", n_iter=7, progress=False, log=lambda s: None)
-  s = sweep.sweep(out, [0.5], preset="smoke", n_iter=7, overwrite=True, progress=False,
-                  log=lambda s: None)
+    sweep.sweep(out, [0.5], preset="smoke", n_iter=7, options=QUIET)
+  s = sweep.sweep(out, [0.5], preset="smoke", n_iter=7,
+                  options=dataclasses.replace(QUIET, overwrite=True))
   assert s["identity"]["n_iter"] == 7 and s["n_done"] == 1
   other = tmp_path / "other"
   other.mkdir()
   (other / "notes.txt").write_text("mine")
   with pytest.raises(stages.RunFolderError, match="not a sweep folder"):
-    sweep.sweep(other, [0.5], preset="smoke", progress=False, log=lambda s: None)
+    sweep.sweep(other, [0.5], preset="smoke", options=QUIET)
 
 
 def test_done_marker_matches_the_real_job(tmp_path, monkeypatch):
@@ -202,8 +208,7 @@ def test_done_marker_matches_the_real_job(tmp_path, monkeypatch):
   monkeypatch.setattr(stages, "stage_data", stop)
   folder = tmp_path / "f0.30"
   with pytest.raises(Interrupted):
-    new_lines.run(folder, new_lines.Job(preset="smoke", masked_fraction=0.3), progress=False,
-                  log=lambda s: None)
+    new_lines.run(folder, new_lines.Job(preset="smoke", masked_fraction=0.3), QUIET)
   ident = sweep.sweep_identity("smoke", None, 0)
   assert not sweep._is_done(folder, ident, 0.3)  # no metrics.json yet
   stages._write_json(folder / "metrics.json", _fake_metrics(0.3))

@@ -64,10 +64,10 @@ def test_smoke_writes_every_key_and_file(smoke_run):
   assert "Emulator (The Payne) trained on `payne_grid.h5`" in report
   assert (out / "data" / "payne_grid.h5").is_file()
   smoke = pipeline.PRESETS["smoke"]
-  assert on_disk["fit_settings"] == {"n_fit": 8, "max_iter": smoke.fit_max_iter,
-                                     "csn_max_iter": smoke.fit_max_iter,
-                                     "csn_starts": list(smoke.csn_starts)}
-  assert f"≤ {smoke.fit_max_iter} steps" in report
+  assert on_disk["fit_settings"] == {"n_fit": 8, "max_iter": smoke.fit.lbfgs.max_iter,
+                                     "csn_max_iter": smoke.csn_fit.lbfgs.max_iter,
+                                     "csn_starts": list(smoke.csn_fit.starts)}
+  assert f"≤ {smoke.fit.lbfgs.max_iter} steps" in report
   for stem in ("eq9_mask", "eq9", "eq10", "eq11"):
     assert (out / "fits" / f"{stem}.h5").is_file() and (out / "fits" / f"{stem}.csv").is_file()
   assert any("report.md" in line for line in lines)
@@ -85,7 +85,8 @@ def test_rerun_skips_the_stages_done(smoke_run):
 def test_other_preset_in_the_same_folder_is_refused(smoke_run):
   out, _, _ = smoke_run
   with pytest.raises(pipeline.RunFolderError, match="n_iter"):
-    pipeline.run(out, preset="smoke", n_iter=7, progress=False, log=lambda s: None)
+    pipeline.run(out, preset="smoke", n_iter=7,
+                 options=pipeline.RunOptions(progress=False, log=lambda s: None))
 
 
 def test_bad_inputs_fail_before_any_work(tmp_path, capsys):
@@ -259,13 +260,14 @@ def test_pretrained_weights_reproduce_their_run_and_refuse_other_data(
   assert "| Eq. 9, same stars |" in report
   assert (tmp_path / "pre" / "figures" / "label_gain_curve.png").is_file()
 
+  quiet = pipeline.RunOptions(progress=False)
   with pytest.raises(pretrained.PretrainedError, match="seed = 0, this run's has 1"):
-    pipeline.run(tmp_path / "other", pretrained=True, seed=1, progress=False)
+    pipeline.run(tmp_path / "other", pretrained=True, seed=1, options=quiet)
   with pytest.raises(pretrained.PretrainedError, match="default mock world only"):
-    pipeline.run(tmp_path / "other", pretrained=True, synth=str(out / "data" / "synth.h5"),
-                 obs=str(out / "data" / "obs.h5"), progress=False)
+    pipeline.run(tmp_path / "other", pretrained=True, options=quiet, inputs=pipeline.Inputs(
+        synth=str(out / "data" / "synth.h5"), obs=str(out / "data" / "obs.h5")))
   with pytest.raises(pretrained.PretrainedError, match="--preset/--n-iter"):
-    pipeline.run(tmp_path / "other", pretrained=True, preset="cpu", progress=False)
+    pipeline.run(tmp_path / "other", pretrained=True, preset="cpu", options=quiet)
   assert not (tmp_path / "other").exists()
 
 

@@ -63,8 +63,8 @@ def test_spectral_figures(tmp_path):
                                       title="obs") == str(tmp_path / "f6.png")
   model_b = noisy[0].copy()
   model_b[:40] = np.nan
-  plots.fig_fit_example(wave, x[0], err[0], msk[0], noisy[2], model_b, tmp_path / "f7.png",
-                        text="Teff 4500 K")
+  plots.fig_fit_example(wave, x[0], err[0], msk[0], {"Eq. 9": noisy[2], "Eq. 11": model_b},
+                        tmp_path / "f7.png", text="Teff 4500 K")
   resid = rng.normal(0, 1.5, (N, p))
   resid[~msk] = np.nan
   all_nan = np.full_like(resid, np.nan)  # a method that fitted nothing

@@ -27,6 +27,21 @@ def toy_files(tmp_path_factory):
   return d / "synth.h5", d / "obs.h5"
 
 
+_LOOP_FIELDS = {f.name for f in dataclasses.fields(trainer.LoopConfig)}
+
+
+def _train(cfg, synth, obs, out, grid_path=None, **kw):
+  """`trainer.train` of the files, with `LoopConfig`'s fields and train's options from `kw`."""
+  loop = trainer.LoopConfig(**{k: v for k, v in kw.items() if k in _LOOP_FIELDS})
+  rest = {k: v for k, v in kw.items() if k not in _LOOP_FIELDS}
+  return trainer.train(cfg, trainer.TrainFiles(synth, obs, grid_path), out, loop, **rest)
+
+
+def _n(loop, n_iter: int, **kw):
+  """`loop` run to `n_iter` (and `kw`), as `run_loop` takes it."""
+  return dataclasses.replace(loop, n_iter=n_iter, **kw)
+
+
 def _command(synth, obs, out, *extra):
   return [sys.executable, "-m", "experiments.train", "--synth", str(synth), "--obs", str(obs),
           "--config", "smoke", "--out", str(out), "--n-iter", str(N_ITER), "--ckpt-every",
@@ -87,7 +102,7 @@ def test_smoke_run_learns_and_resumes_exactly_after_sigkill(toy_files, tmp_path)
   assert proc.returncode == -signal.SIGKILL
   # Without --resume the run refuses to overwrite (checked before anything compiles).
   with pytest.raises(checkpoint.CheckpointError, match="--resume"):
-    trainer.train(config.get_config("smoke"), synth, obs, killed, n_iter=N_ITER)
+    _train(config.get_config("smoke"), synth, obs, killed, n_iter=N_ITER)
   subprocess.run(_command(synth, obs, killed, "--resume"), check=True, env=_env(cache), cwd=cwd,
                  timeout=300, capture_output=True)
 
@@ -108,15 +123,15 @@ def test_bad_inputs_stop_before_any_step(toy_files, tmp_path):
   with h5io.SpectraWriter(short, {"train": 8}, n_pix=7000, fields=("spectra",)) as w:
     w.write("train", 0, x=np.ones((8, 7000), np.float32))
   with pytest.raises(ValueError, match="pixel counts differ"):
-    trainer.train(cfg, synth, short, tmp_path / "a", n_iter=5)
+    _train(cfg, synth, short, tmp_path / "a", n_iter=5)
   # Only a corrupt checkpoint in the run directory: resuming is refused, not restarted.
   run = tmp_path / "b" / "checkpoints" / "10"
   (run / "state").mkdir(parents=True)
   (run / "state" / "garbage").write_bytes(b"\0" * 100)
   with pytest.raises(checkpoint.CheckpointError, match=r"no valid checkpoint .*step 10: "):
-    trainer.train(cfg, synth, obs, tmp_path / "b", n_iter=5, resume=True)
+    _train(cfg, synth, obs, tmp_path / "b", n_iter=5, resume=True)
   with pytest.raises(ValueError, match="does not split over 8 devices"):
-    trainer.train(dataclasses.replace(cfg, batch_size=6), synth, obs, tmp_path / "c", n_iter=5)
+    _train(dataclasses.replace(cfg, batch_size=6), synth, obs, tmp_path / "c", n_iter=5)
 
 
 def test_paired_metrics_against_numpy():
@@ -157,7 +172,7 @@ def test_data_on_device_gives_the_streamed_run(toy_files, tmp_path):
           "scanned": dict(data_on_device="yes", steps_per_call=5)}
   m, state = {}, {}
   for name, extra in runs.items():
-    trainer.train(cfg, synth, obs, tmp_path / name, **kw, **extra)
+    _train(cfg, synth, obs, tmp_path / name, **kw, **extra)
     m[name] = metrics_log.read_metrics(tmp_path / name / "metrics.jsonl")
     state[name] = checkpoint.restore_state(tmp_path / name / "checkpoints", cfg, 10)[0]
     assert [d["step"] for d in m[name]["train"]] == [5, 10]
@@ -171,9 +186,9 @@ def test_data_on_device_gives_the_streamed_run(toy_files, tmp_path):
   chex.assert_trees_all_close(state["stream"].gen_params, state["scanned"].gen_params,
                               rtol=0, atol=10 * cfg.lr_encoder)
   with pytest.raises(ValueError, match="data_on_device"):
-    trainer.train(cfg, synth, obs, tmp_path / "bad", data_on_device="maybe", **kw)
+    _train(cfg, synth, obs, tmp_path / "bad", data_on_device="maybe", **kw)
   with pytest.raises(ValueError, match="steps_per_call"):
-    trainer.train(cfg, synth, obs, tmp_path / "bad2", steps_per_call=0, **kw)
+    _train(cfg, synth, obs, tmp_path / "bad2", steps_per_call=0, **kw)
 
 
 def test_next_call_stops_at_every_event():
@@ -223,7 +238,10 @@ def test_elapsed_training_time_from_the_metrics_file(tmp_path):
 
 
 def test_loop_config_is_checked():
-  assert trainer.LoopConfig().steps_per_call == 1
+  assert trainer.LoopConfig().steps_per_call is None  # left to the platform
+  assert trainer.LoopConfig().resolve(7, "cpu") == trainer.LoopConfig(steps_per_call=1, n_iter=7)
+  assert trainer.LoopConfig().resolve(7, "gpu").steps_per_call == 10
+  assert trainer.LoopConfig(n_iter=0).resolve(7, "cpu").n_iter == 0
   with pytest.raises(ValueError, match=r"steps_per_call 16 must divide every interval .*"
                                        r"'log_every': 100.*e\.g\. 10"):
     trainer.LoopConfig(steps_per_call=16, log_every=100)
@@ -345,21 +363,21 @@ def test_time_limit_stops_the_loop_checkpointed_and_logged(tmp_path):
   loop = trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50)
   ckpt, log = _FakeCheckpointer(), tmp_path / "m.jsonl"
   t0 = time.perf_counter()
-  _, done, last, _ = trainer.run_loop(_SlowRunner([[0]] * 100, 0.02), None, 0, 100, loop,
-                                      ckpt=ckpt, log_path=log, deadline=t0 + 0.2)
+  _, done, last, _ = trainer.run_loop(_SlowRunner([[0]] * 100, 0.02), None, 0,
+                                      _n(loop, 100, time_limit_s=0.2), ckpt=ckpt, log_path=log)
   assert 5 <= done < 50 and time.perf_counter() - t0 < 1.5
   assert ckpt.saved == [done] and last["step"] == done
   assert metrics_log.read_metrics(log)["train"][-1]["step"] == done
   # a deadline already past still runs one call; no deadline runs to n_iter
-  _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0, 10, loop,
-                                   ckpt=_FakeCheckpointer(), deadline=t0)
+  _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0,
+                                   _n(loop, 10, time_limit_s=1e-9), ckpt=_FakeCheckpointer())
   assert done == 1
-  _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0, 10, loop,
+  _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0, _n(loop, 10),
                                    ckpt=_FakeCheckpointer())
   assert done == 10
   for bad in (0, -1.0, float("nan"), "60"):
     with pytest.raises(ValueError, match="time_limit_s must be a number of seconds > 0"):
-      trainer.train(config.get_config("smoke"), "no.h5", "no.h5", tmp_path / "x",
+      _train(config.get_config("smoke"), "no.h5", "no.h5", tmp_path / "x",
                     time_limit_s=bad)
   from cyclestar_jax.pipeline import stages
   note = stages.time_limit_note({"stopped": "time_limit", "time_limit_s": 600.0,
@@ -379,17 +397,17 @@ def test_consecutive_skipped_steps_stop_the_loop(tmp_path):
     with pytest.raises(trainer.TrainingDiverged,
                        match=r"3 iterations in a row skipped \(max_skipped 3\).* from step 7 on"
                              r".*rec_obs=0\.5, loss_gen=nan"):
-      trainer.run_loop(_FakeRunner(flags), None, 0, 12, loop, ckpt=ckpt,
+      trainer.run_loop(_FakeRunner(flags), None, 0, _n(loop, 12), ckpt=ckpt,
                        log_path=tmp_path / "m.jsonl")
   assert ckpt.saved == [3]
   # Several iterations per call: the streak is counted inside a call too.
   with pytest.raises(trainer.TrainingDiverged, match="from step 1 on"):
-    trainer.run_loop(_FakeRunner([[0, 1, 1, 1, 0]]), None, 0, 5,
+    trainer.run_loop(_FakeRunner([[0, 1, 1, 1, 0]]), None, 0,
                      trainer.LoopConfig(log_every=5, val_every=5, ckpt_every=5, max_skipped=3,
-                                        steps_per_call=5), ckpt=_FakeCheckpointer())
+                                        steps_per_call=5, n_iter=5), ckpt=_FakeCheckpointer())
   ckpt = _FakeCheckpointer()
-  _, done, last, _ = trainer.run_loop(_FakeRunner([[0], [1], [1], [0], [1], [1]]), None, 0, 6,
-                                      loop, ckpt=ckpt)
+  _, done, last, _ = trainer.run_loop(_FakeRunner([[0], [1], [1], [0], [1], [1]]), None, 0,
+                                      _n(loop, 6), ckpt=ckpt)
   assert done == 6 and ckpt.saved == [] and last["n_skipped"] == 4
 
 
@@ -405,11 +423,11 @@ def test_unusable_files_and_settings_stop_before_compiling(toy_files, tmp_path):
     f["spectra_msk train"][...] = 0
   with pytest.raises(ValueError, match=r"masked\.h5: split 'train' \(observed domain.*every "
                                        r"pixel is masked"):
-    trainer.train(cfg, synth, masked, tmp_path / "a", n_iter=5)
+    _train(cfg, synth, masked, tmp_path / "a", n_iter=5)
   with pytest.raises(ValueError, match="steps_per_call 16 must divide"):
-    trainer.train(cfg, synth, obs, tmp_path / "b", n_iter=5, steps_per_call=16, log_every=100)
+    _train(cfg, synth, obs, tmp_path / "b", n_iter=5, steps_per_call=16, log_every=100)
   with pytest.raises(ValueError, match="paired_val must be one of"):
-    trainer.train(cfg, synth, obs, tmp_path / "c", n_iter=5, paired_val="sometimes")
+    _train(cfg, synth, obs, tmp_path / "c", n_iter=5, paired_val="sometimes")
   assert not (tmp_path / "a" / "checkpoints").exists() or not any(
       (tmp_path / "a" / "checkpoints").iterdir())
 
@@ -439,13 +457,13 @@ def test_nonfinite_steps_stop_the_run_and_keep_the_last_good_checkpoint(toy_file
     f["spectra train"][...] = x
   out = tmp_path / "run"
   with pytest.raises(trainer.TrainingDiverged, match=r"from step 5 on .*rec_obs=(nan|inf)"):
-    trainer.train(cfg, synth, bad_obs, out, n_iter=20, log_every=5, val_every=20, ckpt_every=5,
+    _train(cfg, synth, bad_obs, out, n_iter=20, log_every=5, val_every=20, ckpt_every=5,
                   max_skipped=3, progress=False, data_on_device="no",
                   mesh=parallel.make_mesh(jax.devices()[:1]))  # one device compiles fastest
   assert checkpoint.Checkpointer(out / "checkpoints", cfg).steps() == [5]
   assert json.loads((out / "run.json").read_text())["loop"]["max_skipped"] == 3
 
-  summary = trainer.train(cfg, synth, bad_obs, out, n_iter=5, resume=True, progress=False)
+  summary = _train(cfg, synth, bad_obs, out, n_iter=5, resume=True, progress=False)
   assert summary["already_complete"] and summary["step"] == 5
   assert summary["train"]["step"] == 5 and np.isfinite(summary["train"]["rec_obs"])
   argv = ["--synth", str(synth), "--obs", str(bad_obs), "--config", "smoke", "--out", str(out),
@@ -497,7 +515,7 @@ def test_grid_batch_trains_the_same_staged_or_streamed(toy_files, tmp_path):
   kw = dict(n_iter=4, log_every=2, val_every=4, ckpt_every=4, progress=False, grid_path=grid)
   state = {}
   for name, where in (("stream", "no"), ("staged", "yes")):
-    trainer.train(cfg, synth, obs, tmp_path / name, data_on_device=where, **kw)
+    _train(cfg, synth, obs, tmp_path / name, data_on_device=where, **kw)
     m = metrics_log.read_metrics(tmp_path / name / "metrics.jsonl")
     assert all(d["rec_grid"] > 0 and d["cc_grid"] > 0 for d in m["train"])
     run = json.loads((tmp_path / name / "run.json").read_text())
@@ -505,7 +523,7 @@ def test_grid_batch_trains_the_same_staged_or_streamed(toy_files, tmp_path):
     state[name] = checkpoint.restore_state(tmp_path / name / "checkpoints", cfg, 4)[0]
   chex.assert_trees_all_equal(state["stream"], state["staged"])
   with pytest.raises(ValueError, match="lambda_grid"):
-    trainer.train(cfg, synth, obs, tmp_path / "no_grid", **{**kw, "grid_path": None})
+    _train(cfg, synth, obs, tmp_path / "no_grid", **{**kw, "grid_path": None})
 
 
 def test_case6_resume_moves_a_corrupt_newest_checkpoint_aside(toy_files, tmp_path, capsys):
@@ -519,10 +537,10 @@ def test_case6_resume_moves_a_corrupt_newest_checkpoint_aside(toy_files, tmp_pat
   cfg, out = config.get_config("smoke"), tmp_path / "run"
   kw = {"log_every": 5, "val_every": 10, "ckpt_every": 5, "progress": False,
         "mesh": parallel.make_mesh(jax.devices()[:1])}
-  trainer.train(cfg, synth, obs, out, n_iter=10, **kw)
+  _train(cfg, synth, obs, out, n_iter=10, **kw)
   (out / "checkpoints" / "10" / "state" / "manifest.ocdbt").unlink()
   with pytest.warns(UserWarning, match="checkpoint step 10 unusable"):
-    summary = trainer.train(cfg, synth, obs, out, n_iter=10, resume=True, **kw)
+    summary = _train(cfg, synth, obs, out, n_iter=10, resume=True, **kw)
   assert summary["step"] == 10 and (out / "checkpoints" / "corrupt-10").is_dir()
   assert checkpoint.Checkpointer(out / "checkpoints", cfg).steps() == [5, 10]
   assert "moved to" in capsys.readouterr().err
@@ -542,7 +560,7 @@ def test_ctrl_c_is_one_line_and_keeps_a_checkpoint(tmp_path, capsys, monkeypatch
   loop = trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50)
   ckpt = _FakeCheckpointer()
   with pytest.raises(KeyboardInterrupt):
-    trainer.run_loop(_Interrupted([[0]] * 10), None, 0, 10, loop, ckpt=ckpt)
+    trainer.run_loop(_Interrupted([[0]] * 10), None, 0, _n(loop, 10), ckpt=ckpt)
   assert ckpt.saved == [3]
   assert "interrupted at step 3: checkpoint written" in capsys.readouterr().err
 

@@ -37,7 +37,14 @@ from cyclestar_jax.fitting.config import (
     PixelCountError,
 )
 from cyclestar_jax.fitting.fitter import LabelFitter, fit_spectra
-from cyclestar_jax.fitting.job import OutputPathError, check_output, find_emulator, fit_file
+from cyclestar_jax.fitting.job import (
+    FitJob,
+    OutputPathError,
+    check_output,
+    find_emulator,
+    fit_file,
+)
+from cyclestar_jax.fitting.lbfgs import LBFGSOptions
 from cyclestar_jax.fitting.objectives import (
     Objective,
     doppler_shift,
@@ -57,9 +64,9 @@ from cyclestar_jax.fitting.results import (
 
 __all__ = [
     "FLAGS", "ID_FIELDS", "METHODS", "METHOD_EQUATION", "RESULTS_FORMAT", "SPEED_OF_LIGHT_KMS",
-    "START_KINDS", "SYNTH_ERROR", "CycleModel", "FitConfig", "FitResult", "LabelFitter",
-    "Objective", "OutputPathError", "PixelCountError", "check_output", "concat_results",
-    "doppler_shift", "find_emulator", "fit_file", "fit_spectra", "load_cycle_model",
-    "make_objective", "prepare_observed", "read_ids", "read_results", "save_results",
-    "star_ids", "chunk", "job", "lbfgs",
+    "START_KINDS", "SYNTH_ERROR", "CycleModel", "FitConfig", "FitJob", "FitResult",
+    "LBFGSOptions", "LabelFitter", "Objective", "OutputPathError", "PixelCountError",
+    "check_output", "concat_results", "doppler_shift", "find_emulator", "fit_file",
+    "fit_spectra", "load_cycle_model", "make_objective", "prepare_observed", "read_ids",
+    "read_results", "save_results", "star_ids", "chunk", "job", "lbfgs",
 ]

@@ -126,6 +126,9 @@ def make_chunk_fit(obj: Objective, opts: LBFGSOptions, n_slots: int, n_starts: i
   queue = make_queue_minimizer(fun, opts, n_slots, n_starts)
 
   def run(params, x, w, u0, job_ids, n_jobs, u_fallback, n_rows, free):
+    """The chunk's fit (the outer docstring). Nine array parameters, one each: this is the
+    program `shard_map` splits over the devices, and each argument has its own sharding
+    (`parallel.shard_map_over_data`'s flags), so they cannot be grouped into one object."""
     C, n = u0.shape[0], u0.shape[-1]
     n_valid = n_rows[0]
     block = finalize_block(obj, C)

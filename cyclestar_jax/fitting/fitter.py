@@ -42,7 +42,7 @@ from cyclestar_jax.fitting.config import (
     FitConfig,
     PixelCountError,
 )
-from cyclestar_jax.fitting.lbfgs import CONVERGED, LBFGSOptions, queue_jobs
+from cyclestar_jax.fitting.lbfgs import CONVERGED, queue_jobs
 from cyclestar_jax.fitting.objectives import make_objective, prepare_observed
 from cyclestar_jax.fitting.results import FitResult, allocate, concat_results
 from cyclestar_jax.labels import N_LABELS, label_index, unscale_labels
@@ -112,7 +112,6 @@ class LabelFitter:
     self.free = self._free_mask()
     self.n_free = int(self.free.sum())
     self.start_names = starts.start_names(cfg)
-    self._options = LBFGSOptions.from_config(cfg)
     self._programs: dict[int, object] = {}  # slots per device → jitted chunk program
     self._data_sharding = parallel.batch_sharding(self.mesh)
 
@@ -146,7 +145,7 @@ class LabelFitter:
   def _program(self, slots: int):
     """The jitted chunk program with `slots` slots per device (built on first use)."""
     if slots not in self._programs:
-      fn = make_chunk_fit(self.objective, self._options, slots, self.config.n_starts,
+      fn = make_chunk_fit(self.objective, self.config.lbfgs, slots, self.config.n_starts,
                           self.config.tie_tol)
       self._programs[slots] = parallel.shard_map_over_data(
           fn, self.mesh, (False, True, True, True, True, True, True, True, False))
@@ -379,6 +378,9 @@ def fit_spectra(x, x_err=None, x_msk=None, *, emulator: Emulator,
                 config: FitConfig = _DEFAULT_CONFIG, cycle_model: CycleModel | None = None,
                 y_start=None, y_median=None, progress: bool = False, devices=None) -> FitResult:
   """Fit N spectra in one call (builds a `LabelFitter`; reuse one to avoid recompiling).
+
+  Its ten parameters are `LabelFitter`'s and `LabelFitter.fit`'s together: this function is
+  the one-call shortcut of those two, which take them in two short lists.
 
   Args: as `LabelFitter` and `LabelFitter.fit`.
 

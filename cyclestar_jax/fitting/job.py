@@ -1,14 +1,14 @@
 """A fit of one split of a file as a restartable job: files in, results file out.
 
-`fit_file` checks the output path before any work (not a directory, writable; an existing
-results file is refused unless `overwrite` or `resume`), fits the rows in chunks of
-`chunk_rows` and writes each chunk atomically to `<out>.parts/chunk_<first>_<stop>.h5` as soon
-as it is fitted, so a process killed at any moment loses at most the chunk in flight. At the
-end the chunks are merged into `<out>` (HDF5) and `<out>.csv`, and the parts folder is removed.
-`resume=True` continues an interrupted job from the chunks already written: the chunk grid, the
-padded chunk shape and the median start come from the whole job (kept in
-`<out>.parts/job.json`, which must match), so the results file is the one an uninterrupted run
-writes.
+`fit_file(FitJob(obs, out, config, ...))` checks the output path before any work (not a
+directory, writable; an existing results file is refused unless `overwrite` or `resume`), fits
+the rows in chunks of `chunk_rows` and writes each chunk atomically to
+`<out>.parts/chunk_<first>_<stop>.h5` as soon as it is fitted, so a process killed at any moment
+loses at most the chunk in flight. At the end the chunks are merged into `<out>` (HDF5) and
+`<out>.csv`, and the parts folder is removed. `resume=True` continues an interrupted job from
+the chunks already written: the chunk grid, the padded chunk shape and the median start come
+from the whole job (kept in `<out>.parts/job.json`, which must match), so the results file is
+the one an uninterrupted run writes.
 
 Several processes (`jax.distributed`): chunk i is fitted by process i mod P on its own devices
 (no collective during the fits), each process writes its own chunk files into the shared parts
@@ -205,14 +205,16 @@ def _done(parts: Path, a: int, b: int) -> bool:
   return np.array_equal(rows, np.arange(a, b))
 
 
-def _job_record(obs_path, split, start, stop, method, model_dir, emulator, config, rows) -> dict:
-  """What makes a job: the parts of two runs can be combined only if these agree."""
+def _job_record(job: FitJob, emulator: Path, stop: int | None, rows: int | None) -> dict:
+  """What makes a job (rows [job.start, stop), `rows` per chunk): the parts of two runs can be
+  combined only if these agree. The config is `FitConfig.record`'s flat dict, the layout of
+  job.json files written before `FitConfig.lbfgs` was nested, so those jobs still resume."""
   return json.loads(json.dumps({
-      "format": JOB_FORMAT, "obs_file": str(Path(obs_path).resolve()), "split": split,
-      "start": start, "stop": stop, "method": method,
-      "model": None if model_dir is None else str(Path(model_dir).resolve()),
-      "emulator": str(Path(emulator).resolve()), "config": dataclasses.asdict(config),
-      "chunk_rows": rows, "obs_fingerprint": rundir.fingerprint(obs_path)}))
+      "format": JOB_FORMAT, "obs_file": str(Path(job.obs_path).resolve()), "split": job.split,
+      "start": job.start, "stop": stop, "method": job.config.method,
+      "model": None if job.model_dir is None else str(Path(job.model_dir).resolve()),
+      "emulator": str(Path(emulator).resolve()), "config": job.config.record(),
+      "chunk_rows": rows, "obs_fingerprint": rundir.fingerprint(job.obs_path)}))
 
 
 def _check_job(parts: Path, job: dict) -> None:
@@ -259,31 +261,47 @@ def summary_line(s: dict, out_path) -> str:
           f"{s['n_converged']} converged), median χ²_R {chi}, {s['wall_s']:.1f} s → {out_path}")
 
 
-def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method: str = "obs",
-             model_dir: str | os.PathLike | None = None,
-             emulator_path: str | os.PathLike | None = None, split: str = "test",
-             start: int = 0, stop: int | None = None, config: FitConfig | None = None,
-             progress: bool = True, resume: bool = False, overwrite: bool = False,
-             chunk_rows: int | None = None, max_chunks: int | None = None,
+@dataclasses.dataclass(frozen=True)
+class FitJob:
+  """What a fit job fits and where it writes (`fit_file`): what job.json records, so a resumed
+  job must give the same.
+
+  Attributes:
+    obs_path: observed spectra (`h5io` reference format).
+    out_path: results file (HDF5); the CSV summary goes beside it with suffix `.csv`.
+    config: fit settings; `config.method` is the method: "obs" (Eq. 11), "synth" (Eq. 10) or
+      "emulator" (Eq. 9).
+    model_dir: for obs/synth a Cycle-StarNet run directory; for emulator an emulator file or
+      directory (what `load_emulator` reads).
+    emulator_path: the emulator for obs/synth (default: found in `model_dir`, `find_emulator`).
+    split: split of the file.
+    start, stop: row range of the split (stop None: to its end).
+    chunk_rows: spectra per chunk file and device call (default `LabelFitter.chunk_rows`),
+      rounded up to a multiple of the devices.
+  """
+
+  obs_path: str | os.PathLike
+  out_path: str | os.PathLike
+  config: FitConfig = FitConfig()
+  model_dir: str | os.PathLike | None = None
+  emulator_path: str | os.PathLike | None = None
+  split: str = "test"
+  start: int = 0
+  stop: int | None = None
+  chunk_rows: int | None = None
+
+
+def fit_file(job: FitJob, *, progress: bool = True, resume: bool = False,
+             overwrite: bool = False, max_chunks: int | None = None,
              process_index: int | None = None, process_count: int | None = None,
              devices=None) -> FitResult | None:
   """Fit one split of a reference-format HDF5 file as a restartable job (module docstring).
 
   Args:
-    obs_path: observed spectra (`h5io` reference format).
-    out_path: results file (HDF5); the CSV summary goes beside it with suffix `.csv`.
-    method: "obs" (Eq. 11), "synth" (Eq. 10) or "emulator" (Eq. 9).
-    model_dir: for obs/synth a Cycle-StarNet run directory; for emulator an emulator file or
-      directory (what `load_emulator` reads).
-    emulator_path: the emulator for obs/synth (default: found in `model_dir`, `find_emulator`).
-    split: split of the file.
-    start, stop: row range of the split.
-    config: fit settings (its method is replaced by `method`).
+    job: what to fit and where the results go (`FitJob`).
     progress: tqdm bar (spectra/s and ETA; process 0 only), moved per chunk.
     resume: continue from the chunks in `<out>.parts`; an existing complete `out` is returned.
     overwrite: replace an existing results file and discard unfinished parts.
-    chunk_rows: spectra per chunk file and device call (default `LabelFitter.chunk_rows`),
-      rounded up to a multiple of the devices.
     max_chunks: fit at most this many chunks in this call, then return None with the job
       unfinished (for tests and time-boxed runs).
     process_index, process_count: this process and the number of processes (default: JAX's).
@@ -298,41 +316,24 @@ def fit_file(obs_path: str | os.PathLike, out_path: str | os.PathLike, *, method
   t_start = time.perf_counter()
   proc = jax.process_index() if process_index is None else process_index
   n_proc = jax.process_count() if process_count is None else process_count
-  out_path = Path(out_path)
+  out_path = Path(job.out_path)
   check_output_path(out_path)  # before anything else
-  em_path, run_dir = _models(method, model_dir, emulator_path)
-  if not Path(obs_path).exists():
-    raise FileNotFoundError(f"{obs_path}: no such file (observed spectra, reference HDF5)")
+  em_path, run_dir = _models(job.config.method, job.model_dir, job.emulator_path)
+  if not Path(job.obs_path).exists():
+    raise FileNotFoundError(f"{job.obs_path}: no such file (observed spectra, reference HDF5)")
   check_no_overwrite(out_path, overwrite=overwrite, resume=resume)
   parts = parts_dir(out_path)
-  config = dataclasses.replace(config or FitConfig(), method=method)
   if resume and not overwrite and out_path.exists() and not parts.exists():  # finished before
-    with SpectraFile(obs_path, n_pix=None) as f:
-      n = f.n(split) if split in f.splits else 0
-    _same_finished_job(out_path, _job_record(obs_path, split, start, n if stop is None else
-                                             min(stop, n), method, model_dir, em_path, config,
-                                             None))
+    with SpectraFile(job.obs_path, n_pix=None) as f:
+      n = f.n(job.split) if job.split in f.splits else 0
+    _same_finished_job(out_path, _job_record(job, em_path, n if job.stop is None else
+                                             min(job.stop, n), None))
     return read_results(out_path)[0] if proc == 0 else None
   lock = rundir.file_lock(out_path) if proc == 0 else contextlib.nullcontext()
   with lock:
-    return _fit_locked(obs_path, out_path, _Job(method, model_dir, em_path, run_dir, split,
-                                                start, stop, config),
-                       _Run(progress, resume, overwrite, chunk_rows, max_chunks, proc, n_proc,
-                            devices, t_start))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Job:
-  """What `fit_file` fits (its arguments, the models resolved)."""
-
-  method: str
-  model_dir: object
-  em_path: Path
-  run_dir: Path | None
-  split: str
-  start: int
-  stop: int | None
-  config: FitConfig
+    return _fit_locked(job, em_path, run_dir,
+                       _Run(progress, resume, overwrite, max_chunks, proc, n_proc, devices,
+                            t_start))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,7 +343,6 @@ class _Run:
   progress: bool
   resume: bool
   overwrite: bool
-  chunk_rows: int | None
   max_chunks: int | None
   proc: int
   n_proc: int
@@ -350,11 +350,14 @@ class _Run:
   t_start: float
 
 
-def _fit_locked(obs_path, out_path: Path, job_: _Job, run: _Run) -> FitResult | None:
-  """`fit_file` once the output is locked."""
-  method, model_dir, em_path, run_dir = job_.method, job_.model_dir, job_.em_path, job_.run_dir
-  split, start, stop, config = job_.split, job_.start, job_.stop, job_.config
-  progress, resume, overwrite, chunk_rows = run.progress, run.resume, run.overwrite, run.chunk_rows
+def _fit_locked(job_: FitJob, em_path: Path, run_dir: Path | None, run: _Run
+                ) -> FitResult | None:
+  """`fit_file` once the output is locked (the emulator and run directory resolved)."""
+  obs_path, out_path, method = job_.obs_path, Path(job_.out_path), job_.config.method
+  model_dir, split, start, stop, config = (job_.model_dir, job_.split, job_.start, job_.stop,
+                                           job_.config)
+  progress, resume, overwrite = run.progress, run.resume, run.overwrite
+  chunk_rows = job_.chunk_rows
   max_chunks, proc, n_proc, devices = run.max_chunks, run.proc, run.n_proc, run.devices
   t_start = run.t_start
   parts = parts_dir(out_path)
@@ -374,7 +377,7 @@ def _fit_locked(obs_path, out_path: Path, job_: _Job, run: _Run) -> FitResult | 
                        f"({n} spectra)")
     rows = fitter.chunk_rows(stop - start) if chunk_rows is None else chunk_rows
     rows = -(-max(rows, 1) // fitter.n_dev) * fitter.n_dev
-    job = _job_record(obs_path, split, start, stop, method, model_dir, em_path, config, rows)
+    job = _job_record(job_, em_path, stop, rows)
     if resume and not overwrite:
       _check_job(parts, job)
     _barrier("fit_file_checked", n_proc)
@@ -420,7 +423,7 @@ def _fit_locked(obs_path, out_path: Path, job_: _Job, run: _Run) -> FitResult | 
   result.timing = {"wall_s": time.perf_counter() - t_start}
   save_results(out_path, result, rows=np.arange(start, stop), attrs={
       "obs_file": str(obs_path), "split": split, "model": str(model_dir),
-      "emulator": str(em.source), "config": dataclasses.asdict(config), "chunk_rows": rows,
+      "emulator": str(em.source), "config": config.record(), "chunk_rows": rows,
       "devices": [str(d) for d in fitter.mesh.devices.flat], "processes": n_proc, "job": job,
       **({} if cycle is None or cycle.step is None else {
           "checkpoint_step": cycle.step, "checkpoint_skipped_newer": list(cycle.skipped_newer)})},

@@ -43,6 +43,7 @@ search gave up.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
@@ -55,24 +56,48 @@ CONVERGED, RETRIED, FAILED, LS_STOP = 1, 2, 4, 8
 
 @dataclasses.dataclass(frozen=True)
 class LBFGSOptions:
-  """Settings of `make_queue_minimizer` (meanings in the module docstring; `FitConfig` holds
-  the same fields with their reasons)."""
+  """Settings of `make_queue_minimizer` (meanings in the module docstring), with the reasons for
+  the defaults of the label fits (`FitConfig.lbfgs`; f is their χ²). Checked on creation."""
 
-  max_iter: int = 1000  # accepted steps per job
-  max_evals: int = 2000  # value-and-gradient evaluations per job
-  tol: float = 1e-9  # relative expected decrease that counts as converged
-  patience: int = 3  # accepted steps in a row below tol
-  memory_size: int = 10
-  armijo_c1: float = 1e-4
-  noise_tol: float = 1e-6  # relative change of f below which f differences are rounding
-  min_step: float = 1e-6  # smallest step length |α·d| of the line search
-  precision_tol: float = 1e-5  # last relative decrease at which a failed line search converged
-  stall_window: int = 20  # accepted steps over which a decrease below rounding ends a fit
+  # Accepted L-BFGS steps per job (one start of a fit): the reference allows 10 rounds of 100
+  # (docs/method.md), and Eq. 11 fits with trained networks take 200–500 to converge (measured;
+  # a cap of 200 left half of them short of the optimum). The job queue makes the cost follow
+  # the mean count.
+  max_iter: int = 1000
+  max_evals: int = 2000  # value-and-gradient evaluations per start (line search included)
+  # Converged: for `patience` accepted steps in a row, the χ² decrease the L-BFGS quadratic
+  # model expects to its minimum, ½ gᵀH⁻¹g (from the gradient, which float32 resolves), is
+  # below tol·max(χ², 1). The measured decrease of χ² does not enter: a float32 χ² over ~7000
+  # pixels is only known to ~1e-7 relative (rounding of the model alone), so a test on it
+  # stopped fits of the same spectrum at points up to 0.2σ apart depending on the batch they
+  # ran in. At tol 1e-9 (Δχ² ≈ 7e-6 for χ² ≈ 7000) a fit stops ≲ 0.003σ from its optimum.
+  tol: float = 1e-9
+  patience: int = 3
+  memory_size: int = 10  # L-BFGS history
+  armijo_c1: float = 1e-4  # sufficient-decrease constant of the line search
+  # Below this relative change χ² differences are rounding: the line search then accepts a
+  # step by the gradient (Hager–Zhang's approximate Wolfe test) instead of by χ².
+  noise_tol: float = 1e-6
+  min_step: float = 1e-6  # a line search that shrinks the step below this gives up
+  # A line search that gives up (after one restart from steepest descent) at a point reached by
+  # a relative decrease below this has met float32's resolution of χ² (or a kink of the
+  # piecewise-linear networks that no descent direction passes): converged.
+  precision_tol: float = 1e-5
+  # A fit whose last `stall_window` accepted steps decreased χ² by less than its rounding
+  # (noise_tol) in all has stalled: at a kink of the piecewise-linear networks (LeakyReLU),
+  # where the gradient does not vanish, or at float32's floor. Converged. A window of 10 also
+  # stopped Eq. 11 fits that crawl along valleys (Δχ² up to 2.6 above an unhurried fit on the
+  # smoke networks); 20 and 30 end within 0.6 of it, 20 for 1.6× the old rule's iterations.
+  stall_window: int = 20
 
-  @classmethod
-  def from_config(cls, cfg) -> LBFGSOptions:
-    """The options named like fields of `cfg` (e.g. a `FitConfig`)."""
-    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+  def __post_init__(self):
+    for name in ("max_iter", "max_evals", "patience", "memory_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"LBFGSOptions.{name} must be ≥ 1, got {getattr(self, name)}")
+    for name in ("tol", "armijo_c1", "noise_tol", "min_step", "precision_tol"):
+      v = getattr(self, name)
+      if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"LBFGSOptions.{name} must be finite and > 0, got {v}")
 
 
 @jax.tree_util.register_dataclass
@@ -379,6 +404,10 @@ def queue_jobs(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def minimize(fun: Callable, params, rows, u0, *, opts: LBFGSOptions = LBFGSOptions(),
              n_slots: int | None = None, valid=None, u_fallback=None, free=None) -> dict:
   """Run `make_queue_minimizer` once, jitted, on one device (a convenience for tests).
+
+  Its nine parameters are the minimizer's own (`fun`, `opts`, slots) and the arrays of its
+  program `run(params, rows, u0, ..., u_fallback, free)`, each optional here with a default
+  that the function builds.
 
   Args:
     fun: `fun(params, row, u) -> []`.

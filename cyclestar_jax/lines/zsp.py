@@ -21,9 +21,7 @@ import numpy as np
 
 from cyclestar_jax import labels as _labels
 from cyclestar_jax.chain import ModelChain, encode_split
-from cyclestar_jax.lines.attribution import BACKGROUND_FLOOR, attribution_reducer
-from cyclestar_jax.lines.derivatives import CHUNK_PER_DEVICE, reduce_label_sets
-from cyclestar_jax.lines.features import ABUNDANCE_LABELS, Features
+from cyclestar_jax.lines.derivatives import CHUNK_PER_DEVICE, Reducer, reduce_label_sets
 
 ZSP_CHOICES = ("nearest", "mean")
 DEFAULT_ZSP = "nearest"
@@ -93,16 +91,15 @@ def encode_observed(chain: ModelChain, x_obs: np.ndarray, *, chunk: int = 256) -
 
 
 def zsp_choice_sensitivity(chain: ModelChain, y: np.ndarray, y_obs: np.ndarray,
-                           z_obs: np.ndarray, features: Features, *,
-                           candidates: tuple[int, ...] = ABUNDANCE_LABELS,
-                           floor: float = BACKGROUND_FLOOR,
+                           z_obs: np.ndarray, attribution: Reducer, *,
                            chunk_per_device: int = CHUNK_PER_DEVICE, mesh=None) -> dict:
   """How much the attributions change between the "nearest" and the "mean" z_sp.
 
   Args:
     chain, y, y_obs, z_obs: as `zsp_for_labels`, the box taken from the chain's emulator.
-    features: the features to attribute (true owners in `label` for the accuracies).
-    candidates, floor, chunk_per_device, mesh: as `attribution_reducer`, `reduce_label_sets`.
+    attribution: the attribution of the features (`attribution_reducer(features, ...)`, true
+      owners in the features' `label` for the accuracies).
+    chunk_per_device, mesh: as `reduce_label_sets`.
 
   Returns:
     {"winner_agreement": share of (label set, feature) pairs with the same top label,
@@ -112,7 +109,7 @@ def zsp_choice_sensitivity(chain: ModelChain, y: np.ndarray, y_obs: np.ndarray,
     "accuracy": {choice: accuracy}, "results": {choice: the attribution reducer's result}}.
   """
   y_min, y_max = chain.emulator.y_min, chain.emulator.y_max
-  red = {"a": attribution_reducer(features, candidates=candidates, floor=floor)}
+  red = {"a": attribution}
   res = {}
   for choice in ZSP_CHOICES:  # both as [N, L_z, C_sp]: one compiled program
     z = zsp_for_labels(y, y_obs, z_obs, y_min, y_max, choice)

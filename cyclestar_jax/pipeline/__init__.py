@@ -17,11 +17,11 @@ from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.pipeline import preflight, report, stages
 from cyclestar_jax.pipeline.evaluate import evaluate, gain_curve_figure
 from cyclestar_jax.pipeline.presets import PRESET_NAMES, PRESETS, Preset, get_preset
-from cyclestar_jax.pipeline.stages import RunFolderError, RunPaths
+from cyclestar_jax.pipeline.stages import RunFolderError, RunOptions, RunPaths
 from cyclestar_jax.resources import N_PIX
 
-__all__ = ["PRESET_NAMES", "PRESETS", "Preset", "RunFolderError", "RunPaths", "default_preset",
-           "get_preset", "run", "check_inputs"]
+__all__ = ["PRESET_NAMES", "PRESETS", "Inputs", "Preset", "RunFolderError", "RunOptions",
+           "RunPaths", "default_preset", "get_preset", "run", "check_inputs"]
 
 
 def default_preset() -> str:
@@ -78,7 +78,34 @@ def check_pretrained(synth, emulator, model, seed: int) -> Preset:
   return dataclasses.replace(p, sizes=_pretrained.eval_sizes(p.sizes))
 
 
-def _identity(preset: Preset, synth, obs, emulator, model, seed: int, grid=None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """The user's files for the main job; each None is made or trained in the run folder.
+
+  Attributes:
+    synth, obs: reference-format files of the two domains (default: the mock world, made in
+      out/data); both or neither.
+    grid: with synth/obs, synthetic spectra at labels that vary each element on its own (The
+      Payne's training grid): the emulator learns them, and so does Cycle-StarNet's synthetic
+      autoencoder when the preset's `lambda_grid` > 0 (the mock world makes its own).
+    emulator: a trained emulator to use instead of training one.
+    model: a trained Cycle-StarNet run directory to use instead of training one.
+  """
+
+  synth: str | None = None
+  obs: str | None = None
+  grid: str | None = None
+  emulator: str | None = None
+  model: str | None = None
+
+  def check(self) -> None:
+    """`check_inputs` of these files."""
+    check_inputs(self.synth, self.obs, self.emulator, self.model, self.grid)
+
+
+def _identity(preset: Preset, inputs: Inputs, seed: int) -> dict:
+  synth, obs, grid = inputs.synth, inputs.obs, inputs.grid
+  emulator, model = inputs.emulator, inputs.model
   return {"preset": preset.name, "n_iter": preset.cycle.n_iter,
           "data": "mock" if synth is None else [str(Path(synth).resolve()),
                                                 str(Path(obs).resolve())],
@@ -91,82 +118,69 @@ def _identity(preset: Preset, synth, obs, emulator, model, seed: int, grid=None)
 
 
 def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None,
-        synth: str | None = None, obs: str | None = None, emulator: str | None = None,
-        model: str | None = None, seed: int = 0, overwrite: bool = False,
-        train_limit_s: float | None = None, progress: bool = True, log=print,
-        grid: str | None = None, allow_older_checkpoint: bool = False,
-        pretrained: bool = False) -> dict:
+        seed: int = 0, inputs: Inputs = Inputs(), options: RunOptions | None = None,
+        allow_older_checkpoint: bool = False, pretrained: bool = False) -> dict:
   """The main job; returns metrics.json's dict (also written, with report.md and figures).
 
   Args:
     out: the run folder.
-    preset: "smoke", "cpu", "paper" (default: `default_preset()`).
+    preset: "smoke", "cpu", "long", "paper" (default: `default_preset()`).
     n_iter: shorten (or lengthen) the preset's training, learning-rate boundaries scaled.
-    synth, obs: the user's reference-format files (default: the mock world, made in out/data).
-    grid: with synth/obs, synthetic spectra at labels that vary each element on its own (The
-      Payne's training grid): the emulator learns them, and so does Cycle-StarNet's synthetic
-      autoencoder when the preset's `lambda_grid` > 0 (the mock world makes its own).
-    emulator: a trained emulator to use instead of training one.
-    model: a trained Cycle-StarNet run directory to use instead of training one.
     seed: the mock world's seed.
-    overwrite: start again in a run folder of another identity, or whose inputs changed
-      (`stages.open_run_folder`: only the run's own files are removed).
-    train_limit_s: wall-clock bound of the Cycle-StarNet training (`stage_cyclestarnet`;
-      default: the preset's `train_limit_s`); the report says where it stopped.
-    progress: progress bars.
-    log: where the stage lines go.
+    inputs: the user's files (`Inputs`; default: the mock world, everything trained here).
+    options: overwrite, training time limit, progress bars, log (`stages.RunOptions`; None:
+      the defaults).
     allow_older_checkpoint: use an older checkpoint of the model when the newest is unusable
       (else refused); metrics.json's "model_checkpoint" says which step was used.
     pretrained: use the package's pretrained emulator and Cycle-StarNet (`pretrained`) on the
       mock world they were trained on, with their preset's data sizes and fits (`preset` and
       `n_iter` must be None); refused for other data.
   """
-  check_inputs(synth, obs, emulator, model, grid)
+  options = RunOptions() if options is None else options
+  inputs.check()
+  synth, obs, log = inputs.synth, inputs.obs, options.log
   if pretrained:
     if preset is not None or n_iter is not None:
       raise _pretrained.PretrainedError("--preset/--n-iter train a model: not with --pretrained")
-    p = check_pretrained(synth, emulator, model, seed)
-    emulator, model = str(_pretrained.EMULATOR), str(_pretrained.GENERATOR)
+    p = check_pretrained(synth, inputs.emulator, inputs.model, seed)
+    inputs = dataclasses.replace(inputs, emulator=str(_pretrained.EMULATOR),
+                                 model=str(_pretrained.GENERATOR))
     log(f"using the {_pretrained.describe()}; --train trains from scratch")
   else:
     p = get_preset(preset or default_preset(), n_iter)
   paths = RunPaths(Path(out))
-  ident = _identity(p, synth, obs, emulator, model, seed, grid)
+  ident = _identity(p, inputs, seed)
   if pretrained:
     ident["pretrained_step"] = _pretrained.metadata()["step"]
   if synth is not None:  # every split of the user's files, before any stage
     for flag, path, domain in (("--synth", synth, "synth"), ("--obs", obs, "obs")):
       preflight.check_splits(path, flag, domain, p.cycle)
-  given = preflight.load_given_models(emulator, model, allow_older_checkpoint)
-  inputs = {"--synth": synth, "--obs": obs, "--grid": grid, "--emulator": emulator,
-            "--model": model}
-  grid = None if grid is None else Path(grid)
-  with stages.open_run_folder(paths, ident, inputs, overwrite=overwrite, log=log):
-    return _stages(paths, p, _Job(synth, obs, grid, emulator, model, seed, train_limit_s,
-                                  allow_older_checkpoint, given, pretrained), progress=progress,
-                   log=log)
+  given = preflight.load_given_models(inputs.emulator, inputs.model, allow_older_checkpoint)
+  files = {"--synth": synth, "--obs": obs, "--grid": inputs.grid, "--emulator": inputs.emulator,
+           "--model": inputs.model}
+  with stages.open_run_folder(paths, ident, files, overwrite=options.overwrite, log=log):
+    return _stages(paths, p, _Job(inputs, seed, allow_older_checkpoint, given, pretrained),
+                   options)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
-  """The main job's inputs and options, as `run` got them."""
+  """The main job's inputs, as `run` got them (the pretrained models filled in)."""
 
-  synth: str | None
-  obs: str | None
-  grid: Path | None
-  emulator: str | None
-  model: str | None
+  inputs: Inputs
   seed: int
-  train_limit_s: float | None
   allow_older_checkpoint: bool
   given: dict
   pretrained: bool = False
 
 
-def _stages(paths: RunPaths, p: Preset, job: _Job, *, progress: bool, log) -> dict:
+def _stages(paths: RunPaths, p: Preset, job: _Job, options: RunOptions) -> dict:
   """`run`'s stages, with the run folder locked."""
-  synth, obs, grid, emulator, model = job.synth, job.obs, job.grid, job.emulator, job.model
-  seed, train_limit_s = job.seed, job.train_limit_s
+  synth, obs, emulator, model = (job.inputs.synth, job.inputs.obs, job.inputs.emulator,
+                                 job.inputs.model)
+  grid = None if job.inputs.grid is None else Path(job.inputs.grid)
+  seed, train_limit_s = job.seed, options.train_limit_s
+  progress, log = options.progress, options.log
   t_all = time.perf_counter()
 
   def stage(name, fn, *a, **kw):
@@ -210,9 +224,9 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, *, progress: bool, log) -> di
       "schedule_note": schedule_note,
       "cycle_config": tr_info.get("config", dataclasses.asdict(p.cycle)),
       "grid_file": tr_info.get("grid_file"),
-      "fit_settings": {"n_fit": p.n_fit, "max_iter": p.fit_max_iter,
-                       "csn_max_iter": p.eq11_max_iter,
-                       "csn_starts": list(p.csn_starts)},
+      "fit_settings": {"n_fit": p.n_fit, "max_iter": p.fit.lbfgs.max_iter,
+                       "csn_max_iter": p.csn_fit.lbfgs.max_iter,
+                       "csn_starts": list(p.csn_fit.starts)},
       "emulator_training": (f"given: {emulator}" if emulator is not None else
                             Path(em_info.get("data", "")).name or None),
       "emulator_abundance_fe_correlation": (em_info.get("abundance_fe_correlation")

@@ -10,10 +10,12 @@ compared in the synthetic domain (x_obs→synth against Payne(y), error 0.005 ev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -216,11 +218,39 @@ def training_curve(model_dir: Path) -> dict[str, list[float]]:
   return out
 
 
-def make_figures(paths: RunPaths, rec: dict, sp_synth, sp_obs, arrays: dict,
-                 y_true: np.ndarray | None, tsne: dict | None, curve: dict,
-                 paired: dict, sensitivity: dict | None = None) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class FigureInputs:
+  """What `make_figures` draws: the evaluation's spectra, reconstructions, fits and curves.
+
+  Attributes:
+    sp_synth, sp_obs: test spectra of the two domains (`h5io.Spectra`, the first n_eval).
+    rec: their `reconstructions`.
+    arrays: `fit_metrics`'s per-star arrays {"y", "model", "resid", "chi2r"}: {stem: array}.
+    y_true: [n_fit, 25] true labels of the fitted stars (the mock world), else None.
+    tsne: `tsne_panels`, or None.
+    curve: `training_curve`.
+    paired: `paired_transfer`'s statistics ({} without a paired val split).
+    sensitivity: `label_sensitivity`, or None.
+  """
+
+  sp_synth: Any
+  sp_obs: Any
+  rec: dict
+  arrays: dict
+  y_true: np.ndarray | None
+  tsne: dict | None
+  curve: dict
+  paired: dict
+  sensitivity: dict | None = None
+
+
+def make_figures(paths: RunPaths, inputs: FigureInputs) -> list[str]:
   """The paper's Figs. 5–11 (and label errors, label sensitivity, training curve) into
   OUT/figures/."""
+  rec, sp_synth, sp_obs, arrays = inputs.rec, inputs.sp_synth, inputs.sp_obs, inputs.arrays
+  y_true, tsne, curve, paired = inputs.y_true, inputs.tsne, inputs.curve, inputs.paired
+  sensitivity = inputs.sensitivity
+
   fig = paths.figures
   fig.mkdir(parents=True, exist_ok=True)
   wave = wavelength()[N_DROP:]
@@ -246,9 +276,9 @@ def make_figures(paths: RunPaths, rec: dict, sp_synth, sp_obs, arrays: dict,
     yy = arrays["y"][stem][i]
     text += f"\n{FIT_TITLES[stem]}: {yy[t]:.0f} K, {yy[g]:.2f}, {yy[fe]:+.2f}"
   out.append(plots.fig_fit_example(
-      wave, sp_obs.x[i, N_DROP:], e_fit[i], g_fit[i], arrays["model"]["eq9"][i],
-      arrays["model"]["eq11"][i], fig / "fig7_fit_example.png", name_a=FIT_TITLES["eq9"],
-      name_b=FIT_TITLES["eq11"], text=text))
+      wave, sp_obs.x[i, N_DROP:], e_fit[i], g_fit[i],
+      {FIT_TITLES[s]: arrays["model"][s][i] for s in ("eq9", "eq11")},
+      fig / "fig7_fit_example.png", text=text))
   order = np.argsort(y_ref[:n_fit, t])
   out.append(plots.fig_fit_residuals(
       wave, arrays["resid"]["eq9"][order], arrays["resid"]["eq11"][order],
@@ -340,8 +370,8 @@ def evaluate(paths: RunPaths, synth_path: Path, obs_path: Path, emulator_path: P
     rows = gain_curve(model_dir, em, sp_test, y_sens, world)
     if rows:
       out["sensitivity_curve"] = {"rows": rows, "source": "this run's checkpoints"}
-  figures = make_figures(paths, rec, sp_synth, sp_obs_eval, arrays, y_true, tsne, curve, paired,
-                         out.get("label_sensitivity"))
+  figures = make_figures(paths, FigureInputs(sp_synth, sp_obs_eval, rec, arrays, y_true, tsne,
+                                             curve, paired, out.get("label_sensitivity")))
   figures += gain_curve_figure(paths, out.get("sensitivity_curve"))
   if y_true is None and sp_test.y is not None:  # real data: against the catalogue instead
     out["catalogue_differences"] = {

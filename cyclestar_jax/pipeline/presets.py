@@ -19,7 +19,10 @@ import dataclasses
 
 from cyclestar_jax import config as _config
 from cyclestar_jax.emulator_train import EmulatorTrainConfig
+from cyclestar_jax.fitting.config import FitConfig
+from cyclestar_jax.fitting.lbfgs import LBFGSOptions
 from cyclestar_jax.mock import DataSizes
+from cyclestar_jax.trainer import LoopConfig
 
 PRESET_NAMES = ("smoke", "cpu", "long", "paper")
 
@@ -33,42 +36,52 @@ class Preset:
     sizes: mock-world stars per split and domain (ignored for the user's own files).
     emulator: the emulator's training recipe.
     cycle: the Cycle-StarNet config (architecture, schedule, n_iter).
+    loop: how the Cycle-StarNet training runs (`trainer.LoopConfig`): val_every, iterations
+      between validations (the training curve); ckpt_every, between checkpoints (what a kill
+      can lose); log_every, min(100, val_every); 256 validation rows; keep, checkpoints kept
+      (the newest; 3 is enough to resume; a preset that keeps every checkpoint lets the labels
+      be measured along the training, `benchmarks/label_curve.py`).
+    fit: settings of the Eq. 9 and Eq. 10 fits (`fitting.FitConfig`; its method is set per
+      fit): batch_size, fit slots (spectra × starts side by side); chunk_size, spectra per
+      device call (the progress bar moves once per chunk); lbfgs.max_iter, accepted L-BFGS
+      steps per start; starts, the catalogue labels and the population median (cheap fits).
+    csn_fit: settings of the Eq. 11 fits: as `fit`, with their own max_iter and starts (each
+      start costs a Cycle-StarNet pass per iteration).
     n_fit: test stars fitted by each method.
     n_eval: test spectra per domain for the reconstruction statistics and t-SNE.
-    fit_batch: fit slots (spectra × starts side by side).
-    fit_max_iter: accepted L-BFGS steps per start.
-    csn_max_iter: accepted L-BFGS steps per start of the Eq. 11 fits (None: fit_max_iter).
-    fit_chunk: spectra per device call of the fits; the progress bar moves once per chunk.
-    csn_starts: starts of the Eq. 11 fits (each costs a Cycle-StarNet pass per iteration; the
-      cheap Eq. 9/10 fits always use the catalogue labels and the population median).
-    val_every: iterations between validations during training (the training curve).
-    ckpt_every: iterations between checkpoints (what a kill can lose).
-    train_limit_s: wall-clock bound of the Cycle-StarNet training (None: none); `--train-limit-s`
-      replaces it.
-    keep: checkpoints kept (the newest; 3 is enough to resume). A preset that keeps every
-      checkpoint lets the labels be measured along the training (`benchmarks/label_curve.py`).
+    train_limit_s: wall-clock bound of the Cycle-StarNet training, earlier interrupted attempts
+      included (None: none); `--train-limit-s` replaces it.
   """
 
   name: str
   sizes: DataSizes
   emulator: EmulatorTrainConfig
   cycle: _config.Config
+  loop: LoopConfig
+  fit: FitConfig
+  csn_fit: FitConfig
   n_fit: int
   n_eval: int
-  fit_batch: int = 256
-  fit_max_iter: int = 1000
-  csn_max_iter: int | None = None
-  fit_chunk: int = 16384
-  csn_starts: tuple[str, ...] = ("catalogue", "median")
-  val_every: int = 250
-  ckpt_every: int = 250
   train_limit_s: float | None = None
-  keep: int = 3
 
-  @property
-  def eq11_max_iter(self) -> int:
-    """Accepted L-BFGS steps per start of the Eq. 11 fits: `csn_max_iter`, else fit_max_iter."""
-    return self.csn_max_iter or self.fit_max_iter
+
+def _loop(val_every: int, ckpt_every: int, keep: int = 3) -> LoopConfig:
+  """A preset's training loop: a metrics line every min(100, val_every) iterations, validation
+  on 256 rows per domain, steps per call left to the platform (`LoopConfig.resolve`)."""
+  return LoopConfig(log_every=min(100, val_every), val_every=val_every, ckpt_every=ckpt_every,
+                    val_rows=256, keep=keep)
+
+
+def _fits(batch: int, max_iter: int, *, csn_max_iter: int | None = None, chunk: int = 16384,
+          csn_starts: tuple[str, ...] = ("catalogue", "median")) -> dict[str, FitConfig]:
+  """A preset's {"fit", "csn_fit"}: Eq. 9/10 fits from the catalogue labels and the population
+  median with `max_iter` steps per start; Eq. 11 fits from `csn_starts` with `csn_max_iter`
+  (None: max_iter)."""
+  fit = FitConfig(batch_size=batch, chunk_size=chunk, lbfgs=LBFGSOptions(max_iter=max_iter),
+                  starts=("catalogue", "median"))
+  csn = dataclasses.replace(fit, starts=csn_starts,
+                            lbfgs=LBFGSOptions(max_iter=csn_max_iter or max_iter))
+  return {"fit": fit, "csn_fit": csn}
 
 
 _TABLE2 = _config.get_config("kurucz_to_apogee_1")
@@ -111,29 +124,29 @@ PRESETS: dict[str, Preset] = {
         "smoke", DataSizes(256, 64, 32),
         EmulatorTrainConfig(max_epochs=20, time_limit_s=20.0, batch_size=64, patience=20,
                             checkpoint_every_s=1e9),
-        _SMOKE_CYCLE, n_fit=8, n_eval=32, fit_batch=16, fit_max_iter=60, val_every=30,
-        ckpt_every=30),
+        _SMOKE_CYCLE, _loop(val_every=30, ckpt_every=30), **_fits(16, 60), n_fit=8, n_eval=32),
     "cpu": Preset(
         "cpu", DataSizes(6000, 512, 512),
         EmulatorTrainConfig(max_epochs=300, time_limit_s=120.0, batch_size=256),
-        _CPU_CYCLE, n_fit=256, n_eval=256, fit_batch=256, fit_max_iter=300, csn_max_iter=100,
-        fit_chunk=64, csn_starts=("catalogue",), val_every=500, ckpt_every=500,
-        train_limit_s=900.0),
+        _CPU_CYCLE, _loop(val_every=500, ckpt_every=500),
+        **_fits(256, 300, csn_max_iter=100, chunk=64, csn_starts=("catalogue",)),
+        n_fit=256, n_eval=256, train_limit_s=900.0),
     "long": Preset(
         "long", DataSizes(6000, 512, 512),
         EmulatorTrainConfig(max_epochs=300, time_limit_s=360.0, batch_size=256),
-        _LONG_CYCLE, n_fit=256, n_eval=256, fit_batch=256, fit_max_iter=300, csn_max_iter=100,
-        fit_chunk=64, csn_starts=("catalogue",), val_every=500, ckpt_every=1000, keep=1000),
+        _LONG_CYCLE, _loop(val_every=500, ckpt_every=1000, keep=1000),
+        **_fits(256, 300, csn_max_iter=100, chunk=64, csn_starts=("catalogue",)),
+        n_fit=256, n_eval=256),
     "paper": Preset(
-        "paper", DataSizes(20000, 2000, 2000), EmulatorTrainConfig(), _TABLE2, n_fit=2000,
-        n_eval=1000, fit_batch=4096, val_every=5000, ckpt_every=5000),
+        "paper", DataSizes(20000, 2000, 2000), EmulatorTrainConfig(), _TABLE2,
+        _loop(val_every=5000, ckpt_every=5000), **_fits(4096, 1000), n_fit=2000, n_eval=1000),
 }
 
 
 def shorten(p: Preset, n_iter: int | None) -> Preset:
   """p trained for n_iter iterations, learning-rate boundaries scaled in proportion
   (boundary b → round(b · n_iter / p.cycle.n_iter)); validation and checkpoints at most every
-  tenth of the run."""
+  tenth of the run (metrics lines at most every validation)."""
   if n_iter is None or n_iter == p.cycle.n_iter:
     return p
   if n_iter < 1:
@@ -144,8 +157,10 @@ def shorten(p: Preset, n_iter: int | None) -> Preset:
       lr_boundaries_gen=tuple(max(1, round(b * f)) for b in p.cycle.lr_boundaries_gen),
       lr_boundaries_critic=tuple(max(1, round(b * f)) for b in p.cycle.lr_boundaries_critic))
   every = max(1, n_iter // 10)
-  return dataclasses.replace(p, cycle=cyc, val_every=min(p.val_every, every),
-                             ckpt_every=min(p.ckpt_every, every))
+  val_every = min(p.loop.val_every, every)
+  loop = dataclasses.replace(p.loop, log_every=min(p.loop.log_every, val_every),
+                             val_every=val_every, ckpt_every=min(p.loop.ckpt_every, every))
+  return dataclasses.replace(p, cycle=cyc, loop=loop)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -50,6 +51,26 @@ EMULATOR_TRAINING = PAYNE_GRID_FILE
 
 class RunFolderError(ValueError):
   """The output folder holds a run of another preset or other data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a staged job (`pipeline.run`, `new_lines.run`, `sweep.sweep`) runs, not what it
+  computes.
+
+  Attributes:
+    overwrite: start again in a run folder of another identity, or whose inputs changed
+      (`open_run_folder`: only the run's own files are removed).
+    train_limit_s: wall-clock bound of the Cycle-StarNet training (`stage_cyclestarnet`;
+      None: the preset's `train_limit_s`); the report says where it stopped.
+    progress: progress bars.
+    log: where the stage lines go.
+  """
+
+  overwrite: bool = False
+  train_limit_s: float | None = None
+  progress: bool = True
+  log: Callable[[str], None] = print
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,10 +317,9 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   if time_limit_s is None:
     time_limit_s = preset.train_limit_s
   left = None if time_limit_s is None else max(1.0, time_limit_s - before)
-  result = trainer.train(cfg, synth_path, obs_path, paths.model, resume=resume,
-                         val_every=preset.val_every, ckpt_every=preset.ckpt_every,
-                         log_every=min(100, preset.val_every), val_rows=256, keep=preset.keep,
-                         progress=progress, time_limit_s=left, grid_path=grid)
+  result = trainer.train(cfg, trainer.TrainFiles(synth_path, obs_path, grid), paths.model,
+                         dataclasses.replace(preset.loop, time_limit_s=left), resume=resume,
+                         progress=progress)
   if jax.process_index() == 0 and not result["already_complete"]:
     log = metrics_log.read_metrics(paths.model / metrics_log.FILE_NAME)
     plots.plot_progress(log, paths.model / "training_progress.png")
@@ -379,11 +399,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
     msk = sp.x_msk
     if use_mask:  # The Payne's spectroscopic mask: True = masked (Kurucz deviates > 2 %)
       msk = msk & ~payne_mask()[None, :]
-    csn = method == "obs"
-    cfg = fitting.FitConfig(
-        method=method, batch_size=preset.fit_batch, chunk_size=preset.fit_chunk,
-        max_iter=preset.eq11_max_iter if csn else preset.fit_max_iter,
-        starts=preset.csn_starts if csn else ("catalogue", "median"))
+    cfg = dataclasses.replace(preset.csn_fit if method == "obs" else preset.fit, method=method)
     fitter = fitting.LabelFitter(em, cfg, cycle_model=None if method == "emulator" else cycle)
     t0 = time.perf_counter()
     res = fitter.fit(sp.x, sp.x_err, msk, y_start=sp.y, progress=progress,

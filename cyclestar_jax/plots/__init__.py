@@ -39,7 +39,12 @@ from cyclestar_jax.plots.labels import (
     fig_label_sensitivity,
     fig_tsne,
 )
-from cyclestar_jax.plots.lines import fig_cn_features, fig_line_identification, fig_recovery_map
+from cyclestar_jax.plots.lines import (
+    LineStar,
+    fig_cn_features,
+    fig_line_identification,
+    fig_recovery_map,
+)
 from cyclestar_jax.plots.spectra import (
     fig_observed_residuals,
     fig_spectra_panel,
@@ -56,8 +61,8 @@ from cyclestar_jax.plots.training import (
 )
 
 __all__ = [
-    "CHIP_GAP_A", "DPI", "GROUP_COLOURS", "LOGG_LABEL", "TEFF_LABEL", "WAVE_LABEL", "ZOOMS",
-    "chip_slices", "fig_catalogue_residuals", "fig_cn_features", "fig_fit_example",
+    "CHIP_GAP_A", "DPI", "GROUP_COLOURS", "LOGG_LABEL", "LineStar", "TEFF_LABEL", "WAVE_LABEL",
+    "ZOOMS", "chip_slices", "fig_catalogue_residuals", "fig_cn_features", "fig_fit_example",
     "fig_fit_residuals", "fig_gain_curve", "fig_kiel_chi2", "fig_kiel_methods", "fig_label_errors",
     "fig_label_sensitivity", "fig_line_identification", "fig_observed_residuals",
     "fig_recovery_map", "fig_recovery_vs_fraction", "fig_spectra_panel",

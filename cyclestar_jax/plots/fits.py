@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -41,8 +42,7 @@ def _chi2_text(r: np.ndarray) -> str:
 
 
 def fig_fit_example(wave: np.ndarray, x: np.ndarray, x_err: np.ndarray, x_msk: np.ndarray,
-                    model_a: np.ndarray, model_b: np.ndarray, path: str | os.PathLike, *,
-                    name_a: str = "Eq. 9 (Payne)", name_b: str = "Eq. 11 (Cycle-StarNet)",
+                    models: Mapping[str, np.ndarray], path: str | os.PathLike, *,
                     text: str = "") -> str:
   """Paper Fig. 7: one observed spectrum, two best-fit models and their normalized residuals.
 
@@ -50,9 +50,9 @@ def fig_fit_example(wave: np.ndarray, x: np.ndarray, x_err: np.ndarray, x_msk: n
     wave: [P] Å.
     x, x_err: [P] observed flux and reported error (raw flux).
     x_msk: [P] bool, True = good pixel; masked pixels are drawn grey and not counted.
-    model_a, model_b: [P] best-fit models (NaN outside the pixels a model covers).
+    models: {legend name: [P] best-fit model} of two models, e.g. {"Eq. 9 (Payne)": ...,
+      "Eq. 11 (Cycle-StarNet)": ...} (NaN outside the pixels a model covers).
     path: output PNG.
-    name_a, name_b: legend names of the two models.
     text: free text for the top panel (e.g. the star's true and fitted labels).
 
   Residual panels show (x − model)/σ with χ²_R printed (|r| ≤ 5 and all pixels).
@@ -60,7 +60,9 @@ def fig_fit_example(wave: np.ndarray, x: np.ndarray, x_err: np.ndarray, x_msk: n
   wave = np.asarray(wave, np.float64)
   x, err = np.asarray(x, np.float64), np.asarray(x_err, np.float64)
   good = np.asarray(x_msk, bool) & np.isfinite(err) & (err > 0)
-  models = {name_a: np.asarray(model_a, np.float64), name_b: np.asarray(model_b, np.float64)}
+  if len(models) != 2:
+    raise ValueError(f"fig_fit_example draws two models, got {len(models)}: {list(models)}")
+  models = {name: np.asarray(m, np.float64) for name, m in models.items()}
   fig = _figure(12.5, 7.2)
   grid = _chip_grid(fig, wave, 3, height_ratios=[1.5, 1.0, 1.0])
   top = grid[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -23,18 +24,36 @@ def _feature_spans(ax, removed, wave: np.ndarray, offset: int, colours: dict, al
     ax.axvspan(wave[a], wave[b], color=colours.get(int(j), "0.7"), alpha=alpha, lw=0)
 
 
-def fig_line_identification(wave: np.ndarray, x_payne: np.ndarray, x_transfer: np.ndarray,
-                            x_true: np.ndarray, d_diff: np.ndarray, removed,
-                            path: str | os.PathLike, *, elements: Sequence[str],
-                            title: str = "", offset: int = 47) -> str:
+@dataclasses.dataclass(frozen=True)
+class LineStar:
+  """The star of Fig. 12 (`fig_line_identification`), on the pixels of the figure's `wave`.
+
+  Attributes:
+    payne: [P] Payne(Y), the synthetic spectrum (raw flux, features removed).
+    transfer: [P] T_synth→obs(Payne(Y)) (raw flux).
+    truth: [P] the true spectrum (raw flux).
+    d_diff: [P, 25] derivative differences ∂T/∂label − ∂Payne/∂label, per dex.
+  """
+
+  payne: np.ndarray
+  transfer: np.ndarray
+  truth: np.ndarray
+  d_diff: np.ndarray
+
+
+def fig_line_identification(wave: np.ndarray, star: LineStar, removed, path: str | os.PathLike,
+                            *, elements: Sequence[str], title: str = "",
+                            offset: int = 47) -> str:
   """Fig. 12 for one star: the synthetic spectrum Payne(Y), T_synth→obs(Payne(Y)) against the
   truth, their difference with the removed features shaded by element, and the derivative
   differences ∂T/∂[X/H] − ∂Payne/∂[X/H] of `elements`, on the chip with most removed features.
 
   Args:
-    wave: [P] Å; x_payne, x_transfer, x_true: [P] raw flux; d_diff: [P, 25] per dex.
+    wave: [P] Å.
+    star: its spectra and derivative differences (`LineStar`).
     removed: `lines.Features` (7214 grid; `offset` = first pixel of `wave`).
   """
+  x_payne, x_transfer, x_true, d_diff = star.payne, star.transfer, star.truth, star.d_diff
   chips = chip_slices(wave)
   counts = [int(np.sum((removed.start - offset >= c.start) & (removed.start - offset < c.stop)))
             for c in chips]

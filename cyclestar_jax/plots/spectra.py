@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,15 +63,31 @@ def fig_spectra_panel(wave: np.ndarray, spectra: Mapping[str, np.ndarray],
   return _save(fig, path)
 
 
+@dataclasses.dataclass(frozen=True)
+class _ResidualKind:
+  """How a residual row is shown: r times `scale` in `unit`, axis label `ylabel`, ±1 reference
+  lines when `unit_lines` (residuals normalized by σ)."""
+
+  scale: float
+  unit: str
+  ylabel: str
+  unit_lines: bool
+
+
+_RELATIVE = _ResidualKind(100.0, "%", "(pred − x)/x (%)", unit_lines=False)  # Fig. 5
+_NORMALIZED = _ResidualKind(1.0, "", "(pred − x)/σ", unit_lines=True)  # Fig. 6
+
+
 def _residual_figure(wave: np.ndarray, example: Mapping[str, tuple[np.ndarray, dict]],
-                     rows: Sequence[tuple[str, np.ndarray]], *, scale: float, unit: str,
-                     ylabel: str, extra_stats: Sequence[str] | None, title: str,
-                     unit_lines: bool, path: str | os.PathLike) -> str:
+                     rows: Sequence[tuple[str, np.ndarray]], *, kind: _ResidualKind,
+                     extra_stats: Sequence[str] | None, title: str,
+                     path: str | os.PathLike) -> str:
   """Shared layout of Figs. 5 and 6: an example spectrum, then one residual row per model.
 
-  Each residual row shows the per-pixel median and 16–84% band of r [N, P] (times `scale`) with
-  bias and scatter (and `extra_stats[i]`) printed; `unit_lines` draws ±1 reference lines.
+  Each residual row shows the per-pixel median and 16–84% band of r [N, P] (times
+  `kind.scale`) with bias and scatter (and `extra_stats[i]`) printed.
   """
+  scale, unit, ylabel, unit_lines = kind.scale, kind.unit, kind.ylabel, kind.unit_lines
   fig = _figure(12.5, 2.3 + 2.0 * len(rows))
   grid = _chip_grid(fig, wave, 1 + len(rows), height_ratios=[1.25] + [1.0] * len(rows))
   handles = [_plot_chips(grid[0], wave, y, label=name, **kw) for name, (y, kw) in example.items()]
@@ -132,10 +149,8 @@ def fig_synthetic_residuals(wave: np.ndarray, x: np.ndarray, x_rec: np.ndarray,
   }  # fmt: skip
   rows = [(r"$X_{\mathrm{synth}\to\mathrm{synth}}$ vs $X_\mathrm{synth}$", r_rec),
           (r"$X_{\mathrm{synth}\to\mathrm{obs}\to\mathrm{synth}}$ vs $X_\mathrm{synth}$", r_cyc)]
-  return _residual_figure(wave, example, rows, scale=100.0, unit="%",
-                          ylabel="(pred − x)/x (%)", extra_stats=None,
-                          title=title or "Reconstruction of the synthetic domain",
-                          unit_lines=False, path=path)
+  return _residual_figure(wave, example, rows, kind=_RELATIVE, extra_stats=None,
+                          title=title or "Reconstruction of the synthetic domain", path=path)
 
 
 def fig_observed_residuals(wave: np.ndarray, x: np.ndarray, x_err: np.ndarray,
@@ -173,10 +188,8 @@ def fig_observed_residuals(wave: np.ndarray, x: np.ndarray, x_err: np.ndarray,
     q = metrics.fit_quality(r)
     extra.append(f"median χ²_R = {q['chi2r']:.2f} (|r| ≤ {CLIP:g}), {q['chi2r_all']:.2f} (all "
                  "pixels)")
-  return _residual_figure(wave, example, rows, scale=1.0, unit="", ylabel="(pred − x)/σ",
-                          extra_stats=extra,
-                          title=title or "Reconstruction of the observed domain",
-                          unit_lines=True, path=path)
+  return _residual_figure(wave, example, rows, kind=_NORMALIZED, extra_stats=extra,
+                          title=title or "Reconstruction of the observed domain", path=path)
 
 
 

@@ -65,31 +65,30 @@ class Job:
             else f"masked fraction {self.masked_fraction}")
 
 
-def run(out: str | Path, job: Job = Job(), *, overwrite: bool = False,
-        train_limit_s: float | None = None, progress: bool = True, log=print) -> dict:
+def run(out: str | Path, job: Job = Job(), options: stages.RunOptions | None = None) -> dict:
   """The line-identification job; returns metrics.json's dict (also written, with report.md and
   Figs. 12–14).
 
   Args:
     out: the run folder.
     job: the preset, n_iter, seed and masked fraction (`Job`; default: the cpu preset).
-    overwrite: start again in a run folder of another identity (`stages.open_run_folder`: only
-      the run's own files are removed).
-    train_limit_s: wall-clock bound of the Cycle-StarNet training (`stages.stage_cyclestarnet`;
-      None: the preset's).
-    progress: progress bars.
-    log: where the stage lines go.
+    options: `stages.RunOptions`: overwrite (start again in a run folder of another identity;
+      only the run's own files are removed), train_limit_s (wall-clock bound of the
+      Cycle-StarNet training, `stages.stage_cyclestarnet`; None: the preset's), progress bars
+      and where the stage lines go (None: the defaults).
   """
+  options = stages.RunOptions() if options is None else options
   p, world = job.get_preset(), job.world()  # both checked before the run folder is touched
   paths = stages.RunPaths(Path(out))
-  with stages.open_run_folder(paths, job.identity(p), {}, overwrite=overwrite, log=log):
-    return _stages(paths, p, job, world, train_limit_s=train_limit_s, progress=progress,
-                   log=log)
+  with stages.open_run_folder(paths, job.identity(p), {}, overwrite=options.overwrite,
+                              log=options.log):
+    return _stages(paths, p, job, world, options)
 
 
-def _stages(paths: stages.RunPaths, p: Preset, job: Job, world, *,
-            train_limit_s: float | None, progress: bool, log) -> dict:
+def _stages(paths: stages.RunPaths, p: Preset, job: Job, world,
+            options: stages.RunOptions) -> dict:
   """`run`'s stages, with the run folder locked; `world` is `job.world()`."""
+  progress, log = options.progress, options.log
   t0 = time.perf_counter()
   synth, obs, _ = stages.run_stage(paths, log, "data", stages.stage_data, paths, p, world=world,
                                    progress=progress)
@@ -97,7 +96,7 @@ def _stages(paths: stages.RunPaths, p: Preset, job: Job, world, *,
                                 progress=progress)
   model_dir, tr = stages.run_stage(paths, log, "cyclestarnet", stages.stage_cyclestarnet, paths,
                                    p, synth, obs, progress=progress,
-                                   time_limit_s=train_limit_s)
+                                   time_limit_s=options.train_limit_s)
   log("[derivatives] ...")
   m = evaluate.analyse(paths, p, world, obs, em_path, model_dir, seed=job.seed)
   m.update(preset=p.name, train_iterations=tr.get("iterations"),

@@ -91,7 +91,8 @@ def analyse(paths: stages.RunPaths, preset: Preset, world, obs_path: Path,
   found = lines.recovered_features(ds["synth_to_obs"][0], ds["payne"][0])
   detection = lines.detection_scores(found, removed)
   n_sens = min(256, len(y))
-  sens = lines.zsp_choice_sensitivity(mc, y[:n_sens], y_obs, z_obs, removed)
+  sens = lines.zsp_choice_sensitivity(mc, y[:n_sens], y_obs, z_obs,
+                                      lines.attribution_reducer(removed))
   x_true_ref = np.asarray(mock.truth_spectrum(y_ref[None]))[0]
   n_lab = min(sensitivity.N_STARS, len(y_obs))
   label_sens = sensitivity.label_sensitivity(mc, y_obs[:n_lab], x_obs[:n_lab], world)
@@ -166,9 +167,9 @@ def _figures(paths, ds, x_true_ref, removed, ref_att, rec, m) -> list[str]:
   fig.mkdir(parents=True, exist_ok=True)
   wave = wavelength()[N_DROP:]
   diff = ds["d_synth_to_obs"][0] - ds["d_payne"][0]  # [7167, 25]
+  star = plots.LineStar(ds["payne"][0], ds["synth_to_obs"][0], x_true_ref[N_DROP:], diff)
   out = [plots.fig_line_identification(
-      wave, ds["payne"][0], ds["synth_to_obs"][0], x_true_ref[N_DROP:], diff, removed,
-      fig / "fig12_line_identification.png",
+      wave, star, removed, fig / "fig12_line_identification.png",
       elements=FIG12_ELEMENTS, title="solar K giant (Teff 4750 K, log g 2.5, [X/H] = 0)")]
   out.append(plots.fig_recovery_map(
       np.asarray(rec["recovered_binned"]), np.asarray(rec["no_recovery_binned"]),

@@ -18,12 +18,13 @@ fractions finished so far (the others as "pending" or "started").
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cyclestar_jax import plots
@@ -229,25 +230,27 @@ def _check_sweep_folder(out: Path, ident: dict, overwrite: bool) -> None:
 
 def sweep(out: str | Path, fractions: Sequence[float], *, preset: str = "cpu",
           n_iter: int | None = None, seed: int = 0, spec: str | None = None,
-          overwrite: bool = False, train_limit_s: float | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> dict:
+          options: stages.RunOptions | None = None) -> dict:
   """Run `new_lines.run` for each masked fraction in its own subfolder and write Table 1.
 
   Args:
     out: the sweep folder (module docstring).
     fractions: masked fractions in (0, 1), e.g. `parse_sweep("0.1:0.9:0.1")`.
-    preset, n_iter, seed, train_limit_s: of every fraction's job (`new_lines.run`).
+    preset, n_iter, seed: of every fraction's job (`new_lines.run`).
     spec: the `--sweep` text, recorded in sweep.json.
-    overwrite: delete a sweep folder (or a fraction's folder) of another identity instead of
-      refusing it; folders of this identity are resumed either way.
-    progress: the jobs' progress bars.
-    log: where the progress lines go (one per fraction: k of n, elapsed, ETA).
+    options: `stages.RunOptions` (None: the defaults) of the sweep and every fraction's job:
+      overwrite, delete a sweep folder (or a fraction's folder) of another identity instead of
+      refusing it (folders of this identity are resumed either way); train_limit_s, of every
+      job; progress, the jobs' progress bars; log, where the progress lines go (one per
+      fraction: k of n, elapsed, ETA).
 
   Returns:
     sweep.json's dict: identity, fractions, rows (one per fraction, `COLUMNS`), n_done,
     elapsed_s (this invocation's wall time), wall_s_total (with the earlier invocations', as
     recorded at their last save), figure.
   """
+  options = stages.RunOptions() if options is None else options
+  overwrite, log = options.overwrite, options.log
   fractions = [round(float(f), _DECIMALS) for f in fractions]
   if not fractions:
     raise ValueError("--sweep: no fraction to run")
@@ -298,9 +301,8 @@ def sweep(out: str | Path, fractions: Sequence[float], *, preset: str = "cpu",
     rows[k - 1]["status"] = "started"
     save()
     t_f = time.perf_counter()
-    m = new_lines.run(out / d, new_lines.Job(preset, n_iter, seed, f), overwrite=overwrite,
-                      train_limit_s=train_limit_s, progress=progress,
-                      log=lambda s, d=d: log(f"  {d} {s}"))
+    m = new_lines.run(out / d, new_lines.Job(preset, n_iter, seed, f), dataclasses.replace(
+        options, log=lambda s, d=d: log(f"  {d} {s}")))
     ran.append(time.perf_counter() - t_f)
     if not resuming:
       fresh.append(ran[-1])

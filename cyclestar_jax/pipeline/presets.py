@@ -86,21 +86,14 @@ def _fits(batch: int, max_iter: int, *, csn_max_iter: int | None = None, chunk: 
 
 _TABLE2 = _config.get_config("kurucz_to_apogee_1")
 
-# cpu: widths between smoke and Table 2, lr 1e-3 × 0.7 at 5/6 of the run, generator weights
-# averaged (EMA, window ~500 iterations) for evaluation and fits. Batch 8, the paper's: on the
-# CPU a step costs the same per spectrum at batch 8, 16 and 32 (234 / 478 / 939 ms, memory-bound
-# transposed convolutions), and 4× the updates close the gap faster in the same time (paired
-# val χ² 2.25 after 3,000 iterations at batch 8 against 2.72 after 900 at batch 32, both ~15
-# min; benchmarks/README.md). 6,000 iterations: 13.9 min on the 2-core CPU of session 5, where
-# they gave Eq. 9 / Eq. 11 χ²_R 1.48 and an Eq. 11 mean normalized residual −0.042 against 1.38
-# and −0.059 at 3,000. The training also stops at 15 minutes of wall clock
-# (`Preset.train_limit_s`), so a slower machine still keeps the budget (with fewer iterations).
-# z_sh keeps Table 2's 25 channels (12 until session 8). Over three z_sh-25 runs against two
-# z_sh-12 runs (2-core CPU, the same 6,000 iterations in the same time) the χ² ratio was 1.48–1.51
-# against 1.39–1.47 and the Eq. 11 mean normalized residual −0.035…−0.039 against −0.048…−0.049;
-# the label scatter and box-edge share moved within their spread, which the emulator's
-# time-limited training alone makes ~17 K in Eq. 11's Teff (benchmarks/README.md, "z_sh 25
-# against 12, two seeds").
+# cpu: widths between smoke and Table 2, lr 1e-3 × 0.7 at 5/6 of the run, the generator's
+# moving average (EMA, window ~500 iterations) for evaluation and fits. Batch 8, the paper's: on
+# the CPU a step costs the same per spectrum at batch 8 to 32 (memory-bound transposed
+# convolutions), so the smallest batch gives the most updates in the same time. 6,000 iterations
+# fill the 15 minutes of a 2-core CPU; the training also stops at 15 minutes of wall clock
+# (`train_limit_s`), so a slower machine keeps the budget with fewer iterations. z_sh keeps
+# Table 2's 25 channels (a better χ² ratio than 12 at the same cost). The measurements behind
+# each choice: benchmarks/README.md ("cpu preset research", "z_sh 25 against 12, two seeds").
 _CPU_CYCLE = dataclasses.replace(
     _TABLE2, name="cpu", filters_dom=(16, 32), filters_sh=(32, 64, 64), zsh_filters=25,
     filters_sp=(16, 16, 16), critic_filters_x=(8, 16, 16, 32, 32),
@@ -109,10 +102,9 @@ _CPU_CYCLE = dataclasses.replace(
     gen_ema_decay=0.998, n_iter=6000)
 
 # long: the cpu preset's networks and data trained 20k iterations, the learning rate halved at 6k
-# and 8.5k (about two hours of two CPU cores): where Eq. 11's labels keep improving after the
-# paired χ² has flattened (benchmarks/README.md, "Training length"). Its first 10k iterations are
-# those of the 10k-iteration run of session 9 (same boundaries, so that run resumed exactly).
-# Every checkpoint is kept for the label curve; the package's pretrained weights come from it.
+# and 8.5k (about two hours of two CPU cores): Eq. 11's labels keep improving long after the
+# paired χ² has flattened (benchmarks/README.md, "Training length"). Every checkpoint is kept for
+# the label curve; the package's pretrained weights come from this preset.
 _LONG_CYCLE = dataclasses.replace(
     _CPU_CYCLE, name="long", n_iter=20000, lr_boundaries_gen=(6000, 8500),
     lr_boundaries_critic=(6000, 8500), lr_decay_gen=0.5, lr_decay_critic=0.5)
@@ -186,29 +178,17 @@ NEW_LINES_PRESETS: dict[str, Preset] = {
         PRESETS["paper"], name="paper",
         cycle=dataclasses.replace(_NL, mask_synth_lines=False), n_fit=100_000, n_eval=1000),
 }
-# cpu: λ_synth 3, λ_obs 9 (the APOGEE experiment's weights), not new_lines_1's 90/90. At 90/90
-# the critics win from iteration ~300 (accuracy 1.0, Eq. 4 loss 5e-4) and the transfer never
-# restores the missing lines in 3,000 iterations (recovery error 8.85 % against 6.88 % without
-# recovery); at 3/9 the game stays alive (critic accuracy ~0.8) and the same 3,000 iterations
-# restore them (0.99 %; benchmarks/README.md, "new_lines"). The paper preset keeps 90/90.
-# The main job's 6,000 iterations (lr × 0.7 at 5,000): recovery 0.82 % and attribution 17 %
-# against 0.99 % and 13 % at 3,000.
+# cpu: λ_synth 3, λ_obs 9 (the APOGEE experiment's weights), not new_lines_1's 90/90: at 90/90
+# the critics win early and the transfer never restores the missing lines on a CPU's budget; at
+# 3/9 the game stays alive and it does. The paper preset keeps 90/90.
 # cpu and smoke: the grid term (λ_grid 3, `Config.lambda_grid`; not in the paper), autoencoder
 # only (`grid_cycle` off): the synthetic autoencoder also learns payne_grid.h5, whose abundances
-# vary on their own, so the shared latent keeps an Fe direction apart from the other metals.
-# Same seed, 2-core CPU: Fe attribution 8.7 % → 19 %, all features 14 % → 24 %, recovery 0.83 %
-# → 0.84 %, 6,000 iterations in 14 min. With the grid cycle too: Fe 20 %, all 23 %, recovery
-# 1.32 %, 4,948 iterations, and the observed decoder's gains fell further
-# (benchmarks/README.md, "The grid term"). The paper preset keeps the paper's loss.
-# z_sh 12 channels here, though the main job's cpu preset now has Table 2's 25: on this job
-# (before the grid term) 25 channels gave attribution 13 % against 17 % (one run each;
-# benchmarks/README.md, "new_lines: the critics won").
-# mask_synth_lines is off: the mock's missing-line synthetic files already have the world's
-# selection at the continuum, and the flag would add the paper's own 30 % (`total_mask`) on top,
-# so that at any other --masked-fraction the networks would train on other synthetic spectra
-# than those the emulator (The Payne of the analysis) learned.
-# n_fit here: label sets whose derivative spectra are reduced (Fig. 13); n_eval: observed
-# stars whose z_sp are the pool for the "nearest" choice.
+# vary on their own, so the shared latent keeps an Fe direction apart from the other metals (the
+# Fe attribution about doubles; with the grid cycle too the observed decoder's gains fall). The
+# paper preset keeps the paper's loss.
+# z_sh 12 channels here, though the main job's cpu preset has Table 2's 25: on this job 25 gave a
+# lower attribution. Measurements: benchmarks/README.md ("new_lines", "The grid term",
+# "new_lines: the critics won").
 NEW_LINES_PRESETS["smoke"] = dataclasses.replace(
     NEW_LINES_PRESETS["smoke"], emulator=EmulatorTrainConfig(max_epochs=20, time_limit_s=20.0,
                                                              batch_size=64,

@@ -153,10 +153,10 @@ def fit_metrics(paths: RunPaths, sp_test, em, cycle, y_true: np.ndarray | None
     model = fit_models(stem, res.y, xo, em, cycle)
     if FIT_METHODS[stem][0] == "synth":
       x_os = obs_to_synth(cycle, xo) if x_os is None else x_os
-      r = metrics.normalized_residual(model, x_os, np.full_like(x_os, ERROR_FLOOR),
+      r = metrics.normalized_residual(x_os, model, np.full_like(x_os, ERROR_FLOOR),
                                       good[:n])
-    else:
-      r = metrics.normalized_residual(model, xo[:, N_DROP:], err[:n], good[:n])
+    else:  # data minus model, (x − model)/σ: the paper's Fig. 8 and `fitting.FitResult`
+      r = metrics.normalized_residual(xo[:, N_DROP:], model, err[:n], good[:n])
     q = metrics.fit_quality(r)
     at_edge = (res.flags & fitting.FLAGS["AT_BOUND"]) > 0
     m = {"chi2r": q["chi2r"], "chi2r_all": q["chi2r_all"],

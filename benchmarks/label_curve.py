@@ -2,8 +2,8 @@
 scored against the mock world's truth, beside the trainer's paired χ² and the label gains
 (`pipeline.curve`), as JSON; Eq. 9 with the same emulator and stars once, as the bar to beat.
 
-  python -m benchmarks.label_curve RUN_DIR [--n 256] [--every 3000] [--max-iter 100]
-      [--out FILE.json]
+  python -m benchmarks.label_curve RUN_DIR [--n 256] [--every 3000 | --steps 20000,12000]
+      [--max-iter 100] [--out FILE.json]
 
 RUN_DIR is an `experiments.apogee` run folder on the mock world whose preset keeps its
 checkpoints (`--preset long`). Rows already in `--out` are kept (the script resumes), and the
@@ -39,9 +39,12 @@ def fit_row(stem: str, em, cycle, sp, y_true: np.ndarray, max_iter: int) -> dict
   return {**curve.label_errors_row(res.y, y_true, edge), "fit_seconds": time.perf_counter() - t0}
 
 
-def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict):
+def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict,
+        steps: list[int] | None = None):
   """The curve of the module docstring, extending `done` (a previous output) in place; yields
-  it after the Eq. 9 row and after every checkpoint's row, so the caller can save as it goes."""
+  it after the Eq. 9 row and after every checkpoint's row, so the caller can save as it goes.
+  `steps` (None: every kept multiple of `every`, oldest first) picks the checkpoints, in that
+  order."""
   em = load_emulator(run_dir / "emulator" / "emulator.npz")
   model_dir = run_dir / "model"
   with h5io.SpectraFile(run_dir / "data" / "obs.h5") as f:
@@ -55,8 +58,10 @@ def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict):
     yield done
   chi2 = curve.paired_chi2_by_step(model_dir)
   ns = curve.N_CURVE_STARS
-  for step in curve.kept_steps(model_dir):
-    if step % every or step in rows:
+  kept = curve.kept_steps(model_dir)
+  order = [k for k in kept if k % every == 0] if steps is None else [k for k in steps if k in kept]
+  for step in order:
+    if step in rows:
       continue
     cycle = checkpoint.load_cycle_model(model_dir, step=step)
     row = {"step": step, "paired_val_chi2": chi2.get(step),
@@ -74,12 +79,15 @@ def main() -> None:
   p.add_argument("run_dir", type=Path)
   p.add_argument("--n", type=int, default=256, help="test stars fitted")
   p.add_argument("--every", type=int, default=3000, help="use checkpoints at multiples of this")
+  p.add_argument("--steps", default=None,
+                 help="comma-separated checkpoints, fitted in this order (None: --every)")
   p.add_argument("--max-iter", type=int, default=100, help="accepted L-BFGS steps per fit")
   p.add_argument("--out", type=Path, default=None, help="JSON file (resumed if present)")
   a = p.parse_args()
   done = json.loads(a.out.read_text()) if a.out and a.out.is_file() else {}
   done.update(run_dir=str(a.run_dir), n=a.n, max_iter=a.max_iter, labels=list(curve.CURVE_LABELS))
-  for state in run(a.run_dir, a.n, a.every, a.max_iter, done):
+  steps = None if a.steps is None else [int(k) for k in a.steps.split(",")]
+  for state in run(a.run_dir, a.n, a.every, a.max_iter, done, steps):
     if a.out:
       atomic_write_text(a.out, json.dumps(state, indent=1) + "\n")
   print(json.dumps(done, indent=1))

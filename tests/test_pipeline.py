@@ -73,6 +73,29 @@ def test_smoke_writes_every_key_and_file(smoke_run):
   assert any("report.md" in line for line in lines)
 
 
+def test_smoke_metrics_are_within_stated_bounds(smoke_run):
+  """The smoke run's numbers, not only its keys. Bounds are loose (a 60-iteration Cycle-StarNet
+  and a 20-second emulator) but each says what a broken stage would break:"""
+  _, m, _ = smoke_run
+  # The synthetic autoencoder reconstructs normalized flux to a few per cent after 60 iterations
+  # (measured: bias −0.006, scatter 0.021); a wrong standardization or decoder gives ≳ 0.1.
+  for k in ("synth_rec", "synth_cycle"):
+    assert abs(m[f"{k}_bias"]) < 0.02 and 0 < m[f"{k}_scatter"] < 0.05, k
+  # The mock world's gap without any transfer: the paired val χ²_R of x_synth against x_obs is
+  # a property of the world (measured 2.90), above its noise floor and far below a mismatch.
+  assert m["mock_floor_chi2r"] < m["paired_untransferred_chi2r"] < 6.0
+  # Normalized residuals are in units of σ: finite and of order one to a few.
+  assert 0 < m["obs_rec_norm_scatter"] < 10 and abs(m["obs_rec_norm_bias"]) < 3
+  # Eq. 9 with the emulator on 8 stars: χ²_R near the mock's floor times the model gap
+  # (measured 2.99), its residual centred (data minus model, |mean| measured 0.014), Teff within
+  # a few hundred K of the truth (scatter measured 115 K).
+  assert m["mock_floor_chi2r"] < m["fit_emulator_chi2r"] < 8.0
+  assert abs(m["fit_emulator_mean_norm_resid"]) < 0.3
+  eq9 = m["label_errors"]["Eq. 9 (Payne)"]
+  assert eq9["Teff"]["n"] == 8 and eq9["Teff"]["scatter"] < 400 and abs(eq9["Teff"]["bias"]) < 400
+  assert np.isfinite(m["chi2r_ratio_eq9_over_eq11"]) and m["chi2r_ratio_eq9_over_eq11"] > 0
+
+
 def test_rerun_skips_the_stages_done(smoke_run):
   out, m, _ = smoke_run
   lines = run_job("apogee", "--preset", "smoke", "--out", str(out))

@@ -59,7 +59,10 @@ def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict,
   chi2 = curve.paired_chi2_by_step(model_dir)
   ns = curve.N_CURVE_STARS
   kept = curve.kept_steps(model_dir)
-  order = [k for k in kept if k % every == 0] if steps is None else [k for k in steps if k in kept]
+  if steps is not None and set(steps) - set(kept):
+    raise ValueError(f"{model_dir}: no checkpoint at --steps {sorted(set(steps) - set(kept))}; "
+                     f"kept: {kept}")
+  order = [k for k in kept if k % every == 0] if steps is None else list(steps)
   for step in order:
     if step in rows:
       continue

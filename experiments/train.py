@@ -44,13 +44,12 @@ import jax
 from cyclestar_jax import (
     cli,
     config,
-    metrics_log,
     parallel,
-    plots,
     rundir,
     trainer,
     validation,
 )
+from cyclestar_jax.pipeline import stages
 
 _LOOP = trainer.LoopConfig()
 DEFAULT_LAMBDA_GRID = 3.0  # --grid without --lambda-grid: the APOGEE experiment's λ_synth
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
       rundir.clean_temporary(args.out)
     summary = _train(args, cfg)
     if jax.process_index() == 0 and not summary["already_complete"]:
-      _plot_progress(args.out)
+      stages.draw_training_progress(args.out)
   if jax.process_index() == 0:
     if summary["already_complete"]:
       print(f"{args.out}: run already complete at step {summary['step']} (--n-iter "
@@ -138,12 +137,6 @@ def main(argv: list[str] | None = None) -> dict:
                       **{k: summary["train"].get(k) for k in ("rec_synth", "rec_obs",
                                                               "cc_synth", "cc_obs", "it_per_s")}}))
   return summary
-
-
-def _plot_progress(out: str) -> None:
-  """OUT/training_progress.png (Fig. B1) from OUT/metrics.jsonl."""
-  log = metrics_log.read_metrics(Path(out) / metrics_log.FILE_NAME)
-  plots.plot_progress(log, Path(out) / "training_progress.png")
 
 
 def _train(args: argparse.Namespace, cfg: config.Config) -> dict:

@@ -102,9 +102,10 @@ _CPU_CYCLE = dataclasses.replace(
     gen_ema_decay=0.998, n_iter=6000)
 
 # long: the cpu preset's networks and data trained 20k iterations, the learning rate halved at 6k
-# and 8.5k (about two hours of two CPU cores): Eq. 11's labels keep improving long after the
-# paired χ² has flattened (benchmarks/README.md, "Training length"). Every checkpoint is kept for
-# the label curve; the package's pretrained weights come from this preset.
+# and 8.5k (about two hours of two CPU cores): the label gains and the χ² ratio keep rising after
+# the paired χ² has flattened (benchmarks/README.md, "Training length", which also says what this
+# schedule did not improve). Every checkpoint is kept for the label curve; the package's
+# pretrained weights come from this preset.
 _LONG_CYCLE = dataclasses.replace(
     _CPU_CYCLE, name="long", n_iter=20000, lr_boundaries_gen=(6000, 8500),
     lr_boundaries_critic=(6000, 8500), lr_decay_gen=0.5, lr_decay_critic=0.5)

@@ -321,8 +321,7 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
                          dataclasses.replace(preset.loop, time_limit_s=left), resume=resume,
                          progress=progress)
   if jax.process_index() == 0 and not result["already_complete"]:
-    log = metrics_log.read_metrics(paths.model / metrics_log.FILE_NAME)
-    plots.plot_progress(log, paths.model / "training_progress.png")
+    draw_training_progress(paths.model)
   seconds = before + time.perf_counter() - t0
   info = {"iterations": int(result["step"]), "n_iter": cfg.n_iter,
           "stopped": result.get("stopped", "n_iter"), "time_limit_s": time_limit_s,
@@ -330,6 +329,15 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
           "grid_file": None if grid is None else str(grid), "config": dataclasses.asdict(cfg)}
   _write_json(done, info)
   return paths.model, {"skipped": False, **info}
+
+
+def draw_training_progress(model_dir: str | Path) -> str | None:
+  """model_dir/training_progress.png (Fig. B1) from the trainer's model_dir/metrics.jsonl; the
+  trainer draws no figure, so its callers (this stage, `experiments/train.py`) call this.
+  Returns the figure's path, or None while the log has no train line."""
+  model_dir = Path(model_dir)
+  log = metrics_log.read_metrics(model_dir / metrics_log.FILE_NAME)
+  return plots.plot_progress(log, model_dir / "training_progress.png")
 
 
 def time_limit_note(train_info: dict) -> str:

@@ -173,7 +173,7 @@ def check_distributed_args(p: argparse.ArgumentParser, args: argparse.Namespace)
 # The options every staged job (experiments.apogee, experiments.new_lines) shares.
 
 PRESETS = ("smoke", "cpu", "paper")
-# Presets of one job only: the main job's `long` (the cpu preset trained longer, 10k iterations).
+# Presets of one job only: the main job's `long` (the cpu preset trained longer, 24k iterations).
 JOB_PRESETS = {"apogee": ("smoke", "cpu", "long", "paper")}
 
 
@@ -182,8 +182,8 @@ def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
   default run folder is runs/<job>_<preset>."""
   p.add_argument("--preset", choices=JOB_PRESETS.get(job, PRESETS), default=None,
                  help="smoke: minutes, for tests; cpu: ≤ 25 min on 2 CPU cores; long (main "
-                      "job): the cpu preset trained 10k iterations, lr halved twice, about an "
-                      "hour on 2 cores; paper: "
+                      "job): the cpu preset trained 24k iterations, lr halved at 10k and 20k, "
+                      "about 2¼ hours on 2 cores; paper: "
                       "Table 2 and the paper's schedule (GPU); None: paper on a GPU, cpu on a CPU")
   p.add_argument("--out", default=None, help=f"run folder; None: runs/{job}_<preset>")
   p.add_argument("--n-iter", type=int, default=None,

@@ -402,13 +402,19 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
   with h5io.SpectraFile(obs_path) as f:
     n = min(preset.n_fit, f.n("test"))
     sp = f.read("test", 0, n)
+  # One fitter per method: Eq. 9 with and without The Payne's mask share a compiled program.
+  fitters: dict[str, fitting.LabelFitter] = {}
   for stem in todo:
     method, use_mask = FIT_METHODS[stem]
     msk = sp.x_msk
     if use_mask:  # The Payne's spectroscopic mask: True = masked (Kurucz deviates > 2 %)
       msk = msk & ~payne_mask()[None, :]
-    cfg = dataclasses.replace(preset.csn_fit if method == "obs" else preset.fit, method=method)
-    fitter = fitting.LabelFitter(em, cfg, cycle_model=None if method == "emulator" else cycle)
+    if method not in fitters:
+      cfg = dataclasses.replace(preset.csn_fit if method == "obs" else preset.fit,
+                                method=method)
+      fitters[method] = fitting.LabelFitter(em, cfg,
+                                            cycle_model=None if method == "emulator" else cycle)
+    fitter = fitters[method]
     t0 = time.perf_counter()
     res = fitter.fit(sp.x, sp.x_err, msk, y_start=sp.y, progress=progress,
                      desc=f"fit {FIT_TITLES[stem]}")

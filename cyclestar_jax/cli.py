@@ -173,8 +173,16 @@ def check_distributed_args(p: argparse.ArgumentParser, args: argparse.Namespace)
 # The options every staged job (experiments.apogee, experiments.new_lines) shares.
 
 PRESETS = ("smoke", "cpu", "paper")
-# Presets of one job only: the main job's `long` (the cpu preset trained longer, 24k iterations).
+# Presets of one job only: the main job's `long` (the cpu preset trained longer).
 JOB_PRESETS = {"apogee": ("smoke", "cpu", "long", "paper")}
+# The long preset's iterations and learning-rate boundaries, for --help (this module stays free
+# of JAX, so it cannot import `pipeline.presets`; a test keeps the two equal).
+LONG_N_ITER, LONG_LR_BOUNDARIES = 24000, (10000, 20000)
+
+
+def _k(n: int) -> str:
+  """12000 → "12k"."""
+  return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
@@ -182,7 +190,8 @@ def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
   default run folder is runs/<job>_<preset>."""
   p.add_argument("--preset", choices=JOB_PRESETS.get(job, PRESETS), default=None,
                  help="smoke: minutes, for tests; cpu: ≤ 25 min on 2 CPU cores; long (main "
-                      "job): the cpu preset trained 24k iterations, lr halved at 10k and 20k, "
+                      f"job): the cpu preset trained {_k(LONG_N_ITER)} iterations, lr halved at "
+                      f"{' and '.join(_k(b) for b in LONG_LR_BOUNDARIES)}, "
                       "about 2¼ hours on 2 cores; paper: "
                       "Table 2 and the paper's schedule (GPU); None: paper on a GPU, cpu on a CPU")
   p.add_argument("--out", default=None, help=f"run folder; None: runs/{job}_<preset>")

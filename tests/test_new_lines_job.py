@@ -88,6 +88,10 @@ def test_one_get_preset_serves_both_jobs():
 
   for job, table in presets.JOB_PRESETS.items():
     assert tuple(table) == cli.JOB_PRESETS.get(job, cli.PRESETS), job
+  long = presets.PRESETS["long"].cycle  # what `--preset`'s help says of it
+  assert (cli.LONG_N_ITER, cli.LONG_LR_BOUNDARIES) == (long.n_iter, long.lr_boundaries_gen)
+  assert long.lr_boundaries_critic == long.lr_boundaries_gen
+  assert long.lr_decay_gen == long.lr_decay_critic == 0.5  # "halved"
   nl = presets.get_preset("cpu", job="new_lines")
   assert nl is NEW_LINES_PRESETS["cpu"] and nl.cycle.name == "new_lines_cpu"
   assert presets.get_preset("cpu") is presets.PRESETS["cpu"]

@@ -87,7 +87,8 @@ def _fits(batch: int, max_iter: int, *, csn_max_iter: int | None = None, chunk: 
 _TABLE2 = _config.get_config("kurucz_to_apogee_1")
 
 # cpu: widths between smoke and Table 2, lr 1e-3 × 0.7 at 5/6 of the run, the generator's
-# moving average (EMA, window ~500 iterations) for evaluation and fits. Batch 8, the paper's: on
+# moving average (EMA) for evaluation and fits: decay min(0.998, (1 + t)/(10 + t)), so its
+# window, (10 + t)/9 iterations, grows to 500 at t ≈ 4,490 and stays there. Batch 8, the paper's: on
 # the CPU a step costs the same per spectrum at batch 8 to 32 (memory-bound transposed
 # convolutions), so the smallest batch gives the most updates in the same time. 6,000 iterations
 # fill the 15 minutes of a 2-core CPU; the training also stops at 15 minutes of wall clock

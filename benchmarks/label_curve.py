@@ -28,6 +28,18 @@ from cyclestar_jax.pipeline import curve
 METHOD = {"eq9": "emulator", "eq11": "obs"}
 
 
+def load_test_stars(run_dir: Path, n: int):
+  """(emulator, the first n test spectra of the observed domain, their true labels [n, 25], the
+  mock world) of a mock-world run folder (n is capped at the test split's size)."""
+  em = load_emulator(run_dir / "emulator" / "emulator.npz")
+  with h5io.SpectraFile(run_dir / "data" / "obs.h5") as f:
+    n = min(n, f.n("test"))
+    sp = f.read("test", 0, n)
+    y_true = f.extra("labels_true", "test", 0, n)
+    world = mock.WorldConfig.from_json_dict(f.attrs["world"])
+  return em, sp, y_true, world
+
+
 def fit_row(stem: str, em, cycle, sp, y_true: np.ndarray, max_iter: int) -> dict:
   """Fits of one method to the spectra `sp`, scored by `curve.label_errors_row`."""
   cfg = fitting.FitConfig(method=METHOD[stem], starts=("catalogue",), batch_size=256,
@@ -45,13 +57,8 @@ def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict,
   it after the Eq. 9 row and after every checkpoint's row, so the caller can save as it goes.
   `steps` (None: every kept multiple of `every`, oldest first) picks the checkpoints, in that
   order."""
-  em = load_emulator(run_dir / "emulator" / "emulator.npz")
+  em, sp, y_true, world = load_test_stars(run_dir, n)
   model_dir = run_dir / "model"
-  with h5io.SpectraFile(run_dir / "data" / "obs.h5") as f:
-    n = min(n, f.n("test"))
-    sp = f.read("test", 0, n)
-    y_true = f.extra("labels_true", "test", 0, n)
-    world = mock.WorldConfig.from_json_dict(f.attrs["world"])
   rows = {r["step"]: r for r in done.get("rows", [])}
   if "eq9" not in done:
     done["eq9"] = fit_row("eq9", em, None, sp, y_true, max_iter)

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import emit_json
-from cyclestar_jax import fitting, h5io, metrics
-from cyclestar_jax.emulator import load_emulator
+from benchmarks.label_curve import load_test_stars
+from cyclestar_jax import fitting, metrics
 from cyclestar_jax.pipeline.evaluate import _observed_weights, fit_models
 from cyclestar_jax.resources import N_DROP
 
@@ -40,12 +40,8 @@ METHOD = {"eq9": "emulator", "eq11": "obs"}
 def run(run_dir: Path, n: int, methods: list[str], free_sets: list[str], starts: tuple[str, ...],
         max_iter: int) -> dict:
   """The fits of the module docstring; returns {f"{method}/{free}": statistics}."""
-  em = load_emulator(run_dir / "emulator" / "emulator.npz")
+  em, sp, y_true, _ = load_test_stars(run_dir, n)
   cycle = fitting.load_cycle_model(run_dir / "model")
-  with h5io.SpectraFile(run_dir / "data" / "obs.h5") as f:
-    n = min(n, f.n("test"))
-    sp = f.read("test", 0, n)
-    y_true = f.extra("labels_true", "test", 0, n)
   err, good = _observed_weights(sp)
   out = {}
   for stem in methods:

@@ -26,9 +26,8 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks.label_curve import fit_row
-from cyclestar_jax import checkpoint, h5io, mock, trainer
-from cyclestar_jax.emulator import load_emulator
+from benchmarks.label_curve import fit_row, load_test_stars
+from cyclestar_jax import checkpoint, trainer
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.metrics_log import read_metrics
 from cyclestar_jax.pipeline import curve
@@ -47,16 +46,15 @@ def probe_config(args: argparse.Namespace):
 
 
 def seed_from(model: Path, source: str) -> None:
-  """model/checkpoints/STEP and the metrics lines up to STEP from `source` ("MODEL_DIR:STEP")."""
+  """model/checkpoints/STEP and the metrics log from `source` ("MODEL_DIR:STEP")."""
   src, step = source.rsplit(":", 1)
   src_ckpt = Path(src) / "checkpoints" / step
   if not src_ckpt.is_dir():
     raise SystemExit(f"--from {source}: no checkpoint {src_ckpt}")
   (model / "checkpoints").mkdir(parents=True)
   shutil.copytree(src_ckpt, model / "checkpoints" / step)
-  lines = [ln for ln in (Path(src) / "metrics.jsonl").read_text().splitlines()
-           if ln.strip() and json.loads(ln).get("step", 0) <= int(step)]
-  atomic_write_text(model / "metrics.jsonl", "\n".join(lines) + "\n")
+  # The whole log: the trainer drops its lines after the step it resumes from.
+  shutil.copyfile(Path(src) / "metrics.jsonl", model / "metrics.jsonl")
 
 
 def main() -> None:
@@ -92,12 +90,7 @@ def main() -> None:
   res = trainer.train(cfg, files, model, loop, resume=(model / "checkpoints").is_dir())
   print(f"trained to step {res['step']} in {time.perf_counter() - t0:.0f} s", flush=True)
 
-  em = load_emulator(args.data / "emulator" / "emulator.npz")
-  with h5io.SpectraFile(data / "obs.h5") as f:
-    n = min(args.n, f.n("test"))
-    sp = f.read("test", 0, n)
-    y_true = f.extra("labels_true", "test", 0, n)
-    world = mock.WorldConfig.from_json_dict(f.attrs["world"])
+  em, sp, y_true, world = load_test_stars(args.data, args.n)
   out_json = args.out / "probe.json"
   done = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
   done.update(args={k: str(v) for k, v in vars(args).items()},

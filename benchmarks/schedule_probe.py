@@ -12,8 +12,9 @@ RUN_DIR is an `experiments.apogee` run on the mock world (its data/ and emulator
 probes of a table should share one emulator). `--from` copies one checkpoint of another training
 (`RUN/model:STEP`) and goes on from it: the learning-rate schedule is a function of the step, so
 a probe that differs from a finished run only after step S need not repeat the first S
-iterations. OUT/probe.json keeps one row per fitted step; a rerun trains on from OUT's newest
-checkpoint and fits only the steps not yet there. Measurements: benchmarks/README.md ("The cpu
+iterations. OUT/probe.json keeps the options and one row per fitted step; a rerun with the same
+options (but --n-iter and --fit-steps) trains on from OUT's newest checkpoint and fits only the
+steps not yet there; other options are refused. Measurements: benchmarks/README.md ("The cpu
 preset's 15 minutes").
 """
 
@@ -57,6 +58,30 @@ def seed_from(model: Path, source: str) -> None:
   shutil.copyfile(Path(src) / "metrics.jsonl", model / "metrics.jsonl")
 
 
+# Options that may change between the runs of one probe folder: more steps to fit, a longer run.
+FREE_ARGS = ("fit_steps", "n_iter")
+
+
+def open_probe(out_json: Path, model: Path, args: argparse.Namespace) -> dict:
+  """OUT/probe.json's content, written first for a new probe; a rerun must have the same options
+  but `FREE_ARGS` (its rows and checkpoints were made with them), else SystemExit."""
+  ident = {k: str(v) for k, v in vars(args).items() if k not in FREE_ARGS}
+  if out_json.is_file():
+    done = json.loads(out_json.read_text())
+    diff = {k: (done["args"].get(k), v) for k, v in ident.items() if done["args"].get(k) != v}
+    if diff:
+      raise SystemExit(f"{out_json}: made with other options (was, now): {diff}; choose another "
+                       "OUT")
+    return done
+  if (model / "checkpoints").is_dir():
+    raise SystemExit(f"{model / 'checkpoints'} exists without {out_json}: not a probe folder; "
+                     "choose another OUT")
+  done = {"args": ident, "rows": {}}
+  args.out.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(out_json, json.dumps(done, indent=1))
+  return done
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("out", type=Path)
@@ -78,7 +103,8 @@ def main() -> None:
   for f in ("synth.h5", "obs.h5") + (("payne_grid.h5",) if args.grid else ()):
     if not (data / f).is_file():
       raise SystemExit(f"--data {args.data}: no {data / f}")
-  model = args.out / "model"
+  model, out_json = args.out / "model", args.out / "probe.json"
+  done = open_probe(out_json, model, args)
   if args.source and not (model / "checkpoints").is_dir():
     seed_from(model, args.source)
 
@@ -91,11 +117,8 @@ def main() -> None:
   print(f"trained to step {res['step']} in {time.perf_counter() - t0:.0f} s", flush=True)
 
   em, sp, y_true, world = load_test_stars(args.data, args.n)
-  out_json = args.out / "probe.json"
-  done = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
-  done.update(args={k: str(v) for k, v in vars(args).items()},
-              it_per_s=[(d["step"], d["it_per_s"]) for d in read_metrics(model / "metrics.jsonl")
-                        ["train"] if "it_per_s" in d])
+  done["it_per_s"] = [(d["step"], d["it_per_s"])
+                      for d in read_metrics(model / "metrics.jsonl")["train"] if "it_per_s" in d]
   chi2, ns = curve.paired_chi2_by_step(model), curve.N_CURVE_STARS
   for step in [int(s) for s in args.fit_steps.split(",") if s] or [args.n_iter]:
     if str(step) in done["rows"]:

@@ -197,17 +197,15 @@ def render_readme(meta: dict) -> str:
               "scatter, scatter = half the 16–84 width):", "",
               "| iterations | Teff (K) | log g | [Fe/H] | at box edge | paired val χ² |",
               "| --- | --- | --- | --- | --- | --- |"]
+    def cells(r: dict) -> str:  # a curve row's labels and box edge (`curve.label_errors_row`)
+      return (f"{r['Teff_bias']:+.0f} ± {r['Teff_scatter']:.0f} | "
+              f"{r['logg_bias']:+.2f} ± {r['logg_scatter']:.2f} | "
+              f"{r['Fe_H_bias']:+.3f} ± {r['Fe_H_scatter']:.3f} | {100 * r['at_box_edge']:.1f} %")
     for r in rows:
       chi2 = "–" if r.get("paired_val_chi2") is None else f"{r['paired_val_chi2']:.2f}"
-      lines.append(f"| {r['step']} | {r['Teff_bias']:+.0f} ± {r['Teff_scatter']:.0f} | "
-                   f"{r['logg_bias']:+.2f} ± {r['logg_scatter']:.2f} | "
-                   f"{r['Fe_H_bias']:+.3f} ± {r['Fe_H_scatter']:.3f} | "
-                   f"{100 * r['at_box_edge']:.1f} % | {chi2} |")
+      lines.append(f"| {r['step']} | {cells(r)} | {chi2} |")
     e9 = meta.get("curve_eq9")
     if e9:
-      lines.append(f"| Eq. 9 | {e9['Teff_bias']:+.0f} ± {e9['Teff_scatter']:.0f} | "
-                   f"{e9['logg_bias']:+.2f} ± {e9['logg_scatter']:.2f} | "
-                   f"{e9['Fe_H_bias']:+.3f} ± {e9['Fe_H_scatter']:.3f} | "
-                   f"{100 * e9['at_box_edge']:.1f} % | |")
+      lines.append(f"| Eq. 9, same stars, start and step cap | {cells(e9)} | |")
     lines.append("")
   return "\n".join(lines)

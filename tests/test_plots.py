@@ -124,3 +124,23 @@ def test_emulator_residuals_skip_masked_pixels(tmp_path):
     warnings.simplefilter("error")
     plots.plot_emulator_residuals(res, tmp_path / "m.png", wavelength=_wave(300))
   _check("m.png", tmp_path)
+
+
+def test_percentile_band_is_nanpercentile():
+  """The one-sort band equals NumPy's nanpercentile (linear interpolation) per pixel, with
+  non-finite values left out, a pixel with none finite NaN, and one value per pixel its own."""
+  rng = np.random.default_rng(3)
+  for shape in [(40, 300), (1, 20), (2, 15)]:
+    r = rng.normal(size=shape).astype(np.float32)
+    r[rng.random(shape) < 0.2] = np.nan
+    r[:, 0] = np.nan
+    r[:, -1] = np.inf
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      want = np.nanpercentile(np.where(np.isfinite(r), r, np.nan), [16, 50, 84], axis=0)
+    got = plots.percentile_band(r)
+    assert got.shape == (3, shape[1])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert np.isnan(got[:, 0]).all() and np.isnan(got[:, -1]).all()
+  np.testing.assert_allclose(plots.percentile_band(np.array([[1.0, np.nan], [3.0, 2.0]])),
+                             [[1.32, 2.0], [2.0, 2.0], [2.68, 2.0]])

@@ -133,15 +133,15 @@ def fig_fit_residuals(wave: np.ndarray, resid_a: np.ndarray, resid_b: np.ndarray
   cbar.set_label("(x − model)/σ")
   prof = grid[2]
   handles = []
-  for (name, r), c in zip(rs.items(), ("C0", "C3"), strict=True):
-    band = percentile_band(r)
+  bands = {name: percentile_band(r) for name, r in rs.items()}
+  for (name, band), c in zip(bands.items(), ("C0", "C3"), strict=True):
     handles.append(_band_chips(prof, wave, band[0], band[2], color=c, alpha=0.25,
                                label=f"{name}: 16–84%"))
     handles.append(_plot_chips(prof, wave, band[1], color=c, lw=0.5, label=f"{name}: median"))
   _hline_chips(prof, 0.0, color="k", lw=0.6)
   for s in (-1.0, 1.0):
     _hline_chips(prof, s, color="0.4", lw=0.6, ls=":")
-  lim = max(_sym_limit(*[percentile_band(r)[[0, 2]] for r in rs.values()], pad=1.15), 2.0)
+  lim = max(_sym_limit(*[band[[0, 2]] for band in bands.values()], pad=1.15), 2.0)
   prof[0].set_ylim(-lim, lim)
   prof[0].set_ylabel("(x − model)/σ")
   _row_title(prof, "per pixel over all spectra")

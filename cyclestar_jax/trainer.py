@@ -72,6 +72,14 @@ _LOSS_KEYS = (losses.GEN_TERMS + losses.CRITIC_TERMS
 _MAX_DEFAULT_STEPS_PER_CALL = 10  # accelerators: iterations per compiled call by default
 
 
+def _limits_text(loop: LoopConfig) -> str:
+  """The loop's wall-clock bounds in words, e.g. "900 s; a 1,300 s budget less 1,800 its"."""
+  parts = [] if loop.time_limit_s is None else [f"{loop.time_limit_s:.0f} s"]
+  if loop.budget_s is not None:
+    parts.append(f"a {loop.budget_s:,.0f} s budget less {loop.reserve_iters:,} iterations")
+  return "; ".join(parts)
+
+
 class TrainingDiverged(RuntimeError):
   """`max_skipped` consecutive iterations had a non-finite loss or gradient norm."""
 
@@ -98,6 +106,12 @@ class LoopConfig:
     time_limit_s: wall-clock seconds for the training loop (compilation excluded): the run
       stops at the first call that ends past it, validated and checkpointed as at the end, and
       says so in "stopped". A resumed run gets the limit afresh. One process only. None: none.
+    budget_s, reserve_iters: a second wall-clock bound, for a job with work after the training
+      (a main job's fits and report, whose cost on a machine follows its training speed): the
+      loop also stops, as at `time_limit_s`, after the first call that leaves less than
+      `reserve_iters` iterations' worth of time (at the loop's mean rate so far, validations
+      and checkpoints included) of `budget_s` seconds from its start. One process only.
+      None / 0: none.
     data_on_device: "yes": hold both training splits, standardized, on every device
       (`parallel.stage_on_devices`, `StagedRunner`: each step gathers its batch there from row
       indices, so no spectrum crosses the host–device link during training); "no": stream
@@ -118,6 +132,8 @@ class LoopConfig:
   max_skipped: int = 100
   n_iter: int | None = None
   time_limit_s: float | None = None
+  budget_s: float | None = None
+  reserve_iters: int = 0
   data_on_device: str = "auto"
   paired_val: bool | str | None = None
 
@@ -132,10 +148,14 @@ class LoopConfig:
     if self.n_iter is not None and (isinstance(self.n_iter, bool) or not isinstance(
         self.n_iter, (int, np.integer)) or self.n_iter < 0):
       raise ValueError(f"n_iter must be an integer ≥ 0, got {self.n_iter!r}")
-    t = self.time_limit_s
-    if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool)
-                              and math.isfinite(t) and t > 0):
-      raise ValueError(f"time_limit_s must be a number of seconds > 0, got {t!r}")
+    for name in ("time_limit_s", "budget_s"):
+      t = getattr(self, name)
+      if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool)
+                                and math.isfinite(t) and t > 0):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {t!r}")
+    r = self.reserve_iters
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
+      raise ValueError(f"reserve_iters must be an integer ≥ 0, got {r!r}")
     if self.data_on_device not in ("auto", "yes", "no"):
       raise ValueError(f"data_on_device must be 'auto', 'yes' or 'no', got "
                        f"{self.data_on_device!r}")
@@ -343,8 +363,9 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
     runner: `StagedRunner` or `StreamedRunner` (anything with `calls(state, start, stop, loop)`).
     state: the replicated `TrainState` at `start` (donated to the first call).
     loop: the loop's settings, `n_iter` set (`LoopConfig.resolve`). With `time_limit_s` the loop
-      stops after the first call that ends that many seconds after it started (then logs,
-      validates and checkpoints as at the end).
+      stops after the first call that ends that many seconds after it started, with `budget_s`
+      after the first that leaves too little of the budget (`out_of_time`); then it logs,
+      validates and checkpoints as at the end.
     ckpt: the run's checkpointer.
     val: the validation (evaluation and batch), or None (no validation).
     log_path: metrics.jsonl (None: another process writes it).
@@ -359,7 +380,7 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
   if loop.n_iter is None:
     raise ValueError("run_loop needs loop.n_iter; resolve the LoopConfig first")
   n_iter = loop.n_iter
-  deadline = None if loop.time_limit_s is None else time.perf_counter() + loop.time_limit_s
+  t_start = time.perf_counter()
   watch = SkipWatch(loop.max_skipped)
   history: list[dict] = []
   pending: dict | None = None  # metrics of the last call, not yet seen by the watch
@@ -399,7 +420,7 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
         last_val = _log_val(val.evaluate, state, val.batch, done, log_path)
       if done % loop.ckpt_every == 0:
         save_if_good()
-      if deadline is not None and done < n_iter and time.perf_counter() >= deadline:
+      if done < n_iter and out_of_time(loop, time.perf_counter() - t_start, done - start):
         break
   except KeyboardInterrupt:  # Ctrl-C: keep the step reached, then stop
     if done > start and done % loop.ckpt_every:
@@ -420,6 +441,17 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
     if done % loop.ckpt_every:
       save_if_good()
   return state, done, last_train, last_val
+
+
+def out_of_time(loop: LoopConfig, elapsed_s: float, iterations: int) -> bool:
+  """Whether a loop `elapsed_s` seconds after its start, `iterations` iterations done, has
+  reached `loop.time_limit_s`, or has less than `loop.reserve_iters` iterations' worth of time
+  (at its mean rate so far) left of `loop.budget_s`."""
+  if loop.time_limit_s is not None and elapsed_s >= loop.time_limit_s:
+    return True
+  if loop.budget_s is None or iterations <= 0:
+    return False
+  return elapsed_s * (1.0 + loop.reserve_iters / iterations) >= loop.budget_s
 
 
 def _restore(ckpt: checkpoint.Checkpointer, cfg: Config, mesh, key, resume: bool, out: Path):
@@ -492,9 +524,9 @@ def train(cfg: Config, files: TrainFiles, out_dir, loop: LoopConfig = LoopConfig
     module docstring. TrainingDiverged: `loop.max_skipped` consecutive non-finite steps.
   """
   out = Path(out_dir)
-  if loop.time_limit_s is not None and jax.process_count() > 1:
-    raise ValueError("time_limit_s is for one process: processes stopping on their own "
-                     "clocks would stop at different steps; use n_iter")
+  if (loop.time_limit_s is not None or loop.budget_s is not None) and jax.process_count() > 1:
+    raise ValueError("time_limit_s and budget_s are for one process: processes stopping on "
+                     "their own clocks would stop at different steps; use n_iter")
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(cfg.batch_size, mesh)
   loop = loop.resolve(cfg.n_iter, mesh.devices.flat[0].platform)
@@ -512,7 +544,7 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, loop: LoopConfig, *
   """`train` once the stream is open (it closes the stream)."""
   paths = stream.paths()
   usable = stream.check_usable()
-  n_iter, time_limit_s = loop.n_iter, loop.time_limit_s
+  n_iter = loop.n_iter
   paired_opt = validation.paired_val_option(loop.paired_val)
   val_batch = validation.validation_rows(paths["synth"], paths["obs"], cfg, loop.val_rows)
   paired, paired_reason = (validation.decide_paired_val(paths["synth"], paths["obs"], paired_opt)
@@ -569,7 +601,7 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, loop: LoopConfig, *
     ckpt.close()
   stopped = "n_iter" if done >= n_iter else "time_limit"
   if lead and stopped == "time_limit":
-    print(f"{cfg.name}: stopped at the time limit ({time_limit_s:.0f} s) after {done} of "
+    print(f"{cfg.name}: stopped at the time limit ({_limits_text(loop)}) after {done} of "
           f"{n_iter} iterations; the newest checkpoint holds step {done}", file=sys.stderr)
   return {**summary, "step": done, "train": last_train, "val": last_val, "stopped": stopped}
 

@@ -386,6 +386,44 @@ def test_time_limit_stops_the_loop_checkpointed_and_logged(tmp_path):
   assert stages.time_limit_note({"stopped": "n_iter"}) == ""
 
 
+def test_budget_leaves_reserve_iterations_of_time():
+  """`out_of_time`: the budget stops the loop once what is left of it holds fewer than
+  reserve_iters iterations at the mean rate so far (hand numbers: 0.25 s/it, 1,800 reserved
+  = 450 s); the hard limit stops it on its own; no iteration yet, no rate, no stop."""
+  loop = trainer.LoopConfig(budget_s=1300.0, reserve_iters=1800)
+  assert not trainer.out_of_time(loop, 849.0, 3396)  # 849 + 449.5 < 1300
+  assert trainer.out_of_time(loop, 850.0, 3400)  # 850 + 450 = 1300
+  assert not trainer.out_of_time(loop, 5000.0, 0)
+  both = dataclasses.replace(loop, time_limit_s=900.0)
+  assert trainer.out_of_time(both, 900.0, 7000) and not trainer.out_of_time(both, 899.0, 7000)
+  assert not trainer.out_of_time(trainer.LoopConfig(), 1e9, 10)
+  for bad in (-1, 1.5, True):
+    with pytest.raises(ValueError, match="reserve_iters must be an integer ≥ 0"):
+      trainer.LoopConfig(reserve_iters=bad)
+  with pytest.raises(ValueError, match="budget_s must be a number of seconds > 0"):
+    trainer.LoopConfig(budget_s=0.0)
+  # in the loop: 0.02 s per call, a 0.3 s budget, 5 iterations reserved → ~10 calls, not 100
+  _, done, _, _ = trainer.run_loop(
+      _SlowRunner([[0]] * 100, 0.02), None, 0,
+      _n(trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50), 100, budget_s=0.3,
+         reserve_iters=5), ckpt=_FakeCheckpointer())
+  assert 5 <= done <= 14
+  from cyclestar_jax.pipeline import presets, stages
+  note = stages.time_limit_note({"stopped": "time_limit", "time_limit_s": 900.0,
+                                 "budget_s": 1266.0, "reserve_iters": 1800, "seconds": 790.0,
+                                 "iterations": 2840, "n_iter": 6000})
+  assert note.startswith("Training stopped at the job's time budget (1266 s were left for the "
+                         "training, less 1,800 iterations' worth") and "2840 of 6000" in note
+  note = stages.time_limit_note({"stopped": "time_limit", "time_limit_s": 900.0,
+                                 "budget_s": 1266.0, "reserve_iters": 1800, "seconds": 915.0,
+                                 "iterations": 3359, "n_iter": 6000})
+  assert note.startswith("Training stopped at its time limit (900 s) after 3359 of 6000")
+  cpu = presets.PRESETS["cpu"]
+  assert stages.training_budget(cpu, None, 174.0) == cpu.job_limit_s - 174.0
+  assert stages.training_budget(cpu, 3600.0, 174.0) is None  # --train-limit-s rules alone
+  assert stages.training_budget(presets.PRESETS["long"], None, 174.0) is None
+
+
 @pytest.mark.filterwarnings("ignore:step .*(non-finite metrics|checkpoint not written)")
 def test_consecutive_skipped_steps_stop_the_loop(tmp_path):
   """max_skipped skipped iterations in a row stop the loop, naming the first and its loss terms;

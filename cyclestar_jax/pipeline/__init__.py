@@ -197,9 +197,10 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, options: RunOptions) -> dict:
   else:
     emulator_path, em_info = Path(emulator), {"skipped": True, "given": str(emulator)}
   if model is None:
+    budget = stages.training_budget(p, train_limit_s, time.perf_counter() - t_all)
     model_dir, tr_info = stage("cyclestarnet", stages.stage_cyclestarnet, paths, p, synth_path,
                                obs_path, progress=progress, time_limit_s=train_limit_s,
-                               grid=grid)
+                               budget_s=budget, grid=grid)
   else:
     model_dir, tr_info = Path(model), {"given": str(model)}
   ckpt_info = job.given.get("model_checkpoint") or stages.model_checkpoint(

@@ -51,6 +51,12 @@ class Preset:
     n_eval: test spectra per domain for the reconstruction statistics and t-SNE.
     train_limit_s: wall-clock bound of the Cycle-StarNet training, earlier interrupted attempts
       included (None: none); `--train-limit-s` replaces it.
+    job_limit_s: wall-clock aim of the whole job, counted from the start of its stages (None:
+      none): the training also stops when what is left of it would not hold `reserve_iters`
+      training iterations' worth of time (`trainer.LoopConfig.budget_s`), the fits' and the
+      report's cost measured in the machine's own training speed, so a slow machine gives up
+      iterations rather than the aim. `--train-limit-s` turns it off.
+    reserve_iters: see `job_limit_s`.
   """
 
   name: str
@@ -63,6 +69,8 @@ class Preset:
   n_fit: int
   n_eval: int
   train_limit_s: float | None = None
+  job_limit_s: float | None = None
+  reserve_iters: int = 0
 
 
 def _loop(val_every: int, ckpt_every: int, keep: int = 3) -> LoopConfig:
@@ -92,7 +100,10 @@ _TABLE2 = _config.get_config("kurucz_to_apogee_1")
 # the CPU a step costs the same per spectrum at batch 8 to 32 (memory-bound transposed
 # convolutions), so the smallest batch gives the most updates in the same time. 6,000 iterations
 # fill the 15 minutes of a 2-core CPU; the training also stops at 15 minutes of wall clock
-# (`train_limit_s`), so a slower machine keeps the budget with fewer iterations. z_sh keeps
+# (`train_limit_s`), and earlier where the job's 24 minutes (`job_limit_s`, a minute under the
+# aim) would not leave the fits and the report 1,800 iterations' worth of time: what they took
+# on a 3–4 it/s machine (486 s at 0.27 s/it; 1,250 its on a 7 it/s one, where the 15 minutes
+# bind first). So a slower machine keeps the budget with fewer iterations. z_sh keeps
 # Table 2's 25 channels (a better χ² ratio than 12 at the same cost). The measurements behind
 # each choice: benchmarks/README.md ("cpu preset research", "z_sh 25 against 12, two seeds").
 _CPU_CYCLE = dataclasses.replace(
@@ -125,7 +136,7 @@ PRESETS: dict[str, Preset] = {
         EmulatorTrainConfig(max_epochs=300, time_limit_s=120.0, batch_size=256),
         _CPU_CYCLE, _loop(val_every=500, ckpt_every=500),
         **_fits(256, 300, csn_max_iter=100, chunk=64, csn_starts=("catalogue",)),
-        n_fit=256, n_eval=256, train_limit_s=900.0),
+        n_fit=256, n_eval=256, train_limit_s=900.0, job_limit_s=1440.0, reserve_iters=1800),
     "long": Preset(
         "long", DataSizes(6000, 512, 512),
         EmulatorTrainConfig(max_epochs=300, time_limit_s=360.0, batch_size=256),
@@ -176,7 +187,7 @@ NEW_LINES_PRESETS: dict[str, Preset] = {
                                   zsh_filters=12, zsp_filters=1, lambda_synth=3.0,
                                   lambda_obs=9.0, mask_synth_lines=False, lambda_grid=3.0,
                                   grid_cycle=False),
-        n_fit=2000, n_eval=256),
+        n_fit=2000, n_eval=256, job_limit_s=None, reserve_iters=0),  # its own stages' costs
     "paper": dataclasses.replace(
         PRESETS["paper"], name="paper",
         cycle=dataclasses.replace(_NL, mask_synth_lines=False), n_fit=100_000, n_eval=1000),

@@ -295,6 +295,7 @@ def stage_emulator(paths: RunPaths, preset: Preset, synth_path: Path, *,
 
 def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_path: Path, *,
                        progress: bool = True, time_limit_s: float | None = None,
+                       budget_s: float | None = None,
                        grid: Path | None = None) -> tuple[Path, dict]:
   """Cycle-StarNet trained to the preset's n_iter, resuming an interrupted run (skipped when
   done.json says it finished).
@@ -302,7 +303,9 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   `time_limit_s` (None: the preset's `train_limit_s`) bounds the training's wall clock, earlier
   interrupted attempts included: the run stops at the limit (`trainer.train`), is final
   (done.json) and says so ("stopped": "time_limit", "iterations" below n_iter). The
-  learning-rate boundaries are not moved.
+  learning-rate boundaries are not moved. `budget_s` (None: none) is what is left of the job's
+  `job_limit_s`: the training also stops when less than the preset's `reserve_iters` iterations'
+  worth of it is left (`trainer.LoopConfig.budget_s`).
 
   Returns:
     (the run directory, {"iterations", "n_iter", "stopped", "seconds", "val", ...}).
@@ -317,18 +320,32 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   if time_limit_s is None:
     time_limit_s = preset.train_limit_s
   left = None if time_limit_s is None else max(1.0, time_limit_s - before)
-  result = trainer.train(cfg, trainer.TrainFiles(synth_path, obs_path, grid), paths.model,
-                         dataclasses.replace(preset.loop, time_limit_s=left), resume=resume,
-                         progress=progress)
+  loop = dataclasses.replace(preset.loop, time_limit_s=left)
+  if budget_s is not None:
+    loop = dataclasses.replace(loop, budget_s=max(1.0, budget_s),
+                               reserve_iters=preset.reserve_iters)
+  result = trainer.train(cfg, trainer.TrainFiles(synth_path, obs_path, grid), paths.model, loop,
+                         resume=resume, progress=progress)
   if jax.process_index() == 0 and not result["already_complete"]:
     draw_training_progress(paths.model)
   seconds = before + time.perf_counter() - t0
   info = {"iterations": int(result["step"]), "n_iter": cfg.n_iter,
           "stopped": result.get("stopped", "n_iter"), "time_limit_s": time_limit_s,
+          "budget_s": budget_s, "reserve_iters": loop.reserve_iters if budget_s else None,
           "seconds": seconds, "resumed": resume, "val": result.get("val", {}),
           "grid_file": None if grid is None else str(grid), "config": dataclasses.asdict(cfg)}
   _write_json(done, info)
   return paths.model, {"skipped": False, **info}
+
+
+def training_budget(preset: Preset, train_limit_s: float | None,
+                    elapsed_s: float) -> float | None:
+  """Seconds of the preset's `job_limit_s` left for the training and what follows it, after
+  `elapsed_s` seconds of the job's earlier stages; None without a job limit or when the user
+  gave the training's own limit (`--train-limit-s`, which then rules alone)."""
+  if preset.job_limit_s is None or train_limit_s is not None:
+    return None
+  return preset.job_limit_s - elapsed_s
 
 
 def draw_training_progress(model_dir: str | Path) -> str | None:
@@ -344,9 +361,13 @@ def time_limit_note(train_info: dict) -> str:
   """A sentence for the report when the training stopped at its time limit, else ""."""
   if not isinstance(train_info, dict) or train_info.get("stopped") != "time_limit":
     return ""
-  return (f"Training stopped at its time limit ({train_info.get('time_limit_s', 0):.0f} s) after "
-          f"{train_info.get('iterations')} of {train_info.get('n_iter')} iterations; the "
-          "learning-rate boundaries were not moved.")
+  limit, budget = train_info.get("time_limit_s"), train_info.get("budget_s")
+  by_budget = budget is not None and (limit is None or train_info.get("seconds", 0) < 0.98 * limit)
+  why = (f"the job's time budget ({budget:.0f} s were left for the training, less "
+         f"{train_info.get('reserve_iters') or 0:,} iterations' worth of time for the fits and "
+         "the report)" if by_budget else f"its time limit ({limit or 0:.0f} s)")
+  return (f"Training stopped at {why} after {train_info.get('iterations')} of "
+          f"{train_info.get('n_iter')} iterations; the learning-rate boundaries were not moved.")
 
 
 def _train_seconds(model_dir: Path) -> float:

@@ -109,8 +109,9 @@ class LoopConfig:
     budget_s, reserve_iters: a second wall-clock bound, for a job with work after the training
       (a main job's fits and report, whose cost on a machine follows its training speed): the
       loop also stops, as at `time_limit_s`, after the first call that leaves less than
-      `reserve_iters` iterations' worth of time (at the loop's mean rate so far, validations
-      and checkpoints included) of `budget_s` seconds from its start. One process only.
+      `reserve_iters` iterations' worth of time (at the loop's mean rate since its first call,
+      which warms up, validations and checkpoints included) of `budget_s` seconds from its
+      start. One process only.
       None / 0: none.
     data_on_device: "yes": hold both training splits, standardized, on every device
       (`parallel.stage_on_devices`, `StagedRunner`: each step gathers its batch there from row
@@ -381,6 +382,7 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
     raise ValueError("run_loop needs loop.n_iter; resolve the LoopConfig first")
   n_iter = loop.n_iter
   t_start = time.perf_counter()
+  t_first, n_first = None, start  # the end of the first call: the rate is measured from there
   watch = SkipWatch(loop.max_skipped)
   history: list[dict] = []
   pending: dict | None = None  # metrics of the last call, not yet seen by the watch
@@ -420,7 +422,11 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
         last_val = _log_val(val.evaluate, state, val.batch, done, log_path)
       if done % loop.ckpt_every == 0:
         save_if_good()
-      if done < n_iter and out_of_time(loop, time.perf_counter() - t_start, done - start):
+      now = time.perf_counter()
+      if t_first is None:
+        t_first, n_first = now, done
+      rate = (now - t_first) / (done - n_first) if done > n_first else None
+      if done < n_iter and out_of_time(loop, now - t_start, rate):
         break
   except KeyboardInterrupt:  # Ctrl-C: keep the step reached, then stop
     if done > start and done % loop.ckpt_every:
@@ -443,15 +449,15 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
   return state, done, last_train, last_val
 
 
-def out_of_time(loop: LoopConfig, elapsed_s: float, iterations: int) -> bool:
-  """Whether a loop `elapsed_s` seconds after its start, `iterations` iterations done, has
-  reached `loop.time_limit_s`, or has less than `loop.reserve_iters` iterations' worth of time
-  (at its mean rate so far) left of `loop.budget_s`."""
+def out_of_time(loop: LoopConfig, elapsed_s: float, s_per_iter: float | None) -> bool:
+  """Whether a loop `elapsed_s` seconds after its start has reached `loop.time_limit_s`, or
+  has less than `loop.reserve_iters` iterations' worth of time left of `loop.budget_s` at
+  `s_per_iter` seconds per iteration (None: not measured yet, no budget stop)."""
   if loop.time_limit_s is not None and elapsed_s >= loop.time_limit_s:
     return True
-  if loop.budget_s is None or iterations <= 0:
+  if loop.budget_s is None or s_per_iter is None:
     return False
-  return elapsed_s * (1.0 + loop.reserve_iters / iterations) >= loop.budget_s
+  return elapsed_s + loop.reserve_iters * s_per_iter >= loop.budget_s
 
 
 def _restore(ckpt: checkpoint.Checkpointer, cfg: Config, mesh, key, resume: bool, out: Path):

@@ -388,15 +388,16 @@ def test_time_limit_stops_the_loop_checkpointed_and_logged(tmp_path):
 
 def test_budget_leaves_reserve_iterations_of_time():
   """`out_of_time`: the budget stops the loop once what is left of it holds fewer than
-  reserve_iters iterations at the mean rate so far (hand numbers: 0.25 s/it, 1,800 reserved
-  = 450 s); the hard limit stops it on its own; no iteration yet, no rate, no stop."""
+  reserve_iters iterations at the measured rate (hand numbers: 0.25 s/it, 1,800 reserved
+  = 450 s); the hard limit stops it on its own; no rate yet, no budget stop. In the loop the
+  first call (compilation, warm-up) is not part of the rate."""
   loop = trainer.LoopConfig(budget_s=1300.0, reserve_iters=1800)
-  assert not trainer.out_of_time(loop, 849.0, 3396)  # 849 + 449.5 < 1300
-  assert trainer.out_of_time(loop, 850.0, 3400)  # 850 + 450 = 1300
-  assert not trainer.out_of_time(loop, 5000.0, 0)
+  assert not trainer.out_of_time(loop, 849.0, 0.25)  # 849 + 450 < 1300
+  assert trainer.out_of_time(loop, 850.0, 0.25)  # 850 + 450 = 1300
+  assert not trainer.out_of_time(loop, 5000.0, None)
   both = dataclasses.replace(loop, time_limit_s=900.0)
-  assert trainer.out_of_time(both, 900.0, 7000) and not trainer.out_of_time(both, 899.0, 7000)
-  assert not trainer.out_of_time(trainer.LoopConfig(), 1e9, 10)
+  assert trainer.out_of_time(both, 900.0, 1e-3) and not trainer.out_of_time(both, 899.0, 1e-3)
+  assert not trainer.out_of_time(trainer.LoopConfig(), 1e9, 10.0)
   for bad in (-1, 1.5, True):
     with pytest.raises(ValueError, match="reserve_iters must be an integer ≥ 0"):
       trainer.LoopConfig(reserve_iters=bad)
@@ -408,6 +409,18 @@ def test_budget_leaves_reserve_iterations_of_time():
       _n(trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50), 100, budget_s=0.3,
          reserve_iters=5), ckpt=_FakeCheckpointer())
   assert 5 <= done <= 14
+
+  class _SlowFirstCall(_SlowRunner):  # a first call as slow as 40 ordinary ones
+    def calls(self, state, start, stop, loop):
+      for i, item in enumerate(super().calls(state, start, stop, loop)):
+        time.sleep(0.8 if i == 0 else 0.0)
+        yield item
+
+  _, done, _, _ = trainer.run_loop(
+      _SlowFirstCall([[0]] * 100, 0.02), None, 0,
+      _n(trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50), 100, budget_s=1.4,
+         reserve_iters=5), ckpt=_FakeCheckpointer())
+  assert 15 <= done <= 30  # (1.4 − 0.82 − 5 · 0.02) / 0.02 ≈ 24 more calls after the first
   from cyclestar_jax.pipeline import presets, stages
   note = stages.time_limit_note({"stopped": "time_limit", "time_limit_s": 900.0,
                                  "budget_s": 1266.0, "reserve_iters": 1800, "seconds": 790.0,

@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--tol", type=float, default=_DEFAULTS.lbfgs.tol,
                  help="relative χ² decrease the L-BFGS model expects, below which a fit has "
                       "converged")
+  p.add_argument("--no-precondition", action="store_true",
+                 help="plain L-BFGS in the labels, without the Gauss-Newton diagonal scaling "
+                      "(the fits of versions before it; resumes their unfinished jobs)")
   p.add_argument("--resume", action="store_true",
                  help="continue an interrupted job from OUT.parts/")
   p.add_argument("--overwrite", action="store_true",
@@ -86,7 +89,8 @@ def build_config(args: argparse.Namespace) -> FitConfig:
   return FitConfig(method=args.method, starts=_names(args.starts), n_grid=args.n_grid,
                    free_labels=_names(args.free_labels), fit_rv=args.fit_rv,
                    batch_size=args.batch_size, chunk_size=args.chunk_size,
-                   lbfgs=LBFGSOptions(max_iter=args.max_iter, tol=args.tol, max_evals=max(
+                   lbfgs=LBFGSOptions(max_iter=args.max_iter, tol=args.tol,
+                                      precondition=not args.no_precondition, max_evals=max(
                        _DEFAULTS.lbfgs.max_evals, 2 * args.max_iter)))
 
 

@@ -89,6 +89,19 @@ def _finalize_one(obj: Objective, params, x, w, aux, theta, free):
   return jnp.sum(w * r * r), jnp.sum(norm_r) / jnp.maximum(n_good, 1), n_good, gn_r
 
 
+def gauss_newton_scale(obj: Objective, params, x, w, aux, u, free) -> jax.Array:
+  """The diagonal preconditioner d [n] of one spectrum x, w [n_pix] at u [n]: the square root
+  of the Gauss–Newton Hessian's diagonal of χ² in u, 2·Σ_p w_p (∂model_p/∂u_i)², floored at
+  1e-8 of its largest entry (1 everywhere where it is all zero or not finite). A fit in v = d·u
+  has a unit Hessian diagonal near u: the labels' very different leverage on the spectrum
+  (Teff against a weak-lined element) no longer sets the pace of L-BFGS."""
+  jac = jax.jacfwd(lambda v: obj.model(params, aux, theta_of_u(v)))(u) * free  # [n_pix, n]
+  h = 2.0 * jnp.sum(w[:, None] * jac * jac, axis=0)
+  top = jnp.max(h)
+  ok = jnp.isfinite(top) & (top > 0)
+  return jnp.where(ok, jnp.sqrt(jnp.maximum(h, 1e-8 * jnp.where(ok, top, 1.0))), 1.0)
+
+
 def best_start(f: jax.Array, tie_tol: float) -> tuple[jax.Array, jax.Array]:
   """The winning start of each row of χ² f [C, K]: the first start (in `start_names` order)
   whose χ² is within tie_tol·max(|min|, 1) of the lowest finite one, so starts that reached
@@ -119,9 +132,9 @@ def make_chunk_fit(obj: Objective, opts: LBFGSOptions, n_slots: int, n_starts: i
   """
   K = n_starts
 
-  def fun(params, row, u):
-    x, w, aux = row
-    return obj.chi2(params, x, w, aux, theta_of_u(u))
+  def fun(params, row, v):
+    x, w, aux, d = row
+    return obj.chi2(params, x, w, aux, theta_of_u(v / d))
 
   queue = make_queue_minimizer(fun, opts, n_slots, n_starts)
 
@@ -138,7 +151,14 @@ def make_chunk_fit(obj: Objective, opts: LBFGSOptions, n_slots: int, n_starts: i
     x_f, w_f, aux = blockwise(
         lambda a, b: jax.tree.map(lambda t: t[0], obj.prepare(params, a[None], b[None])),
         n_valid, block, (x, w), like)
-    res = queue(params, (x_f, w_f, aux), u0, job_ids, n_jobs, u_fallback, free)
+    # The minimizer works in v = d·u, d from the first start (`gauss_newton_scale`), or d = 1.
+    d = jnp.ones((C, n), x.dtype)
+    if opts.precondition:
+      d = blockwise(lambda a, b, c, u: gauss_newton_scale(obj, params, a, b, c, u, free),
+                    n_valid, block, (x_f, w_f, aux, u0[:, 0]), d)
+    res = queue(params, (x_f, w_f, aux, d), u0 * d[:, None], job_ids, n_jobs,
+                u_fallback * d[:, None], free)
+    res["u"] = (res["u"].reshape(C, K, n) / d[:, None]).reshape(C * K, n)
     f = res["f"].reshape(C, K)
     best, has_fit = best_start(f, tie_tol)
     rows = jnp.arange(C)

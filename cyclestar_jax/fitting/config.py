@@ -88,9 +88,12 @@ class FitConfig:
 
   def record(self) -> dict:
     """The settings as one flat JSON-ready dict, `lbfgs`'s fields at the top level: the layout
-    of job.json and results files written before `lbfgs` was nested (so their jobs resume)."""
+    of job.json and results files written before `lbfgs` was nested (so their jobs resume).
+    `precondition` is recorded only when on: an older record, which lacks it, describes
+    unpreconditioned fits."""
     d = dataclasses.asdict(self)
-    return {**{k: v for k, v in d.items() if k != "lbfgs"}, **d["lbfgs"]}
+    lb = {k: v for k, v in d["lbfgs"].items() if k != "precondition" or v}
+    return {**{k: v for k, v in d.items() if k != "lbfgs"}, **lb}
 
   @property
   def n_starts(self) -> int:

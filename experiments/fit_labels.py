@@ -69,9 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--tol", type=float, default=_DEFAULTS.lbfgs.tol,
                  help="relative χ² decrease the L-BFGS model expects, below which a fit has "
                       "converged")
-  p.add_argument("--no-precondition", action="store_true",
-                 help="plain L-BFGS in the labels, without the Gauss-Newton diagonal scaling "
-                      "(the fits of versions before it; resumes their unfinished jobs)")
+  p.add_argument("--precondition", action="store_true",
+                 help="scale each label by the Gauss-Newton Hessian's diagonal at the start "
+                      "(lower χ² within a step cap; more weak labels on the box edge)")
   p.add_argument("--resume", action="store_true",
                  help="continue an interrupted job from OUT.parts/")
   p.add_argument("--overwrite", action="store_true",
@@ -90,7 +90,7 @@ def build_config(args: argparse.Namespace) -> FitConfig:
                    free_labels=_names(args.free_labels), fit_rv=args.fit_rv,
                    batch_size=args.batch_size, chunk_size=args.chunk_size,
                    lbfgs=LBFGSOptions(max_iter=args.max_iter, tol=args.tol,
-                                      precondition=not args.no_precondition, max_evals=max(
+                                      precondition=args.precondition, max_evals=max(
                        _DEFAULTS.lbfgs.max_evals, 2 * args.max_iter)))
 
 

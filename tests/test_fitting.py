@@ -179,9 +179,11 @@ def _tame(em: Emulator, seed: int = 0) -> Emulator:
   return Emulator(params=params, y_min=em.y_min, y_max=em.y_max)
 
 
-def test_matches_scipy_bounded_least_squares(emu):
+@pytest.mark.parametrize("precondition", [False, True])
+def test_matches_scipy_bounded_least_squares(emu, precondition):
   """The optimum equals scipy's bounded least squares (float64, independent model code, exact
-  Jacobian, same start), including a star whose best fit sits on a bound of the box."""
+  Jacobian, same start), including a star whose best fit sits on a bound of the box, with and
+  without the Gauss–Newton diagonal scaling (`LBFGSOptions.precondition`)."""
   from scipy.optimize import least_squares
 
   em = _tame(emu)
@@ -190,7 +192,8 @@ def test_matches_scipy_bounded_least_squares(emu):
   theta[4, 0] = 0.7  # Teff beyond the box: the bounded optimum is at +0.5
   x[4] = _payne64(em.params, theta[4]) + 0.01 * np.random.default_rng(0).normal(size=N_PIX)
   y_cat[4] = unscale_labels(np.clip(theta[4], -0.45, 0.45), Y_MIN, Y_MAX)
-  cfg = F.FitConfig(method="emulator", batch_size=8, starts=("catalogue",))
+  cfg = F.FitConfig(method="emulator", batch_size=8, starts=("catalogue",),
+                    lbfgs=F.LBFGSOptions(precondition=precondition))
   res = F.LabelFitter(em, cfg).fit(x, err, y_start=y_cat)
   for i in range(5):
     t0 = np.clip(scale_labels(y_cat[i], Y_MIN, Y_MAX), -0.49, 0.49)

@@ -220,7 +220,7 @@ def test_job_json_keeps_the_flat_config_of_older_jobs(files, tmp_path):
               "memory_size", "armijo_c1", "noise_tol", "min_step", "precision_tol",
               "stall_window", "tie_tol", "batch_size", "chunk_size", "free_labels", "fit_rv",
               "rv_max", "error_floor", "error_mask_threshold", "min_good_pixels", "bound_tol"}
-  assert set(rec["config"]) == old_keys | {"precondition"} and rec["config"]["precondition"]
-  plain = F.FitConfig(lbfgs=F.LBFGSOptions(precondition=False))  # what older versions fitted
-  assert set(plain.record()) == old_keys
+  assert set(rec["config"]) == old_keys
+  scaled = F.FitConfig(lbfgs=F.LBFGSOptions(precondition=True))  # recorded only when on
+  assert set(scaled.record()) == old_keys | {"precondition"}
   assert len(_fit(files, out, resume=True)) == N

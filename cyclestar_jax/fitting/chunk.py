@@ -135,8 +135,9 @@ def make_chunk_fit(obj: Objective, opts: LBFGSOptions, n_slots: int, n_starts: i
   K = n_starts
 
   def fun(params, row, v):
-    x, w, aux, d = row
-    return obj.chi2(params, x, w, aux, theta_of_u(v / d))
+    """χ² of one job at v (= d·u with the scaling, d the row's last element; else = u)."""
+    x, w, aux = row[:3]
+    return obj.chi2(params, x, w, aux, theta_of_u(v / row[3] if opts.precondition else v))
 
   queue = make_queue_minimizer(fun, opts, n_slots, n_starts)
 
@@ -153,14 +154,14 @@ def make_chunk_fit(obj: Objective, opts: LBFGSOptions, n_slots: int, n_starts: i
     x_f, w_f, aux = blockwise(
         lambda a, b: jax.tree.map(lambda t: t[0], obj.prepare(params, a[None], b[None])),
         n_valid, block, (x, w), like)
-    # The minimizer works in v = d·u, d from the first start (`gauss_newton_scale`), or d = 1.
-    d = jnp.ones((C, n), x.dtype)
-    if opts.precondition:
+    if opts.precondition:  # the minimizer works in v = d·u, d from the first start
       d = blockwise(lambda a, b, c, u: gauss_newton_scale(obj, params, a, b, c, u, free),
-                    n_valid, block, (x_f, w_f, aux, u0[:, 0]), d)
-    res = queue(params, (x_f, w_f, aux, d), u0 * d[:, None], job_ids, n_jobs,
-                u_fallback * d[:, None], free)
-    res["u"] = (res["u"].reshape(C, K, n) / d[:, None]).reshape(C * K, n)
+                    n_valid, block, (x_f, w_f, aux, u0[:, 0]), jnp.ones((C, n), x.dtype))
+      res = queue(params, (x_f, w_f, aux, d), u0 * d[:, None], job_ids, n_jobs,
+                  u_fallback * d[:, None], free)
+      res["u"] = (res["u"].reshape(C, K, n) / d[:, None]).reshape(C * K, n)
+    else:  # the program of the unscaled fit, unchanged (its results to the bit)
+      res = queue(params, (x_f, w_f, aux), u0, job_ids, n_jobs, u_fallback, free)
     f = res["f"].reshape(C, K)
     best, has_fit = best_start(f, tie_tol)
     rows = jnp.arange(C)

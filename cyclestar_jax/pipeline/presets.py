@@ -2,8 +2,9 @@
 
 - `smoke`: every stage on tiny sizes (≤ 3 min on a 2-core CPU); the tests run it.
 - `cpu`: every stage in ≤ 25 min on a 2-core CPU (data ≤ 1, emulator ≤ 3, Cycle-StarNet ≤ 15,
-  fits and report ≤ 6); networks between `smoke` and Table 2, found by the probes in
-  benchmarks/README.md ("cpu preset research").
+  fits and report ≤ 6 on a fast machine; on a slower one the training gives the fits and the
+  report their time out of a 24-minute job budget); networks between `smoke` and Table 2, found
+  by the probes in benchmarks/README.md ("cpu preset research").
 - `paper`: Table 2, the paper's schedule (350k iterations at batch 8, lr × 0.7 every 50k), the
   authors' data sizes of the mock world (20k train stars per domain), a GPU job. `--n-iter N`
   shortens it with the learning-rate boundaries scaled in proportion.

@@ -373,7 +373,8 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
     bar: a tqdm bar (or None).
 
   Returns:
-    (state, step reached, last train line, last val line).
+    (state, step reached, last train line, last val line, why it stopped: "n_iter",
+    "time_limit" or "budget", from `out_of_time`).
 
   Raises:
     TrainingDiverged: `loop.max_skipped` consecutive skipped steps (nothing more is written).
@@ -383,6 +384,7 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
   n_iter = loop.n_iter
   t_start = time.perf_counter()
   t_first, n_first = None, start  # the end of the first call: the rate is measured from there
+  stopped = "n_iter"
   watch = SkipWatch(loop.max_skipped)
   history: list[dict] = []
   pending: dict | None = None  # metrics of the last call, not yet seen by the watch
@@ -426,7 +428,9 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
       if t_first is None:
         t_first, n_first = now, done
       rate = (now - t_first) / (done - n_first) if done > n_first else None
-      if done < n_iter and out_of_time(loop, now - t_start, rate):
+      why = out_of_time(loop, now - t_start, rate) if done < n_iter else None
+      if why is not None:
+        stopped = why
         break
   except KeyboardInterrupt:  # Ctrl-C: keep the step reached, then stop
     if done > start and done % loop.ckpt_every:
@@ -446,18 +450,19 @@ def run_loop(runner, state, start: int, loop: LoopConfig, *, ckpt: checkpoint.Ch
       last_val = _log_val(val.evaluate, state, val.batch, done, log_path)
     if done % loop.ckpt_every:
       save_if_good()
-  return state, done, last_train, last_val
+  return state, done, last_train, last_val, stopped
 
 
-def out_of_time(loop: LoopConfig, elapsed_s: float, s_per_iter: float | None) -> bool:
-  """Whether a loop `elapsed_s` seconds after its start has reached `loop.time_limit_s`, or
-  has less than `loop.reserve_iters` iterations' worth of time left of `loop.budget_s` at
-  `s_per_iter` seconds per iteration (None: not measured yet, no budget stop)."""
+def out_of_time(loop: LoopConfig, elapsed_s: float, s_per_iter: float | None) -> str | None:
+  """Which bound a loop `elapsed_s` seconds after its start has reached: "time_limit"
+  (`loop.time_limit_s`), "budget" (less than `loop.reserve_iters` iterations' worth of time
+  left of `loop.budget_s` at `s_per_iter` seconds per iteration; None: not measured yet, no
+  budget stop), or None."""
   if loop.time_limit_s is not None and elapsed_s >= loop.time_limit_s:
-    return True
+    return "time_limit"
   if loop.budget_s is None or s_per_iter is None:
-    return False
-  return elapsed_s + loop.reserve_iters * s_per_iter >= loop.budget_s
+    return None
+  return "budget" if elapsed_s + loop.reserve_iters * s_per_iter >= loop.budget_s else None
 
 
 def _restore(ckpt: checkpoint.Checkpointer, cfg: Config, mesh, key, resume: bool, out: Path):
@@ -523,7 +528,7 @@ def train(cfg: Config, files: TrainFiles, out_dir, loop: LoopConfig = LoopConfig
     {"step", "train": last interval's means, "val": last validation, "out_dir", "paired_val",
     "paired_val_reason", "usable" (per domain, `data.usable_pixels`), "already_complete"
     (a resumed run already at `n_iter`: nothing was run, the metrics are the last logged),
-    "stopped": "n_iter" or "time_limit"}.
+    "stopped": "n_iter", "time_limit" or "budget" (`run_loop`)}.
 
   Raises:
     ValueError: bad files or settings (before anything compiles). CheckpointError: see the
@@ -598,16 +603,16 @@ def _train(cfg: Config, stream: data.BatchStream, out: Path, loop: LoopConfig, *
     bar = tqdm(total=n_iter, initial=start, disable=not (progress and lead), desc=cfg.name,
                dynamic_ncols=True)
     try:
-      state, done, last_train, last_val = run_loop(
+      state, done, last_train, last_val, stopped = run_loop(
           runner, state, start, loop, ckpt=ckpt, val=val,
           log_path=metrics_path if lead else None, bar=bar)
     finally:
       bar.close()
   finally:
     ckpt.close()
-  stopped = "n_iter" if done >= n_iter else "time_limit"
-  if lead and stopped == "time_limit":
-    print(f"{cfg.name}: stopped at the time limit ({_limits_text(loop)}) after {done} of "
+  if lead and stopped != "n_iter":
+    bound = "time limit" if stopped == "time_limit" else "job's time budget"
+    print(f"{cfg.name}: stopped at the {bound} ({_limits_text(loop)}) after {done} of "
           f"{n_iter} iterations; the newest checkpoint holds step {done}", file=sys.stderr)
   return {**summary, "step": done, "train": last_train, "val": last_val, "stopped": stopped}
 

@@ -363,18 +363,18 @@ def test_time_limit_stops_the_loop_checkpointed_and_logged(tmp_path):
   loop = trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50)
   ckpt, log = _FakeCheckpointer(), tmp_path / "m.jsonl"
   t0 = time.perf_counter()
-  _, done, last, _ = trainer.run_loop(_SlowRunner([[0]] * 100, 0.02), None, 0,
-                                      _n(loop, 100, time_limit_s=0.2), ckpt=ckpt, log_path=log)
+  _, done, last, _, _ = trainer.run_loop(_SlowRunner([[0]] * 100, 0.02), None, 0,
+                                         _n(loop, 100, time_limit_s=0.2), ckpt=ckpt, log_path=log)
   assert 5 <= done < 50 and time.perf_counter() - t0 < 1.5
   assert ckpt.saved == [done] and last["step"] == done
   assert metrics_log.read_metrics(log)["train"][-1]["step"] == done
   # a deadline already past still runs one call; no deadline runs to n_iter
-  _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0,
-                                   _n(loop, 10, time_limit_s=1e-9), ckpt=_FakeCheckpointer())
-  assert done == 1
-  _, done, _, _ = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0, _n(loop, 10),
-                                   ckpt=_FakeCheckpointer())
-  assert done == 10
+  _, done, _, _, why = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0,
+                                        _n(loop, 10, time_limit_s=1e-9), ckpt=_FakeCheckpointer())
+  assert done == 1 and why == "time_limit"
+  _, done, _, _, why = trainer.run_loop(_FakeRunner([[0]] * 10), None, 0, _n(loop, 10),
+                                        ckpt=_FakeCheckpointer())
+  assert done == 10 and why == "n_iter"
   for bad in (0, -1.0, float("nan"), "60"):
     with pytest.raises(ValueError, match="time_limit_s must be a number of seconds > 0"):
       _train(config.get_config("smoke"), "no.h5", "no.h5", tmp_path / "x",
@@ -392,23 +392,24 @@ def test_budget_leaves_reserve_iterations_of_time():
   = 450 s); the hard limit stops it on its own; no rate yet, no budget stop. In the loop the
   first call (compilation, warm-up) is not part of the rate."""
   loop = trainer.LoopConfig(budget_s=1300.0, reserve_iters=1800)
-  assert not trainer.out_of_time(loop, 849.0, 0.25)  # 849 + 450 < 1300
-  assert trainer.out_of_time(loop, 850.0, 0.25)  # 850 + 450 = 1300
-  assert not trainer.out_of_time(loop, 5000.0, None)
+  assert trainer.out_of_time(loop, 849.0, 0.25) is None  # 849 + 450 < 1300
+  assert trainer.out_of_time(loop, 850.0, 0.25) == "budget"  # 850 + 450 = 1300
+  assert trainer.out_of_time(loop, 5000.0, None) is None
   both = dataclasses.replace(loop, time_limit_s=900.0)
-  assert trainer.out_of_time(both, 900.0, 1e-3) and not trainer.out_of_time(both, 899.0, 1e-3)
-  assert not trainer.out_of_time(trainer.LoopConfig(), 1e9, 10.0)
+  assert trainer.out_of_time(both, 900.0, 1e-3) == "time_limit"
+  assert trainer.out_of_time(both, 899.0, 1e-3) is None
+  assert trainer.out_of_time(trainer.LoopConfig(), 1e9, 10.0) is None
   for bad in (-1, 1.5, True):
     with pytest.raises(ValueError, match="reserve_iters must be an integer ≥ 0"):
       trainer.LoopConfig(reserve_iters=bad)
   with pytest.raises(ValueError, match="budget_s must be a number of seconds > 0"):
     trainer.LoopConfig(budget_s=0.0)
   # in the loop: 0.02 s per call, a 0.3 s budget, 5 iterations reserved → ~10 calls, not 100
-  _, done, _, _ = trainer.run_loop(
+  _, done, _, _, why = trainer.run_loop(
       _SlowRunner([[0]] * 100, 0.02), None, 0,
       _n(trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50), 100, budget_s=0.3,
          reserve_iters=5), ckpt=_FakeCheckpointer())
-  assert 5 <= done <= 14
+  assert 5 <= done <= 14 and why == "budget"
 
   class _SlowFirstCall(_SlowRunner):  # a first call as slow as 40 ordinary ones
     def calls(self, state, start, stop, loop):
@@ -416,19 +417,20 @@ def test_budget_leaves_reserve_iterations_of_time():
         time.sleep(0.8 if i == 0 else 0.0)
         yield item
 
-  _, done, _, _ = trainer.run_loop(
+  _, done, _, _, why = trainer.run_loop(
       _SlowFirstCall([[0]] * 100, 0.02), None, 0,
       _n(trainer.LoopConfig(log_every=50, val_every=50, ckpt_every=50), 100, budget_s=1.4,
          reserve_iters=5), ckpt=_FakeCheckpointer())
-  assert 15 <= done <= 30  # (1.4 − 0.82 − 5 · 0.02) / 0.02 ≈ 24 more calls after the first
+  # (1.4 − 0.82 − 5 · 0.02) / 0.02 ≈ 24 more calls after the first
+  assert 15 <= done <= 30 and why == "budget"
   from cyclestar_jax.pipeline import presets, stages
-  note = stages.time_limit_note({"stopped": "time_limit", "time_limit_s": 900.0,
-                                 "budget_s": 1266.0, "reserve_iters": 1800, "seconds": 790.0,
+  note = stages.time_limit_note({"stopped": "budget", "time_limit_s": 900.0,
+                                 "budget_s": 1266.0, "reserve_iters": 1800,
                                  "iterations": 2840, "n_iter": 6000})
   assert note.startswith("Training stopped at the job's time budget (1266 s were left for the "
                          "training, less 1,800 iterations' worth") and "2840 of 6000" in note
   note = stages.time_limit_note({"stopped": "time_limit", "time_limit_s": 900.0,
-                                 "budget_s": 1266.0, "reserve_iters": 1800, "seconds": 915.0,
+                                 "budget_s": 1266.0, "reserve_iters": 1800,
                                  "iterations": 3359, "n_iter": 6000})
   assert note.startswith("Training stopped at its time limit (900 s) after 3359 of 6000")
   cpu = presets.PRESETS["cpu"]
@@ -457,8 +459,8 @@ def test_consecutive_skipped_steps_stop_the_loop(tmp_path):
                      trainer.LoopConfig(log_every=5, val_every=5, ckpt_every=5, max_skipped=3,
                                         steps_per_call=5, n_iter=5), ckpt=_FakeCheckpointer())
   ckpt = _FakeCheckpointer()
-  _, done, last, _ = trainer.run_loop(_FakeRunner([[0], [1], [1], [0], [1], [1]]), None, 0,
-                                      _n(loop, 6), ckpt=ckpt)
+  _, done, last, _, _ = trainer.run_loop(_FakeRunner([[0], [1], [1], [0], [1], [1]]), None, 0,
+                                         _n(loop, 6), ckpt=ckpt)
   assert done == 6 and ckpt.saved == [] and last["n_skipped"] == 4
 
 

@@ -188,7 +188,8 @@ NEW_LINES_PRESETS: dict[str, Preset] = {
                                   zsh_filters=12, zsp_filters=1, lambda_synth=3.0,
                                   lambda_obs=9.0, mask_synth_lines=False, lambda_grid=3.0,
                                   grid_cycle=False),
-        n_fit=2000, n_eval=256, job_limit_s=None, reserve_iters=0),  # its own stages' costs
+        # no job budget: the main job's reserve is costed on its own fits, not this job's 2,000
+        n_fit=2000, n_eval=256, job_limit_s=None, reserve_iters=0),
     "paper": dataclasses.replace(
         PRESETS["paper"], name="paper",
         cycle=dataclasses.replace(_NL, mask_synth_lines=False), n_fit=100_000, n_eval=1000),

@@ -305,7 +305,7 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   (done.json) and says so ("stopped": "time_limit", "iterations" below n_iter). The
   learning-rate boundaries are not moved. `budget_s` (None: none) is what is left of the job's
   `job_limit_s`: the training also stops when less than the preset's `reserve_iters` iterations'
-  worth of it is left (`trainer.LoopConfig.budget_s`).
+  worth of it is left (`trainer.LoopConfig.budget_s`; "stopped": "budget").
 
   Returns:
     (the run directory, {"iterations", "n_iter", "stopped", "seconds", "val", ...}).
@@ -331,7 +331,8 @@ def stage_cyclestarnet(paths: RunPaths, preset: Preset, synth_path: Path, obs_pa
   seconds = before + time.perf_counter() - t0
   info = {"iterations": int(result["step"]), "n_iter": cfg.n_iter,
           "stopped": result.get("stopped", "n_iter"), "time_limit_s": time_limit_s,
-          "budget_s": budget_s, "reserve_iters": loop.reserve_iters if budget_s else None,
+          "budget_s": loop.budget_s,
+          "reserve_iters": None if loop.budget_s is None else loop.reserve_iters,
           "seconds": seconds, "resumed": resume, "val": result.get("val", {}),
           "grid_file": None if grid is None else str(grid), "config": dataclasses.asdict(cfg)}
   _write_json(done, info)
@@ -358,14 +359,15 @@ def draw_training_progress(model_dir: str | Path) -> str | None:
 
 
 def time_limit_note(train_info: dict) -> str:
-  """A sentence for the report when the training stopped at its time limit, else ""."""
-  if not isinstance(train_info, dict) or train_info.get("stopped") != "time_limit":
+  """A sentence for the report when the training stopped at its time limit or the job's time
+  budget (`trainer.out_of_time`), else ""."""
+  stopped = train_info.get("stopped") if isinstance(train_info, dict) else None
+  if stopped not in ("time_limit", "budget"):
     return ""
-  limit, budget = train_info.get("time_limit_s"), train_info.get("budget_s")
-  by_budget = budget is not None and (limit is None or train_info.get("seconds", 0) < 0.98 * limit)
-  why = (f"the job's time budget ({budget:.0f} s were left for the training, less "
-         f"{train_info.get('reserve_iters') or 0:,} iterations' worth of time for the fits and "
-         "the report)" if by_budget else f"its time limit ({limit or 0:.0f} s)")
+  why = (f"the job's time budget ({train_info.get('budget_s') or 0:.0f} s were left for the "
+         f"training, less {train_info.get('reserve_iters') or 0:,} iterations' worth of time for "
+         "the fits and the report)" if stopped == "budget"
+         else f"its time limit ({train_info.get('time_limit_s') or 0:.0f} s)")
   return (f"Training stopped at {why} after {train_info.get('iterations')} of "
           f"{train_info.get('n_iter')} iterations; the learning-rate boundaries were not moved.")
 

@@ -173,8 +173,9 @@ def check_distributed_args(p: argparse.ArgumentParser, args: argparse.Namespace)
 # The options every staged job (experiments.apogee, experiments.new_lines) shares.
 
 PRESETS = ("smoke", "cpu", "paper")
-# Presets of one job only: the main job's `long` (the cpu preset trained longer).
-JOB_PRESETS = {"apogee": ("smoke", "cpu", "long", "paper")}
+# Both jobs also have `long` (their cpu preset trained longer).
+JOB_PRESETS = {"apogee": ("smoke", "cpu", "long", "paper"),
+               "new_lines": ("smoke", "cpu", "long", "paper")}
 # The long preset's iterations and learning-rate boundaries, for --help (this module stays free
 # of JAX, so it cannot import `pipeline.presets`; a test keeps the two equal).
 LONG_N_ITER, LONG_LR_BOUNDARIES = 24000, (10000, 20000)
@@ -189,8 +190,8 @@ def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
   """--preset, --out, --n-iter, --seed, --overwrite and --no-progress of a staged job whose
   default run folder is runs/<job>_<preset>."""
   p.add_argument("--preset", choices=JOB_PRESETS.get(job, PRESETS), default=None,
-                 help="smoke: minutes, for tests; cpu: ≤ 25 min on 2 CPU cores; long (main "
-                      f"job): the cpu preset trained {_k(LONG_N_ITER)} iterations, lr halved at "
+                 help="smoke: minutes, for tests; cpu: ≤ 25 min on 2 CPU cores; long: "
+                      f"the cpu preset trained {_k(LONG_N_ITER)} iterations, lr halved at "
                       f"{' and '.join(_k(b) for b in LONG_LR_BOUNDARIES)}, "
                       "about 2¼ hours on 2 cores; paper: "
                       "Table 2 and the paper's schedule (GPU); None: paper on a GPU, cpu on a CPU")

@@ -96,8 +96,11 @@ def test_one_get_preset_serves_both_jobs():
   assert nl is NEW_LINES_PRESETS["cpu"] and nl.cycle.name == "new_lines_cpu"
   assert presets.get_preset("cpu") is presets.PRESETS["cpu"]
   assert presets.get_preset("smoke", 30, job="new_lines").cycle.n_iter == 30
-  with pytest.raises(ValueError, match="unknown preset 'long'"):
-    presets.get_preset("long", job="new_lines")
+  nl_long = presets.get_preset("long", job="new_lines").cycle  # new_lines' config, long's schedule
+  assert nl_long.zsh_filters == nl.cycle.zsh_filters and nl_long.lambda_grid == nl.cycle.lambda_grid
+  assert (nl_long.n_iter, nl_long.lr_boundaries_gen) == (long.n_iter, long.lr_boundaries_gen)
+  with pytest.raises(ValueError, match="unknown preset 'huge'"):
+    presets.get_preset("huge", job="new_lines")
   with pytest.raises(ValueError, match="unknown job"):
     presets.get_preset("cpu", job="lines")
 

@@ -10,8 +10,8 @@
   shortens it with the learning-rate boundaries scaled in proportion.
 
 The line-identification job (paper §4.2, `pipeline.new_lines`) has presets of the same names
-(`NEW_LINES_PRESETS`: smoke, cpu, paper), made from these with its own Cycle-StarNet config; one
-`get_preset(name, n_iter, job=...)` serves both jobs (`JOB_PRESETS`).
+(`NEW_LINES_PRESETS`: smoke, cpu, long, paper), made from these with its own Cycle-StarNet
+config; one `get_preset(name, n_iter, job=...)` serves both jobs (`JOB_PRESETS`).
 """
 
 from __future__ import annotations
@@ -174,6 +174,17 @@ def shorten(p: Preset, n_iter: int | None) -> Preset:
 # The line-identification job (paper §4.2, `pipeline.new_lines`).
 
 _NL = _config.get_config("new_lines_1")
+
+
+def _nl_cycle(base, name: str):
+  """The line-identification job's Cycle-StarNet config on a main-job preset's config `base`
+  (its widths and schedule): z_sh 12, z_sp 1 filter, λ 3/9, no synthetic line mask, the grid
+  term (λ_grid 3, autoencoder only); the reasons are below the table."""
+  return dataclasses.replace(base, name=name, zsh_filters=12, zsp_filters=1, lambda_synth=3.0,
+                             lambda_obs=9.0, mask_synth_lines=False, lambda_grid=3.0,
+                             grid_cycle=False)
+
+
 NEW_LINES_PRESETS: dict[str, Preset] = {
     "smoke": dataclasses.replace(
         PRESETS["smoke"], name="smoke",
@@ -183,13 +194,15 @@ NEW_LINES_PRESETS: dict[str, Preset] = {
                                   grid_cycle=False),
         n_fit=32, n_eval=32),
     "cpu": dataclasses.replace(
-        PRESETS["cpu"], name="cpu",
-        cycle=dataclasses.replace(PRESETS["cpu"].cycle, name="new_lines_cpu",
-                                  zsh_filters=12, zsp_filters=1, lambda_synth=3.0,
-                                  lambda_obs=9.0, mask_synth_lines=False, lambda_grid=3.0,
-                                  grid_cycle=False),
+        PRESETS["cpu"], name="cpu", cycle=_nl_cycle(PRESETS["cpu"].cycle, "new_lines_cpu"),
         # no job budget: the main job's reserve is costed on its own fits, not this job's 2,000
         n_fit=2000, n_eval=256, job_limit_s=None, reserve_iters=0),
+    # long: the cpu preset on the main job's long schedule (24k iterations, lr halved at 10k and
+    # 20k, every 1,000th checkpoint kept), for the attribution's curve along the training
+    # (`benchmarks.line_curve`).
+    "long": dataclasses.replace(
+        PRESETS["long"], name="long", cycle=_nl_cycle(PRESETS["long"].cycle, "new_lines_long"),
+        n_fit=2000, n_eval=256),
     "paper": dataclasses.replace(
         PRESETS["paper"], name="paper",
         cycle=dataclasses.replace(_NL, mask_synth_lines=False), n_fit=100_000, n_eval=1000),

@@ -32,7 +32,7 @@ class Job:
   """What a line-identification run is of (its run folder's identity, with the grid term's).
 
   Attributes:
-    preset: "smoke", "cpu" or "paper" (`presets.NEW_LINES_PRESETS`).
+    preset: "smoke", "cpu", "long" or "paper" (`presets.NEW_LINES_PRESETS`).
     n_iter: shorten (or lengthen) the preset's training, learning-rate boundaries scaled.
     seed: the mock world's seed.
     masked_fraction: fraction of each element's strong features removed from the synthetic

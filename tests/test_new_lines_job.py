@@ -1,6 +1,7 @@
 """The line-identification job (`experiments.new_lines`) end to end on the smoke preset."""
 
 import json
+import math
 from pathlib import Path
 
 from jobs import run_job
@@ -45,6 +46,18 @@ def test_smoke_writes_every_key_and_figure(tmp_path):
   train_log = (out / "model" / "metrics.jsonl").read_text()
   assert '"rec_grid"' in train_log and '"cc_grid"' not in train_log
   assert any("report.md" in line for line in lines)
+  # The curve along the training (benchmarks.line_curve) at the job's own label sets: its last
+  # row is the job's final model, so its numbers are the report's.
+  from benchmarks import line_curve
+
+  rows = list(line_curve.run(out, NEW_LINES_PRESETS["smoke"].n_fit, 30, {}))[-1]["rows"]
+  assert [r["step"] for r in rows] == [30, 60]
+  last = rows[-1]
+  for k in ("recovery_error_pct", "no_recovery_error_pct", "attribution_accuracy"):
+    assert abs(last[k] - m[k]) <= 1e-6 * max(1.0, abs(m[k])), k
+  assert last["attribution_fe"] == fe["accuracy_all"]
+  assert last["attribution_reference_star"] == m["attribution_accuracy_reference_star"]
+  assert all(math.isfinite(last[k]) for k in ("Fe_H_transfer_gain", "Fe_H_csn_gain"))
 
 
 def test_training_sees_the_synthetic_files_unchanged_at_any_masked_fraction():

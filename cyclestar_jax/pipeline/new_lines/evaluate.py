@@ -22,7 +22,7 @@ from cyclestar_jax.chain import ModelChain
 from cyclestar_jax.emulator import load_emulator
 from cyclestar_jax.fitting import load_cycle_model
 from cyclestar_jax.labels import LABEL_NAMES, abundance_fe_correlation, label_index
-from cyclestar_jax.pipeline import stages
+from cyclestar_jax.pipeline import curve, stages
 from cyclestar_jax.pipeline.presets import Preset
 from cyclestar_jax.resources import N_DROP, wavelength
 
@@ -42,28 +42,43 @@ def reference_labels(y_median: np.ndarray) -> np.ndarray:
   return y
 
 
-def analyse(paths: stages.RunPaths, preset: Preset, world, obs_path: Path,
-            emulator_path: Path, model_dir: Path, *, seed: int = 0) -> dict:
-  """Derivative spectra → the §4.2 metrics and Figs. 12–14 (module docstring)."""
-  em = load_emulator(emulator_path)
-  mc = ModelChain(em, load_cycle_model(model_dir))
+def label_sets(n: int, em, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """n label sets [n, 25] drawn from the mock's population (clipped to the emulator's box) and
+  their true noise-free spectra [n, 7214]."""
+  y = np.clip(mock.sample_labels(n, rng=seed + 7), em.y_min, em.y_max)
+  return y, np.asarray(mock.truth_spectrum(y), np.float32)
+
+
+def model_analysis(mc: ModelChain, world, x_obs: np.ndarray, y_obs: np.ndarray, y: np.ndarray,
+                   x_true: np.ndarray) -> dict:
+  """The §4.2 numbers of one trained model: recovery errors and attributions over the label sets
+  y [n, 25] (true spectra x_true [n, 7214]), and the reference star's derivative spectra and
+  attribution against the mock world's own derivatives.
+
+  Args:
+    mc: the emulator and the trained Cycle-StarNet.
+    world: the mock world (missing-line mode).
+    x_obs, y_obs: [m, 7214] observed test spectra and [m, 25] their true labels (each label
+      set takes the z_sp of the nearest, `lines.zsp_for_labels`).
+    y, x_true: the label sets and their true spectra (`label_sets`).
+
+  Returns:
+    {"rec", "att" (the reducers' outputs), "seconds" (of the reduction), "near" [n] bool,
+    "per_element", "z_obs", "y_ref", "ds" (the reference star's derivative spectra), "ref_att",
+    "ref_acc", "ceiling" (the ranking on the world's derivatives), "response"
+    (`lines.owner_response`), "ranking_check"}.
+  """
+  em = mc.emulator
   removed = lines.removed_features(world)
   pix = mock.masked_pixels(world)
-  with h5io.SpectraFile(obs_path) as f:
-    n_obs = min(preset.n_eval, f.n("test"))
-    x_obs = f.read("test", 0, n_obs).x
-    y_obs = f.extra("labels_true", "test", 0, n_obs)
   z_obs = lines.encode_observed(mc, x_obs)
-  y = mock.sample_labels(preset.n_fit, rng=seed + 7)
-  y = np.clip(y, em.y_min, em.y_max)
-  x_true = np.asarray(mock.truth_spectrum(y), np.float32)
   z = lines.zsp_for_labels(y, y_obs, z_obs, em.y_min, em.y_max)
   t0 = time.perf_counter()
   red = lines.reduce_label_sets(
       mc, y, z, {"recovery": lines.recovery_reducer(pix),
                  "attribution": lines.attribution_reducer(removed)}, extras={"x_true": x_true})
   seconds = time.perf_counter() - t0
-  rec, att = red["recovery"], red["attribution"]
+  att = red["attribution"]
   # Near the reference star, and the reference star itself.
   y_ref = reference_labels(np.median(y, axis=0))
   near = ((np.abs(y[:, label_index("Teff")] - y_ref[label_index("Teff")]) <= NEAR_REFERENCE[0])
@@ -81,21 +96,63 @@ def analyse(paths: stages.RunPaths, preset: Preset, world, obs_path: Path,
   z_ref = lines.zsp_for_labels(y_ref[None], y_obs, z_obs, em.y_min, em.y_max)
   ds = lines.derivative_spectra(mc, y_ref[None], z_ref)
   ref_att = lines.attribute_features(ds["d_payne"][0], ds["d_synth_to_obs"][0], removed)
-  ref_acc = lines.attribution_accuracy(true, ref_att["predicted"])
   # The mock world's own derivatives: the ceiling of the ranking, and the model's response.
   dw = {k: v[0, N_DROP:] for k, v in mock.derivative_spectra(y_ref[None], world).items()}
   ceiling = lines.attribute_features(dw["d_synth"], dw["d_truth"], removed)
-  response = lines.owner_response(ds["d_synth_to_obs"][0] - ds["d_payne"][0],
-                                  dw["d_truth"] - dw["d_synth"], removed)
-  ranking_check = _ranking_check(true, ref_att, ceiling)
+  return {
+      "rec": red["recovery"], "att": att, "seconds": seconds, "near": near,
+      "per_element": per_element, "z_obs": z_obs, "y_ref": y_ref, "ds": ds,
+      "ref_att": ref_att, "ref_acc": lines.attribution_accuracy(true, ref_att["predicted"]),
+      "ceiling": ceiling,
+      "response": lines.owner_response(ds["d_synth_to_obs"][0] - ds["d_payne"][0],
+                                       dw["d_truth"] - dw["d_synth"], removed),
+      "ranking_check": _ranking_check(true, ref_att, ceiling)}
+
+
+def curve_row(mc: ModelChain, world, x_obs: np.ndarray, y_obs: np.ndarray, y: np.ndarray,
+              x_true: np.ndarray) -> dict[str, float]:
+  """The line-identification numbers of one checkpoint, for the curve along the training
+  (`benchmarks.line_curve`): `model_analysis`'s recovery errors (%), attribution accuracies
+  (pooled, Fe's, the reference star's by both rankings) and Fe's owner response (the added Fe
+  lines' median response to [Fe/H] over the truth's), and the label gains of
+  `pipeline.curve.gains_row` on the first `curve.N_CURVE_STARS` observed stars."""
+  a = model_analysis(mc, world, x_obs, y_obs, y, x_true)
+  rec, fe = a["rec"], a["per_element"].get("Fe_H", {})
+  n = curve.N_CURVE_STARS
+  return {
+      "recovery_error_pct": float(rec["recovered"]),
+      "no_recovery_error_pct": float(rec["no_recovery"]),
+      "attribution_accuracy": float(a["att"]["accuracy"]),
+      "attribution_fe": float(fe.get("accuracy_all", float("nan"))),
+      "attribution_reference_star": float(a["ref_acc"]["accuracy"]),
+      "attribution_reference_star_fe_raw_sums": float(a["ranking_check"]["fe_accuracy"]),
+      "fe_own_response_ratio": float(a["response"].get("Fe_H", {}).get("own_ratio", float("nan"))),
+      **curve.gains_row(mc.emulator, mc.cycle, x_obs[:n], y_obs[:n], world)}
+
+
+def analyse(paths: stages.RunPaths, preset: Preset, world, obs_path: Path,
+            emulator_path: Path, model_dir: Path, *, seed: int = 0) -> dict:
+  """Derivative spectra → the §4.2 metrics and Figs. 12–14 (module docstring)."""
+  em = load_emulator(emulator_path)
+  mc = ModelChain(em, load_cycle_model(model_dir))
+  removed = lines.removed_features(world)
+  with h5io.SpectraFile(obs_path) as f:
+    n_obs = min(preset.n_eval, f.n("test"))
+    x_obs = f.read("test", 0, n_obs).x
+    y_obs = f.extra("labels_true", "test", 0, n_obs)
+  y, x_true = label_sets(preset.n_fit, em, seed)
+  a = model_analysis(mc, world, x_obs, y_obs, y, x_true)
+  rec, att, near, ds, ref_att = a["rec"], a["att"], a["near"], a["ds"], a["ref_att"]
+  true = removed.label
   found = lines.recovered_features(ds["synth_to_obs"][0], ds["payne"][0])
   detection = lines.detection_scores(found, removed)
   n_sens = min(256, len(y))
-  sens = lines.zsp_choice_sensitivity(mc, y[:n_sens], y_obs, z_obs,
+  sens = lines.zsp_choice_sensitivity(mc, y[:n_sens], y_obs, a["z_obs"],
                                       lines.attribution_reducer(removed))
-  x_true_ref = np.asarray(mock.truth_spectrum(y_ref[None]))[0]
+  x_true_ref = np.asarray(mock.truth_spectrum(a["y_ref"][None]))[0]
   n_lab = min(sensitivity.N_STARS, len(y_obs))
   label_sens = sensitivity.label_sensitivity(mc, y_obs[:n_lab], x_obs[:n_lab], world)
+  seconds = a["seconds"]
   metrics = {
       "n_label_sets": int(len(y)), "derivative_seconds": seconds,
       "label_sets_per_s": len(y) / seconds, "device": str(jax.devices()[0]),
@@ -109,12 +166,12 @@ def analyse(paths: stages.RunPaths, preset: Preset, world, obs_path: Path,
                "logg_edges": list(rec["bins"].logg_edges)},
       "attribution_accuracy": float(att["accuracy"]),
       "attribution_accuracy_near_reference": _pooled(att["winner"][near], true),
-      "attribution_accuracy_reference_star": float(ref_acc["accuracy"]),
-      "attribution_per_element": per_element,
+      "attribution_accuracy_reference_star": float(a["ref_acc"]["accuracy"]),
+      "attribution_per_element": a["per_element"],
       "attribution_accuracy_true_derivatives": float(
-          lines.attribution_accuracy(true, ceiling["predicted"])["accuracy"]),
-      "owner_response_reference_star": response,
-      "attribution_reference_star_raw_sums": ranking_check,
+          lines.attribution_accuracy(true, a["ceiling"]["predicted"])["accuracy"]),
+      "owner_response_reference_star": a["response"],
+      "attribution_reference_star_raw_sums": a["ranking_check"],
       "abundance_fe_correlation": abundance_fe_correlation(y),
       "cn_confusion": np.asarray(att["cn_confusion"]).tolist(),
       "cn_confusion_rows_cols": "rows: true C, true N; columns: predicted C, N, other",

@@ -381,6 +381,32 @@ def test_smoke_results_name_their_checkpoint_step(smoke_run):
   assert f"checkpoint step {m['train_iterations']}" in (out / "report.md").read_text()
 
 
+def test_a_fit_file_of_other_settings_is_fitted_again(smoke_run, tmp_path):
+  """A finished fit file is kept only if it records the preset's fit settings now."""
+  import dataclasses
+  import shutil
+
+  import h5py
+
+  from cyclestar_jax.pipeline import stages
+
+  out, _, _ = smoke_run
+  smoke = pipeline.get_preset("smoke")
+  cfg = stages._fit_config(smoke, "eq9")
+  assert cfg.method == "emulator" and stages._fit_config(smoke, "eq11").method == "obs"
+  path = out / "fits" / "eq9.h5"
+  assert stages._fit_kept(path, None, cfg)
+  other = dataclasses.replace(cfg, starts=("median",))
+  with pytest.warns(UserWarning, match="other \\(or unrecorded\\) fit settings"):
+    assert not stages._fit_kept(path, None, other)
+  old = tmp_path / "eq9.h5"  # as an older version wrote it: no settings recorded
+  shutil.copy(path, old)
+  with h5py.File(old, "a") as h:
+    del h.attrs["fit_config"]
+  with pytest.warns(UserWarning, match="fitting it again"):
+    assert not stages._fit_kept(old, None, cfg)
+
+
 def test_case3_a_second_job_on_a_locked_folder_is_refused(smoke_run, capsys):
   """Case 3: while a job holds the run folder, the same command is refused naming its PID."""
   import os

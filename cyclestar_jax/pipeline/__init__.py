@@ -226,7 +226,7 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, options: RunOptions) -> dict:
       "cycle_config": tr_info.get("config", dataclasses.asdict(p.cycle)),
       "grid_file": tr_info.get("grid_file"),
       "fit_settings": {"n_fit": p.n_fit, "max_iter": p.fit.lbfgs.max_iter,
-                       "csn_max_iter": p.csn_fit.lbfgs.max_iter,
+                       "starts": list(p.fit.starts), "csn_max_iter": p.csn_fit.lbfgs.max_iter,
                        "csn_starts": list(p.csn_fit.starts)},
       "emulator_training": (f"given: {emulator}" if emulator is not None else
                             Path(em_info.get("data", "")).name or None),

@@ -292,6 +292,11 @@ _START_WORDS = {"catalogue": "the catalogue labels", "median": "the population m
                 "grid": "grid points"}
 
 
+def _starts_words(starts) -> str:
+  """["catalogue", "median"] → "the catalogue labels and the population median"."""
+  return " and ".join(_START_WORDS.get(k, k) for k in starts)
+
+
 def _checkpoint_lines(ck: dict) -> list[str]:
   """Which checkpoint the fits and figures used, and a fall-back to an older one."""
   if ck.get("step") is None:
@@ -339,9 +344,10 @@ def render(m: dict) -> str:
   lines += catalogue_table(m)
   fs = m.get("fit_settings")
   if fs:
-    lines += ["", f"Fits: L-BFGS in the scaled label space, Eq. 9 and 10 from the catalogue "
-              f"labels and the population median, ≤ {fs['max_iter']} accepted steps; Eq. 11 "
-              f"from {' and '.join(_START_WORDS.get(k, k) for k in fs['csn_starts'])}, "
+    starts = fs.get("starts", ["catalogue", "median"])  # older metrics.json: both
+    lines += ["", f"Fits: L-BFGS in the scaled label space, Eq. 9 and 10 from "
+              f"{_starts_words(starts)}, ≤ {fs['max_iter']} accepted steps; Eq. 11 "
+              f"from {_starts_words(fs['csn_starts'])}, "
               f"≤ {fs['csn_max_iter']} steps (a fit "
               "that reaches the cap counts as not converged)."]
   lines += sensitivity_table(m)

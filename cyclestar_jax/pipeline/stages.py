@@ -386,15 +386,27 @@ def model_checkpoint(model_dir: Path, allow_older: bool) -> dict:
                                     allow_older)
 
 
-def _fit_kept(path: Path, checkpoint_step: int | None) -> bool:
-  """Whether a finished fit file can be kept: readable, and fitted with the model's current
-  checkpoint step (when both are known); else it is fitted again, with a warning."""
+def _fit_config(preset: Preset, stem: str) -> fitting.FitConfig:
+  """The fit settings of method `stem` (a `FIT_METHODS` key) in `preset`."""
+  method = FIT_METHODS[stem][0]
+  return dataclasses.replace(preset.csn_fit if method == "obs" else preset.fit, method=method)
+
+
+def _fit_kept(path: Path, checkpoint_step: int | None, config: fitting.FitConfig) -> bool:
+  """Whether a finished fit file can be kept: readable, fitted with these settings (`config`;
+  a file that does not record them was written by an older version, whose settings may
+  differ) and with the model's current checkpoint step (when both are known); else it is
+  fitted again, with a warning."""
   if not path.is_file():
     return False
   try:
     attrs = fitting.read_results(path)[2]
   except (OSError, ValueError, KeyError) as e:
     warnings.warn(f"{path}: unreadable ({e}); fitting it again", stacklevel=3)
+    return False
+  if attrs.get("fit_config") != _config_json(config):
+    warnings.warn(f"{path}: fitted with other (or unrecorded) fit settings than the preset's "
+                  "now; fitting it again", stacklevel=3)
     return False
   was = attrs.get("checkpoint_step")
   if checkpoint_step is not None and was is not None and int(was) != checkpoint_step:
@@ -404,19 +416,26 @@ def _fit_kept(path: Path, checkpoint_step: int | None) -> bool:
   return True
 
 
+def _config_json(config: fitting.FitConfig) -> str:
+  """The fit settings as a results file's `fit_config` attribute (`FitConfig.record`)."""
+  return json.dumps(config.record(), sort_keys=True)
+
+
 def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: Path,
                model_dir: Path, *, progress: bool = True,
                checkpoint_step: int | None = None) -> dict:
   """Fits of the first `n_fit` test stars by Eq. 9 (with and without The Payne's mask),
   Eq. 10 and Eq. 11, one results file each (a finished file is kept, the others fitted; a
-  file that is unreadable or was fitted with another `checkpoint_step` of the model is fitted
-  again).
+  file that is unreadable, was fitted with other settings or with another `checkpoint_step`
+  of the model is fitted again).
 
   Returns:
     {"skipped": all files were there, "methods": {stem: {"skipped", "seconds", "n"}}}.
   """
   paths.fits.mkdir(parents=True, exist_ok=True)
-  todo = [s for s in FIT_METHODS if not _fit_kept(paths.fit_file(s), checkpoint_step)]
+  configs = {s: _fit_config(preset, s) for s in FIT_METHODS}
+  todo = [s for s in FIT_METHODS
+          if not _fit_kept(paths.fit_file(s), checkpoint_step, configs[s])]
   info = {s: {"skipped": True} for s in FIT_METHODS if s not in todo}
   if not todo:
     return {"skipped": True, "methods": info}
@@ -433,9 +452,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
     if use_mask:  # The Payne's spectroscopic mask: True = masked (Kurucz deviates > 2 %)
       msk = msk & ~payne_mask()[None, :]
     if method not in fitters:
-      cfg = dataclasses.replace(preset.csn_fit if method == "obs" else preset.fit,
-                                method=method)
-      fitters[method] = fitting.LabelFitter(em, cfg,
+      fitters[method] = fitting.LabelFitter(em, configs[stem],
                                             cycle_model=None if method == "emulator" else cycle)
     fitter = fitters[method]
     t0 = time.perf_counter()
@@ -444,7 +461,7 @@ def stage_fits(paths: RunPaths, preset: Preset, obs_path: Path, emulator_path: P
     seconds = time.perf_counter() - t0
     fitting.save_results(paths.fit_file(stem), res, rows=np.arange(n), attrs={
         "obs_file": str(obs_path), "split": "test", "method_title": FIT_TITLES[stem],
-        "payne_mask": use_mask, "seconds": seconds,
+        "payne_mask": use_mask, "seconds": seconds, "fit_config": _config_json(configs[stem]),
         **({} if cycle.step is None else {"checkpoint_step": cycle.step})},
         ids=fitting.star_ids(obs_path, "test", 0, n))
     info[stem] = {"skipped": False, "seconds": seconds, "n": n}

@@ -1,7 +1,7 @@
 """Line identification (paper §4.2): mock world in missing-line mode → emulator → Cycle-StarNet
 (new_lines_1) → derivative spectra → recovery errors, attributions, Figs. 12–14.
 
-  python -m experiments.new_lines [--preset smoke|cpu|paper] [--out runs/new_lines_<preset>]
+  python -m experiments.new_lines [--preset smoke|cpu|long|paper] [--out runs/new_lines_<preset>]
       [--n-iter N] [--masked-fraction F] [--overwrite]
   python -m experiments.new_lines --sweep 0.1:0.9:0.1 [--preset P] [--out DIR]
 

@@ -65,9 +65,11 @@ def test_smoke_writes_every_key_and_file(smoke_run):
   assert (out / "data" / "payne_grid.h5").is_file()
   smoke = pipeline.PRESETS["smoke"]
   assert on_disk["fit_settings"] == {"n_fit": 8, "max_iter": smoke.fit.lbfgs.max_iter,
+                                     "starts": list(smoke.fit.starts),
                                      "csn_max_iter": smoke.csn_fit.lbfgs.max_iter,
                                      "csn_starts": list(smoke.csn_fit.starts)}
   assert f"≤ {smoke.fit.lbfgs.max_iter} steps" in report
+  assert "Eq. 9 and 10 from the catalogue labels and the population median" in report
   for stem in ("eq9_mask", "eq9", "eq10", "eq11"):
     assert (out / "fits" / f"{stem}.h5").is_file() and (out / "fits" / f"{stem}.csv").is_file()
   assert any("report.md" in line for line in lines)

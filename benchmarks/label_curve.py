@@ -59,28 +59,17 @@ def run(run_dir: Path, n: int, every: int, max_iter: int, done: dict,
   order."""
   em, sp, y_true, world = load_test_stars(run_dir, n)
   model_dir = run_dir / "model"
-  rows = {r["step"]: r for r in done.get("rows", [])}
   if "eq9" not in done:
     done["eq9"] = fit_row("eq9", em, None, sp, y_true, max_iter)
     yield done
-  chi2 = curve.paired_chi2_by_step(model_dir)
   ns = curve.N_CURVE_STARS
-  kept = curve.kept_steps(model_dir)
-  if steps is not None and set(steps) - set(kept):
-    raise ValueError(f"{model_dir}: no checkpoint at --steps {sorted(set(steps) - set(kept))}; "
-                     f"kept: {kept}")
-  order = [k for k in kept if k % every == 0] if steps is None else list(steps)
-  for step in order:
-    if step in rows:
-      continue
+
+  def row(step: int) -> dict:
     cycle = checkpoint.load_cycle_model(model_dir, step=step)
-    row = {"step": step, "paired_val_chi2": chi2.get(step),
-           **curve.gains_row(em, cycle, sp.x[:ns], y_true[:ns], world),
-           **fit_row("eq11", em, cycle, sp, y_true, max_iter)}
-    rows[step] = row
-    done["rows"] = [rows[k] for k in sorted(rows)]
-    yield done
-  done["rows"] = [rows[k] for k in sorted(rows)]
+    return {**curve.gains_row(em, cycle, sp.x[:ns], y_true[:ns], world),
+            **fit_row("eq11", em, cycle, sp, y_true, max_iter)}
+
+  yield from curve.add_rows(done, model_dir, curve.checkpoint_order(model_dir, every, steps), row)
   yield done
 
 

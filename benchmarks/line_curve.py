@@ -42,23 +42,14 @@ def run(run_dir: Path, n_sets: int, every: int, done: dict, steps: list[int] | N
     world = mock.WorldConfig.from_json_dict(f.attrs["world"])
   y, x_true = evaluate.label_sets(n_sets, em, seed)
   model_dir = run_dir / "model"
-  rows = {r["step"]: r for r in done.get("rows", [])}
-  chi2 = curve.paired_chi2_by_step(model_dir)
-  kept = curve.kept_steps(model_dir)
-  if steps is not None and set(steps) - set(kept):
-    raise ValueError(f"{model_dir}: no checkpoint at --steps {sorted(set(steps) - set(kept))}; "
-                     f"kept: {kept}")
-  order = [k for k in kept if k % every == 0] if steps is None else list(steps)
-  for step in order:
-    if step in rows:
-      continue
+
+  def row(step: int) -> dict:
     t0 = time.perf_counter()
     mc = ModelChain(em, checkpoint.load_cycle_model(model_dir, step=step))
-    rows[step] = {"step": step, "paired_val_chi2": chi2.get(step),
-                  **evaluate.curve_row(mc, world, x_obs, y_obs, y, x_true),
-                  "seconds": time.perf_counter() - t0}
-    done["rows"] = [rows[k] for k in sorted(rows)]
-    yield done
+    return {**evaluate.curve_row(mc, world, x_obs, y_obs, y, x_true),
+            "seconds": time.perf_counter() - t0}
+
+  yield from curve.add_rows(done, model_dir, curve.checkpoint_order(model_dir, every, steps), row)
 
 
 def main() -> None:

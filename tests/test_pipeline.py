@@ -318,6 +318,28 @@ def test_the_cli_uses_pretrained_weights_only_when_nothing_else_is_asked(
 # Issue 21: nothing lost, nothing stale (the smoke run reused; each case refused in seconds).
 
 
+def test_curve_visits_kept_checkpoints_and_keeps_earlier_rows(tmp_path):
+  """`curve.checkpoint_order` and `curve.add_rows`, which both curve benchmarks use."""
+  from cyclestar_jax.pipeline import curve
+
+  model = tmp_path / "model"
+  for step in (1000, 2000, 3000, 4000):
+    (model / "checkpoints" / str(step)).mkdir(parents=True)
+    if step != 4000:  # 4000: no metadata, an incomplete checkpoint
+      (model / "checkpoints" / str(step) / "_CHECKPOINT_METADATA").write_text("{}")
+  assert curve.checkpoint_order(model, 2000) == [2000]
+  assert curve.checkpoint_order(model, 1000, [3000, 1000]) == [3000, 1000]
+  with pytest.raises(ValueError, match=r"no checkpoint at --steps \[4000\]"):
+    curve.checkpoint_order(model, 1000, [4000, 1000])
+  done = {"rows": [{"step": 2000, "paired_val_chi2": None, "x": 0}]}
+  seen = []
+  states = list(curve.add_rows(done, model, [3000, 2000, 1000],
+                               lambda k: seen.append(k) or {"x": k}))
+  assert seen == [3000, 1000] and len(states) == 2  # the row of 2000 was kept, not redone
+  assert [(r["step"], r["x"]) for r in done["rows"]] == [(1000, 1000), (2000, 0), (3000, 3000)]
+  assert list(done["rows"][0]) == ["step", "paired_val_chi2", "x"]
+
+
 def test_case1_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
   """Case 1: --overwrite on a user's folder deletes nothing and is refused."""
   (tmp_path / "U" / "data").mkdir(parents=True)

@@ -44,6 +44,33 @@ def paired_chi2_by_step(model_dir: str | Path) -> dict[int, float]:
           if PAIRED_CHI2_KEY in d}
 
 
+def checkpoint_order(model_dir: str | Path, every: int, steps: list[int] | None = None
+                     ) -> list[int]:
+  """The checkpoints a curve visits: `steps` in their order (each must be kept, else
+  ValueError naming the missing ones), or None: every kept multiple of `every`, oldest first."""
+  kept = kept_steps(model_dir)
+  if steps is not None and set(steps) - set(kept):
+    raise ValueError(f"{model_dir}: no checkpoint at --steps {sorted(set(steps) - set(kept))}; "
+                     f"kept: {kept}")
+  return [k for k in kept if k % every == 0] if steps is None else list(steps)
+
+
+def add_rows(done: dict, model_dir: str | Path, steps: list[int], row_fn):
+  """Extend a curve's `done["rows"]` (a previous output, possibly empty) with a row for each
+  of `steps` not already there: {"step", "paired_val_chi2" (the trainer's), **row_fn(step)}.
+  The rows stay sorted by step; yields `done` after each new row, so the caller can save as
+  it goes."""
+  rows = {r["step"]: r for r in done.get("rows", [])}
+  chi2 = paired_chi2_by_step(model_dir)
+  for step in steps:
+    if step in rows:
+      continue
+    rows[step] = {"step": step, "paired_val_chi2": chi2.get(step), **row_fn(step)}
+    done["rows"] = [rows[k] for k in sorted(rows)]
+    yield done
+  done["rows"] = [rows[k] for k in sorted(rows)]
+
+
 def gains_row(em, cycle, x_obs: np.ndarray, y: np.ndarray, world=None) -> dict[str, float]:
   """Label gains of one model at the labels y [n, 25] of observed spectra x_obs [n, 7214]:
   `<label>_transfer_gain` (truth-free: T_synth→obs∘Payne against Payne) and, with the mock

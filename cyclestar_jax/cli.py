@@ -208,6 +208,17 @@ def add_job_args(p: argparse.ArgumentParser, *, job: str) -> None:
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_pretrained_args(p: argparse.ArgumentParser) -> None:
+  """--pretrained | --train of a job that ships pretrained weights (`pretrained.Weights`)."""
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument("--pretrained", action="store_true",
+                    help="use the package's pretrained weights on the default mock world (the "
+                         "default on a CPU when nothing else is asked for)")
+  mode.add_argument("--train", action="store_true",
+                    help="train the emulator and Cycle-StarNet instead of using the pretrained "
+                         "weights")
+
+
 def check_job_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   """`p.error` (exit 2) for a --n-iter below 1 or a --train-limit-s that is not > 0."""
   if args.n_iter is not None and args.n_iter < 1:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cyclestar_jax.cli import add_job_args, check_job_args, parser, run_main
+from cyclestar_jax.cli import add_job_args, add_pretrained_args, check_job_args, parser, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,13 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--model", default=None,
                  help="a trained Cycle-StarNet (run directory or generator .npz) instead of "
                  "training one")
-  mode = p.add_mutually_exclusive_group()
-  mode.add_argument("--pretrained", action="store_true",
-                    help="use the package's pretrained weights on the default mock world (the "
-                         "default on a CPU when nothing else is asked for)")
-  mode.add_argument("--train", action="store_true",
-                    help="train the emulator and Cycle-StarNet instead of using the pretrained "
-                         "weights")
+  add_pretrained_args(p)
   p.add_argument("--allow-older-checkpoint", action="store_true",
                  help="when the model's newest checkpoint cannot be loaded, use the newest "
                       "one that can (else refused); the report names the step used")
@@ -54,13 +48,11 @@ def wants_pretrained(args: argparse.Namespace) -> bool:
   mock world they were trained on (another --seed trains)."""
   from cyclestar_jax import pipeline, pretrained
 
-  if args.pretrained:
-    return True
   asked = (args.train, args.preset, args.n_iter, args.train_limit_s, args.synth, args.obs,
            args.grid, args.emulator, args.model)
-  if any(a not in (None, False) for a in asked) or pipeline.default_preset() != "cpu":
-    return False
-  return pretrained.available() and args.seed == pretrained.metadata().get("seed")
+  return args.pretrained or pretrained.MAIN.wanted(
+      asked=any(a not in (None, False) for a in asked), seed=args.seed,
+      on_cpu=pipeline.default_preset() == "cpu")
 
 
 def main(argv=None) -> dict:

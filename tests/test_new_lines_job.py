@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from jobs import run_job
 
 from cyclestar_jax.pipeline.presets import NEW_LINES_PRESETS
@@ -16,10 +17,17 @@ KEYS = ("recovery_error_pct", "no_recovery_error_pct", "recovery_error_binned_pc
         "abundance_fe_correlation", "label_sensitivity", "attribution_reference_star_raw_sums")
 
 
-def test_smoke_writes_every_key_and_figure(tmp_path):
-  out = tmp_path / "nl"
+@pytest.fixture(scope="module")
+def smoke_nl(tmp_path_factory):
+  """One smoke run of the job (its folder, metrics.json's dict, stdout lines), shared."""
+  out = tmp_path_factory.mktemp("new_lines") / "nl"
   lines = run_job("new_lines", "--preset", "smoke", "--out", str(out))
-  on_disk = m = json.loads((out / "metrics.json").read_text())
+  return out, json.loads((out / "metrics.json").read_text()), lines
+
+
+def test_smoke_writes_every_key_and_figure(smoke_nl):
+  out, m, lines = smoke_nl
+  on_disk = m
   for k in KEYS:
     assert k in on_disk, k
   assert on_disk["n_label_sets"] == NEW_LINES_PRESETS["smoke"].n_fit
@@ -59,6 +67,73 @@ def test_smoke_writes_every_key_and_figure(tmp_path):
   assert last["attribution_reference_star"] == m["attribution_accuracy_reference_star"]
   assert all(math.isfinite(last[k]) for k in ("Fe_H_transfer_gain", "Fe_H_csn_gain"))
 
+
+
+def test_pretrained_weights_reproduce_their_run_and_refuse_other_worlds(
+    smoke_nl, tmp_path, monkeypatch):
+  from benchmarks import line_curve
+  from cyclestar_jax import pretrained
+  from cyclestar_jax.pipeline import new_lines
+  from cyclestar_jax.pretrained import export
+
+  out, m, _ = smoke_nl
+  monkeypatch.setattr(pretrained, "DIR", tmp_path / "pre")
+  curve = list(line_curve.run(out, 16, 30, {}))[-1]
+  meta = export.export_run(out, curve=curve, curve_file="curve.json")
+  assert meta["job"] == "new_lines" and meta["step"] == 60 and meta["preset"] == "smoke"
+  assert pretrained.NEW_LINES.dir == tmp_path / "pre" / "new_lines"
+  assert pretrained.NEW_LINES.available() and not pretrained.MAIN.available()
+  assert meta["metrics"]["attribution_fe"] == m["attribution_per_element"]["Fe_H"]["accuracy_all"]
+  readme = (pretrained.NEW_LINES.dir / "README.md").read_text()
+  assert "python -m experiments.new_lines --preset smoke" in readme and "| 60 | " in readme
+
+  # The command, as a user runs it: same data (the mock world is deterministic), same weights,
+  # so the same analysis; no training split, no emulator or model trained.
+  monkeypatch.setenv("CYCLESTAR_PRETRAINED_DIR", str(tmp_path / "pre"))
+  lines = run_job("new_lines", "--pretrained", "--out", str(tmp_path / "run"))
+  assert lines[0].startswith("using the pretrained weights (smoke preset, 60 iterations")
+  m2 = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  for k in ("recovery_error_pct", "no_recovery_error_pct", "attribution_accuracy",
+            "attribution_accuracy_reference_star"):
+    assert m2[k] == pytest.approx(m[k], rel=1e-4, abs=1e-6), k
+  assert m2["pretrained"]["step"] == 60 and m2["train_iterations"] == 60
+  assert not (tmp_path / "run" / "model").exists()
+  assert not (tmp_path / "run" / "emulator").exists()
+  report = (tmp_path / "run" / "report.md").read_text()
+  assert report.splitlines()[2].startswith("**This run used the package's pretrained weights")
+  assert "## The pretrained weights along their training" in report
+  assert "The recovery error flattened by iteration" in report
+
+  quiet = new_lines.stages.RunOptions(progress=False)
+  with pytest.raises(pretrained.PretrainedError, match="seed = 0, this run's has 1"):
+    new_lines.run(tmp_path / "other", new_lines.Job(seed=1), quiet, pretrained=True)
+  with pytest.raises(pretrained.PretrainedError,
+                     match="masked_fraction = None, this run's has 0.5"):
+    new_lines.run(tmp_path / "other", new_lines.Job(masked_fraction=0.5), quiet, pretrained=True)
+  with pytest.raises(pretrained.PretrainedError, match="--n-iter"):
+    new_lines.run(tmp_path / "other", new_lines.Job(n_iter=10), quiet, pretrained=True)
+  assert not (tmp_path / "other").exists()
+
+
+def test_the_cli_uses_pretrained_weights_only_when_nothing_else_is_asked(monkeypatch, tmp_path):
+  from cyclestar_jax import pretrained
+  from experiments import new_lines as cmd
+
+  def wants(*argv):
+    return cmd.wants_pretrained(cmd.parse_args(list(argv)))
+
+  monkeypatch.setattr(pretrained, "DIR", tmp_path)
+  assert not wants()  # none installed there
+  monkeypatch.setattr(pretrained.Weights, "available", lambda self: True)
+  monkeypatch.setattr(pretrained.Weights, "metadata", lambda self: {"seed": 0, "preset": "long"})
+  assert wants() and wants("--out", "x") and wants("--pretrained")
+  for argv in (("--train",), ("--preset", "cpu"), ("--seed", "1"), ("--n-iter", "10"),
+               ("--masked-fraction", "0.5"), ("--sweep", "0.1:0.3:0.1")):
+    assert not wants(*argv), argv
+  with pytest.raises(ValueError, match="not with --pretrained"):
+    cmd.main(["--pretrained", "--preset", "cpu"])
+  with pytest.raises(SystemExit):
+    cmd.parse_args(["--pretrained", "--train"])
 
 def test_training_sees_the_synthetic_files_unchanged_at_any_masked_fraction():
   """The networks must train on the spectra the emulator learned: no extra mask on top of the

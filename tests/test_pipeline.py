@@ -230,11 +230,7 @@ def pretrained_dir(tmp_path, monkeypatch):
 
   d = tmp_path / "pretrained"
   monkeypatch.setattr(pretrained, "DIR", d)
-  monkeypatch.setattr(pretrained, "GENERATOR", d / "generator.npz")
-  monkeypatch.setattr(pretrained, "EMULATOR", d / "emulator.npz")
-  pretrained.metadata.cache_clear()
-  yield d
-  getattr(pretrained.metadata, "cache_clear", lambda: None)()  # a test may have replaced it
+  return d
 
 
 def test_smoke_run_has_a_gain_curve_over_its_checkpoints(smoke_run):
@@ -252,20 +248,22 @@ def test_smoke_run_has_a_gain_curve_over_its_checkpoints(smoke_run):
 def test_pretrained_weights_reproduce_their_run_and_refuse_other_data(
     smoke_run, tmp_path, pretrained_dir, monkeypatch):
   from cyclestar_jax import pretrained
+  from cyclestar_jax.pretrained import export
 
   out, m, _ = smoke_run
-  assert not pretrained.available()
+  assert not pretrained.MAIN.available()
   scores = {"Teff_bias": 10.0, "Teff_scatter": 100.0, "logg_bias": 0.1, "logg_scatter": 0.5,
             "Fe_H_bias": -0.05, "Fe_H_scatter": 0.1, "at_box_edge": 0.05}
   curve = {"rows": [{**r, **scores} for r in m["sensitivity_curve"]["rows"]], "eq9": scores}
-  meta = pretrained.export_run(out, curve=curve, out_dir=pretrained_dir)
-  assert pretrained.available() and meta["step"] == 60 and meta["preset"] == "smoke"
+  meta = export.export_run(out, curve=curve)  # into the job's folder: pretrained.DIR
+  assert pretrained.MAIN.available() and meta["step"] == 60 and meta["preset"] == "smoke"
+  assert meta["job"] == "apogee" and not pretrained.NEW_LINES.available()
   assert meta["sizes"] == {"train": 256, "val": 64, "test": 32} and meta["seed"] == 0
   assert meta["metrics"]["labels"]["eq11"]["Teff"]["scatter"] == pytest.approx(
       m["fits"]["eq11"]["label_errors"]["Teff"]["scatter"])
   assert "| 60 |" in (pretrained_dir / "README.md").read_text()
   # The weights are float32 and small.
-  with np.load(pretrained.GENERATOR) as z:
+  with np.load(pretrained.MAIN.generator) as z:
     assert all(z[k].dtype == np.float32 for k in z.files if k.startswith("gen/"))
 
   # The command, as a user runs it (one CPU device, like the run that made the weights).
@@ -304,8 +302,8 @@ def test_the_cli_uses_pretrained_weights_only_when_nothing_else_is_asked(
     return apogee.wants_pretrained(apogee.parse_args(list(argv)))
 
   assert not wants()  # none in the package (moved to an empty folder)
-  monkeypatch.setattr(pretrained, "available", lambda: True)
-  monkeypatch.setattr(pretrained, "metadata", lambda: {"seed": 0, "preset": "long"})
+  monkeypatch.setattr(pretrained.Weights, "available", lambda self: True)
+  monkeypatch.setattr(pretrained.Weights, "metadata", lambda self: {"seed": 0, "preset": "long"})
   assert wants() and wants("--out", "x") and wants("--pretrained")
   for argv in (("--train",), ("--preset", "cpu"), ("--seed", "1"), ("--n-iter", "10"),
                ("--model", "m.npz")):

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from cyclestar_jax import parallel
 from cyclestar_jax.chain import ModelChain, payne_scaled, split_features, transfer_synth_to_obs
@@ -179,7 +180,8 @@ def _chunk_program(chain: ModelChain, reducers: Mapping[str, Reducer], mesh, jac
 def reduce_label_sets(chain: ModelChain, y: np.ndarray, z_sp: np.ndarray | None,
                       reducers: Mapping[str, Reducer], *,
                       extras: Mapping[str, np.ndarray] | None = None,
-                      chunk_per_device: int = CHUNK_PER_DEVICE, mesh=None) -> dict[str, dict]:
+                      chunk_per_device: int = CHUNK_PER_DEVICE, mesh=None,
+                      progress: bool = False) -> dict[str, dict]:
   """Run reducers over many label sets, chunk by chunk, split over the local devices.
 
   Args:
@@ -191,6 +193,8 @@ def reduce_label_sets(chain: ModelChain, y: np.ndarray, z_sp: np.ndarray | None,
     extras: per-label-set arrays [N, ...] the reducers read (e.g. "x_true" [N, 7214]).
     chunk_per_device: label sets per device and call (bounds device memory).
     mesh: a one-axis "data" mesh (default `parallel.make_mesh(jax.local_devices())`).
+    progress: a progress bar over the label sets (each chunk then waits for its result, so the
+      bar shows the computation, not the dispatch).
 
   Returns:
     name → that reducer's `finalize(sums, rows)`.
@@ -218,6 +222,7 @@ def reduce_label_sets(chain: ModelChain, y: np.ndarray, z_sp: np.ndarray | None,
                           jnp.asarray(box_width(chain), jnp.float32),
                           jnp.asarray(z_sp if shared else np.zeros(()), jnp.float32)), rep)
   total, rows = None, []
+  bar = tqdm(total=n, desc="derivatives", unit="sets", dynamic_ncols=True, disable=not progress)
   for a in range(0, n, chunk):
     b = min(a + chunk, n)
     batch = {k: _pad_rows(v[a:b], chunk) for k, v in host.items()}
@@ -225,6 +230,10 @@ def reduce_label_sets(chain: ModelChain, y: np.ndarray, z_sp: np.ndarray | None,
     sums, r = program(*fixed, jax.device_put(batch, split))
     total = sums if total is None else _tree_add(total, sums)
     rows.append((b - a, r))
+    if progress:
+      jax.block_until_ready(sums)
+      bar.update(b - a)
+  bar.close()
   total = jax.device_get(total)
   host_rows = [(m, jax.device_get(r)) for m, r in rows]
   out = {}

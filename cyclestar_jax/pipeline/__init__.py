@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from cyclestar_jax import h5io
+from cyclestar_jax import h5io, mock
 from cyclestar_jax import pretrained as _pretrained
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.pipeline import preflight, report, stages
@@ -64,7 +64,7 @@ def check_inputs(synth: str | None, obs: str | None, emulator: str | None,
 
 def check_pretrained(synth, emulator, model, seed: int) -> Preset:
   """The preset of the shipped pretrained weights, after checking that this run can use them:
-  the mock world they were trained on (`pretrained.check_world`), no files of the user's, no
+  the mock world they were trained on (`pretrained.Weights.check_world`), no files of the user's, no
   other emulator or model; raises `pretrained.PretrainedError` saying why not."""
   if synth is not None:
     raise _pretrained.PretrainedError(
@@ -73,8 +73,9 @@ def check_pretrained(synth, emulator, model, seed: int) -> Preset:
   if emulator is not None or model is not None:
     raise _pretrained.PretrainedError("--emulator/--model replace the pretrained weights: "
                                       "give them without --pretrained")
-  p = get_preset(_pretrained.metadata()["preset"])
-  _pretrained.check_world(seed, p.sizes)
+  weights = _pretrained.MAIN
+  p = get_preset(weights.metadata()["preset"])
+  weights.check_world(mock.WorldConfig(seed=seed), p.sizes)
   return dataclasses.replace(p, sizes=_pretrained.eval_sizes(p.sizes))
 
 
@@ -143,15 +144,15 @@ def run(out: str | Path, *, preset: str | None = None, n_iter: int | None = None
     if preset is not None or n_iter is not None:
       raise _pretrained.PretrainedError("--preset/--n-iter train a model: not with --pretrained")
     p = check_pretrained(synth, inputs.emulator, inputs.model, seed)
-    inputs = dataclasses.replace(inputs, emulator=str(_pretrained.EMULATOR),
-                                 model=str(_pretrained.GENERATOR))
-    log(f"using the {_pretrained.describe()}; --train trains from scratch")
+    inputs = dataclasses.replace(inputs, emulator=str(_pretrained.MAIN.emulator),
+                                 model=str(_pretrained.MAIN.generator))
+    log(f"using the {_pretrained.MAIN.describe()}; --train trains from scratch")
   else:
     p = get_preset(preset or default_preset(), n_iter)
   paths = RunPaths(Path(out))
   ident = _identity(p, inputs, seed)
   if pretrained:
-    ident["pretrained_step"] = _pretrained.metadata()["step"]
+    ident["pretrained_step"] = _pretrained.MAIN.metadata()["step"]
   if synth is not None:  # every split of the user's files, before any stage
     for flag, path, domain in (("--synth", synth, "synth"), ("--obs", obs, "obs")):
       preflight.check_splits(path, flag, domain, p.cycle)
@@ -237,8 +238,8 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, options: RunOptions) -> dict:
       "model_checkpoint": ckpt_info,
       "total_seconds": time.perf_counter() - t_all})
   if job.pretrained:
-    meta = _pretrained.metadata()
-    m.update(pretrained={"description": _pretrained.describe(), "commands": meta["commands"],
+    meta = _pretrained.MAIN.metadata()
+    m.update(pretrained={"description": _pretrained.MAIN.describe(), "commands": meta["commands"],
                          "step": meta["step"], "metrics": meta.get("metrics", {})},
              train_iterations=meta["step"], train_seconds=meta.get("metrics", {}).get(
                  "train_seconds"))

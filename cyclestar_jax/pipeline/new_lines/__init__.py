@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 from cyclestar_jax import mock
+from cyclestar_jax import pretrained as _pretrained
 from cyclestar_jax.fileio import atomic_write_text
 from cyclestar_jax.pipeline import stages
 from cyclestar_jax.pipeline.new_lines import evaluate, report
 from cyclestar_jax.pipeline.presets import Preset, get_preset
 
-__all__ = ["Job", "run"]
+__all__ = ["Job", "run", "pretrained_job"]
 
 JOB = "new_lines"  # the job's name: run.json's "job", `presets.JOB_PRESETS`' key
 
@@ -65,7 +66,22 @@ class Job:
             else f"masked fraction {self.masked_fraction}")
 
 
-def run(out: str | Path, job: Job = Job(), options: stages.RunOptions | None = None) -> dict:
+def pretrained_job(job: Job) -> tuple[Job, Preset]:
+  """`job` on the package's pretrained line-identification weights (`pretrained.NEW_LINES`):
+  their preset, and the data sizes of their evaluation (no training split), after checking
+  that `job` asks for the mock world they were trained on; raises `pretrained.PretrainedError`
+  saying why not (a schedule of its own, another seed or masked fraction)."""
+  if job.n_iter is not None:
+    raise _pretrained.PretrainedError("--n-iter trains a model: not with --pretrained")
+  weights = _pretrained.NEW_LINES
+  job = dataclasses.replace(job, preset=weights.metadata()["preset"])
+  p = job.get_preset()
+  weights.check_world(job.world(), p.sizes)
+  return job, dataclasses.replace(p, sizes=_pretrained.eval_sizes(p.sizes))
+
+
+def run(out: str | Path, job: Job = Job(), options: stages.RunOptions | None = None, *,
+        pretrained: bool = False) -> dict:
   """The line-identification job; returns metrics.json's dict (also written, with report.md and
   Figs. 12–14).
 
@@ -76,33 +92,54 @@ def run(out: str | Path, job: Job = Job(), options: stages.RunOptions | None = N
       only the run's own files are removed), train_limit_s (wall-clock bound of the
       Cycle-StarNet training, `stages.stage_cyclestarnet`; None: the preset's), progress bars
       and where the stage lines go (None: the defaults).
+    pretrained: use the package's pretrained emulator and Cycle-StarNet (`pretrained.NEW_LINES`)
+      on the mock world they were trained on, with their preset (`job.preset` is replaced;
+      `job.n_iter` must be None); refused for another world (`pretrained_job`).
   """
   options = stages.RunOptions() if options is None else options
-  p, world = job.get_preset(), job.world()  # both checked before the run folder is touched
+  if pretrained:
+    job, p = pretrained_job(job)
+    options.log(f"using the {_pretrained.NEW_LINES.describe()}; --train trains from scratch")
+  else:
+    p = job.get_preset()  # checked before the run folder is touched
+  world = job.world()
   paths = stages.RunPaths(Path(out))
-  with stages.open_run_folder(paths, job.identity(p), {}, overwrite=options.overwrite,
-                              log=options.log):
-    return _stages(paths, p, job, world, options)
+  ident = job.identity(p)
+  if pretrained:
+    ident["pretrained_step"] = _pretrained.NEW_LINES.metadata()["step"]
+  with stages.open_run_folder(paths, ident, {}, overwrite=options.overwrite, log=options.log):
+    return _stages(paths, p, job, world, options, pretrained)
 
 
 def _stages(paths: stages.RunPaths, p: Preset, job: Job, world,
-            options: stages.RunOptions) -> dict:
+            options: stages.RunOptions, pretrained: bool) -> dict:
   """`run`'s stages, with the run folder locked; `world` is `job.world()`."""
   progress, log = options.progress, options.log
   t0 = time.perf_counter()
   synth, obs, _ = stages.run_stage(paths, log, "data", stages.stage_data, paths, p, world=world,
                                    progress=progress)
-  em_path, _ = stages.run_stage(paths, log, "emulator", stages.stage_emulator, paths, p, synth,
-                                progress=progress)
-  model_dir, tr = stages.run_stage(paths, log, "cyclestarnet", stages.stage_cyclestarnet, paths,
-                                   p, synth, obs, progress=progress,
-                                   time_limit_s=options.train_limit_s)
+  if pretrained:
+    weights = _pretrained.NEW_LINES
+    meta = weights.metadata()
+    em_path, model_dir = weights.emulator, weights.generator
+    tr = {"iterations": meta["step"], "seconds": meta.get("metrics", {}).get("train_seconds")}
+  else:
+    em_path, _ = stages.run_stage(paths, log, "emulator", stages.stage_emulator, paths, p,
+                                  synth, progress=progress)
+    model_dir, tr = stages.run_stage(paths, log, "cyclestarnet", stages.stage_cyclestarnet,
+                                     paths, p, synth, obs, progress=progress,
+                                     time_limit_s=options.train_limit_s)
   log("[derivatives] ...")
-  m = evaluate.analyse(paths, p, world, obs, em_path, model_dir, seed=job.seed)
+  m = evaluate.analyse(paths, p, world, obs, em_path, model_dir, seed=job.seed,
+                       progress=progress)
   m.update(preset=p.name, train_iterations=tr.get("iterations"),
            train_seconds=tr.get("seconds"), total_seconds=time.perf_counter() - t0,
            schedule_note=stages.time_limit_note(tr), grid_file=tr.get("grid_file"),
            cycle_config=tr.get("config"), masked_fraction_note=job.masked_fraction_note())
+  if pretrained:
+    m["pretrained"] = {"description": weights.describe(), "commands": meta["commands"],
+                       "step": meta["step"], "metrics": meta.get("metrics", {}),
+                       "curve": meta.get("curve", [])}
   stages._write_json(paths.out / "metrics.json", m)
   atomic_write_text(paths.out / "report.md", report.render(m))
   log(f"[report] {paths.out / 'report.md'}: recovery {m['recovery_error_pct']:.3f} % vs "

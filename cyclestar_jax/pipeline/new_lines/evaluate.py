@@ -50,7 +50,7 @@ def label_sets(n: int, em, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_analysis(mc: ModelChain, world, x_obs: np.ndarray, y_obs: np.ndarray, y: np.ndarray,
-                   x_true: np.ndarray) -> dict:
+                   x_true: np.ndarray, *, progress: bool = False) -> dict:
   """The §4.2 numbers of one trained model: recovery errors and attributions over the label sets
   y [n, 25] (true spectra x_true [n, 7214]), and the reference star's derivative spectra and
   attribution against the mock world's own derivatives.
@@ -61,6 +61,7 @@ def model_analysis(mc: ModelChain, world, x_obs: np.ndarray, y_obs: np.ndarray, 
     x_obs, y_obs: [m, 7214] observed test spectra and [m, 25] their true labels (each label
       set takes the z_sp of the nearest, `lines.zsp_for_labels`).
     y, x_true: the label sets and their true spectra (`label_sets`).
+    progress: a progress bar over the label sets' derivatives.
 
   Returns:
     {"rec", "att" (the reducers' outputs), "seconds" (of the reduction), "near" [n] bool,
@@ -76,7 +77,8 @@ def model_analysis(mc: ModelChain, world, x_obs: np.ndarray, y_obs: np.ndarray, 
   t0 = time.perf_counter()
   red = lines.reduce_label_sets(
       mc, y, z, {"recovery": lines.recovery_reducer(pix),
-                 "attribution": lines.attribution_reducer(removed)}, extras={"x_true": x_true})
+                 "attribution": lines.attribution_reducer(removed)}, extras={"x_true": x_true},
+      progress=progress)
   seconds = time.perf_counter() - t0
   att = red["attribution"]
   # Near the reference star, and the reference star itself.
@@ -131,7 +133,8 @@ def curve_row(mc: ModelChain, world, x_obs: np.ndarray, y_obs: np.ndarray, y: np
 
 
 def analyse(paths: stages.RunPaths, preset: Preset, world, obs_path: Path,
-            emulator_path: Path, model_dir: Path, *, seed: int = 0) -> dict:
+            emulator_path: Path, model_dir: Path, *, seed: int = 0,
+            progress: bool = False) -> dict:
   """Derivative spectra → the §4.2 metrics and Figs. 12–14 (module docstring)."""
   em = load_emulator(emulator_path)
   mc = ModelChain(em, load_cycle_model(model_dir))
@@ -141,7 +144,7 @@ def analyse(paths: stages.RunPaths, preset: Preset, world, obs_path: Path,
     x_obs = f.read("test", 0, n_obs).x
     y_obs = f.extra("labels_true", "test", 0, n_obs)
   y, x_true = label_sets(preset.n_fit, em, seed)
-  a = model_analysis(mc, world, x_obs, y_obs, y, x_true)
+  a = model_analysis(mc, world, x_obs, y_obs, y, x_true, progress=progress)
   rec, att, near, ds, ref_att = a["rec"], a["att"], a["near"], a["ds"], a["ref_att"]
   true = removed.label
   found = lines.recovered_features(ds["synth_to_obs"][0], ds["payne"][0])

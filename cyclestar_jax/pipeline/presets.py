@@ -114,9 +114,9 @@ _TABLE2 = _config.get_config("kurucz_to_apogee_1")
 # convolutions), so the smallest batch gives the most updates in the same time. 6,000 iterations
 # fill the 15 minutes of a 2-core CPU; the training also stops at 15 minutes of wall clock
 # (`train_limit_s`), and earlier where the job's 24 minutes (`job_limit_s`, a minute under the
-# aim) would not leave the fits and the report 1,800 iterations' worth of time: what they took
-# on a 3–4 it/s machine (486 s at 0.27 s/it; 1,250 its on a 7 it/s one, where the 15 minutes
-# bind first). So a slower machine keeps the budget with fewer iterations. z_sh keeps
+# aim) would not leave the fits and the report 1,500 iterations' worth of time: what they take
+# on a 3–4 it/s machine since Eq. 9 and 10 start from the catalogue alone (~400 s at 0.27 s/it;
+# ~1,000 its on a 7 it/s one, where the 15 minutes bind first). So a slower machine keeps the budget with fewer iterations. z_sh keeps
 # Table 2's 25 channels (a better χ² ratio than 12 at the same cost). The measurements behind
 # each choice: benchmarks/README.md ("cpu preset research", "z_sh 25 against 12, two seeds").
 _CPU_CYCLE = dataclasses.replace(
@@ -148,7 +148,7 @@ PRESETS: dict[str, Preset] = {
         "cpu", DataSizes(6000, 512, 512),
         EmulatorTrainConfig(max_epochs=300, time_limit_s=120.0, batch_size=256),
         _CPU_CYCLE, _loop(val_every=500, ckpt_every=500), **_CPU_FITS,
-        n_fit=256, n_eval=256, train_limit_s=900.0, job_limit_s=1440.0, reserve_iters=1800),
+        n_fit=256, n_eval=256, train_limit_s=900.0, job_limit_s=1440.0, reserve_iters=1500),
     "long": Preset(
         "long", DataSizes(6000, 512, 512),
         EmulatorTrainConfig(max_epochs=300, time_limit_s=360.0, batch_size=256),

@@ -116,9 +116,10 @@ _TABLE2 = _config.get_config("kurucz_to_apogee_1")
 # (`train_limit_s`), and earlier where the job's 24 minutes (`job_limit_s`, a minute under the
 # aim) would not leave the fits and the report 1,500 iterations' worth of time: what they take
 # on a 3–4 it/s machine since Eq. 9 and 10 start from the catalogue alone (~400 s at 0.27 s/it;
-# ~1,000 its on a 7 it/s one, where the 15 minutes bind first). So a slower machine keeps the budget with fewer iterations. z_sh keeps
-# Table 2's 25 channels (a better χ² ratio than 12 at the same cost). The measurements behind
-# each choice: benchmarks/README.md ("cpu preset research", "z_sh 25 against 12, two seeds").
+# ~1,000 its on a 7 it/s one, where the 15 minutes bind first). So a slower machine keeps the
+# budget with fewer iterations. z_sh keeps Table 2's 25 channels (a better χ² ratio than 12 at
+# the same cost). The measurements behind each choice: benchmarks/README.md ("cpu preset
+# research", "z_sh 25 against 12, two seeds").
 _CPU_CYCLE = dataclasses.replace(
     _TABLE2, name="cpu", filters_dom=(16, 32), filters_sh=(32, 64, 64), zsh_filters=25,
     filters_sp=(16, 16, 16), critic_filters_x=(8, 16, 16, 32, 32),

@@ -308,16 +308,22 @@ def _checkpoint_lines(ck: dict) -> list[str]:
   return [text + ".", ""]
 
 
+def pretrained_lines(m: dict, script: str) -> list[str]:
+  """A report's opening paragraph when the run used the package's pretrained weights
+  (metrics.json's "pretrained"); `script` is the job's command (e.g. "experiments.apogee")."""
+  pre = m.get("pretrained")
+  if not pre:
+    return []
+  return [f"**This run used the package's {pre['description']}**, made by "
+          + "; ".join(f"`{c}`" for c in pre["commands"])
+          + f". Nothing was trained here: `python -m {script} --train` trains from scratch.", ""]
+
+
 def render(m: dict) -> str:
   """The report's markdown text from metrics.json's dict."""
   preset = m.get("preset")
   lines = [f"# Cycle-StarNet main job (paper §4.1): preset `{preset}`", ""]
-  pre = m.get("pretrained")
-  if pre:
-    lines += [f"**This run used the package's {pre['description']}**, made by "
-              + "; ".join(f"`{c}`" for c in pre["commands"])
-              + ". Nothing was trained here: `python -m experiments.apogee --train` trains "
-              "from scratch.", ""]
+  lines += pretrained_lines(m, "experiments.apogee")
   lines += [f"Data: {m.get('data_description')}. Device: {m.get('device')}. "
             f"Cycle-StarNet: {m.get('train_iterations')} iterations in "
             f"{(m.get('train_seconds') or 0) / 60:.1f} min"

@@ -4,7 +4,7 @@ world's own derivatives), the label sensitivity and the figures."""
 
 from __future__ import annotations
 
-from cyclestar_jax.pipeline.report import grid_note, sensitivity_table
+from cyclestar_jax.pipeline.report import grid_note, pretrained_lines, sensitivity_table
 from cyclestar_jax.pretrained.export import line_curve_table
 
 FE_ATTRIBUTION_TARGET = {"cpu": 0.6, "paper": 0.8}  # the issue's Fe attribution targets
@@ -56,17 +56,6 @@ def curve_reading(rows: list[dict]) -> str:
   return text + "."
 
 
-def pretrained_lines(m: dict) -> list[str]:
-  """The report's opening paragraph when the package's pretrained weights were used."""
-  pre = m.get("pretrained")
-  if not pre:
-    return []
-  return [f"**This run used the package's {pre['description']}**, made by "
-          + "; ".join(f"`{c}`" for c in pre["commands"])
-          + ". Nothing was trained here: `python -m experiments.new_lines --train` trains "
-          "from scratch.", ""]
-
-
 def pretrained_curve_lines(m: dict) -> list[str]:
   """The pretrained weights' curve along their training, with what it says (`curve_reading`)."""
   rows = (m.get("pretrained") or {}).get("curve") or []
@@ -81,7 +70,7 @@ def render(m: dict) -> str:
   """report.md of the line-identification job."""
   fe = m["attribution_per_element"].get("Fe_H", {})
   lines_ = [f"# Line identification (paper §4.2): preset `{m.get('preset')}`", ""]
-  lines_ += pretrained_lines(m)
+  lines_ += pretrained_lines(m, "experiments.new_lines")
   lines_ += [f"{m.get('n_removed_features')} strong features removed from the synthetic domain "
             f"(mock world, {m.get('masked_fraction_note')}); Cycle-StarNet "
             f"{m.get('train_iterations')} iterations ({(m.get('train_seconds') or 0) / 60:.1f} "

@@ -95,7 +95,7 @@ def test_derivatives_match_finite_differences_and_check_grads(chain, stars):
     np.testing.assert_allclose(d[key] / scale, ref / scale, atol=1e-4)
 
 
-def test_reducers_equal_the_full_computation(chain, stars):
+def test_reducers_equal_the_full_computation(chain, stars, capsys):
   y, z = stars
   feats = lines.Features(start=[N_DROP - 3, 60, 90, 100, 150, N_DROP + N_NET - 4, 10],
                          end=[N_DROP + 5, 68, 96, 112, 151, N_DROP + N_NET + 2, 20],
@@ -129,8 +129,11 @@ def test_reducers_equal_the_full_computation(chain, stars):
   zm = lines.mean_zsp(z)
   shared = lines.reduce_label_sets(chain, y, zm, {"r": red["r"]}, extras={"x_true": x_true},
                                    chunk_per_device=1)["r"]
+  capsys.readouterr()
   each = lines.reduce_label_sets(chain, y, np.broadcast_to(zm, z.shape), red,  # compiled above
-                                 extras={"x_true": x_true}, chunk_per_device=1)["r"]
+                                 extras={"x_true": x_true}, chunk_per_device=1,
+                                 progress=True)["r"]
+  assert "derivatives" in capsys.readouterr().err  # the bar, over the 11 label sets
   np.testing.assert_allclose(shared["per_star"]["recovered"], each["per_star"]["recovered"],
                              rtol=1e-6)
   assert not np.allclose(shared["per_star"]["recovered"], out["r"]["per_star"]["recovered"])

@@ -63,9 +63,10 @@ def check_inputs(synth: str | None, obs: str | None, emulator: str | None,
 
 
 def check_pretrained(synth, emulator, model, seed: int) -> Preset:
-  """The preset of the shipped pretrained weights, after checking that this run can use them:
-  the mock world they were trained on (`pretrained.Weights.check_world`), no files of the user's, no
-  other emulator or model; raises `pretrained.PretrainedError` saying why not."""
+  """The preset of the shipped pretrained weights with their evaluation's data sizes, after
+  checking that this run can use them: the mock world they were trained on
+  (`pretrained.Weights.eval_preset`), no files of the user's, no other emulator or model; raises
+  `pretrained.PretrainedError` saying why not."""
   if synth is not None:
     raise _pretrained.PretrainedError(
         "--synth/--obs: the pretrained weights are for the default mock world only; train on "
@@ -74,9 +75,7 @@ def check_pretrained(synth, emulator, model, seed: int) -> Preset:
     raise _pretrained.PretrainedError("--emulator/--model replace the pretrained weights: "
                                       "give them without --pretrained")
   weights = _pretrained.MAIN
-  p = get_preset(weights.metadata()["preset"])
-  weights.check_world(mock.WorldConfig(seed=seed), p.sizes)
-  return dataclasses.replace(p, sizes=_pretrained.eval_sizes(p.sizes))
+  return weights.eval_preset(get_preset(weights.metadata()["preset"]), mock.WorldConfig(seed=seed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,8 +238,7 @@ def _stages(paths: RunPaths, p: Preset, job: _Job, options: RunOptions) -> dict:
       "total_seconds": time.perf_counter() - t_all})
   if job.pretrained:
     meta = _pretrained.MAIN.metadata()
-    m.update(pretrained={"description": _pretrained.MAIN.describe(), "commands": meta["commands"],
-                         "step": meta["step"], "metrics": meta.get("metrics", {})},
+    m.update(pretrained=_pretrained.MAIN.run_summary(),
              train_iterations=meta["step"], train_seconds=meta.get("metrics", {}).get(
                  "train_seconds"))
     if meta.get("curve"):

@@ -98,6 +98,21 @@ class Weights:
       raise PretrainedError(f"{self.generator}: the pretrained weights were evaluated on "
                             f"{have} stars per split, this run asks for {want}")
 
+  def eval_preset(self, preset, world: mock.WorldConfig):
+    """`preset` (the weights' own, `pipeline.presets.Preset`) with the data sizes of their
+    evaluation, after `check_world(world, preset.sizes)`: the val and test splits, no training
+    split. The world seeds every split and block on its own, so these spectra equal those of
+    the run that made the weights."""
+    self.check_world(world, preset.sizes)
+    return dataclasses.replace(preset, sizes=dataclasses.replace(preset.sizes, n_train=0))
+
+  def run_summary(self) -> dict:
+    """metrics.json's "pretrained" of a run that used these weights: description, the
+    commands that made them, their step and their run's metrics."""
+    meta = self.metadata()
+    return {"description": self.describe(), "commands": meta["commands"], "step": meta["step"],
+            "metrics": meta.get("metrics", {})}
+
   def describe(self) -> str:
     """One line for the console and the report: what the weights are, where they come from."""
     meta = self.metadata()
@@ -125,10 +140,3 @@ def _metadata(path: Path, mtime_ns: int) -> dict:
 def _normalized(d: dict) -> dict:
   """A dict as JSON would give it back (tuples → lists), for comparing settings."""
   return json.loads(json.dumps(d))
-
-
-def eval_sizes(sizes):
-  """The mock data a run with pretrained weights makes: the val and test splits of `sizes`
-  (`mock.DataSizes`), no training split. The world seeds every split and block on its own, so
-  these spectra equal those of the run that made the weights."""
-  return dataclasses.replace(sizes, n_train=0)

@@ -23,10 +23,14 @@ _SCRIPTS = {"apogee": "experiments.apogee", "new_lines": "experiments.new_lines"
 _CURVE_SCRIPTS = {"apogee": "benchmarks.label_curve", "new_lines": "benchmarks.line_curve"}
 
 
+def _identity(run_dir: Path) -> dict:
+  """A run folder's identity (its run.json's)."""
+  return json.loads((run_dir / "run.json").read_text())["identity"]
+
+
 def run_job(run_dir: str | Path) -> str:
   """The job of a run folder (`pretrained.JOBS`), from its run.json."""
-  run = json.loads((Path(run_dir) / "run.json").read_text())
-  return run["identity"].get("job", "apogee")
+  return _identity(Path(run_dir)).get("job", "apogee")
 
 
 def export_run(run_dir: str | Path, *, step: int | None = None, curve: dict | None = None,
@@ -47,7 +51,7 @@ def export_run(run_dir: str | Path, *, step: int | None = None, curve: dict | No
     The metadata written into generator.npz.
   """
   run_dir = Path(run_dir)
-  ident = json.loads((run_dir / "run.json").read_text())["identity"]
+  ident = _identity(run_dir)
   job = ident.get("job", "apogee")
   out_dir = Path(out_dir) if out_dir is not None else Weights(job).dir
   if ident.get("data", "mock") != "mock":

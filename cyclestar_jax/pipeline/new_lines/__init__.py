@@ -75,9 +75,7 @@ def pretrained_job(job: Job) -> tuple[Job, Preset]:
     raise _pretrained.PretrainedError("--n-iter trains a model: not with --pretrained")
   weights = _pretrained.NEW_LINES
   job = dataclasses.replace(job, preset=weights.metadata()["preset"])
-  p = job.get_preset()
-  weights.check_world(job.world(), p.sizes)
-  return job, dataclasses.replace(p, sizes=_pretrained.eval_sizes(p.sizes))
+  return job, weights.eval_preset(job.get_preset(), job.world())
 
 
 def run(out: str | Path, job: Job = Job(), options: stages.RunOptions | None = None, *,
@@ -137,9 +135,7 @@ def _stages(paths: stages.RunPaths, p: Preset, job: Job, world,
            schedule_note=stages.time_limit_note(tr), grid_file=tr.get("grid_file"),
            cycle_config=tr.get("config"), masked_fraction_note=job.masked_fraction_note())
   if pretrained:
-    m["pretrained"] = {"description": weights.describe(), "commands": meta["commands"],
-                       "step": meta["step"], "metrics": meta.get("metrics", {}),
-                       "curve": meta.get("curve", [])}
+    m["pretrained"] = {**weights.run_summary(), "curve": meta.get("curve", [])}
   stages._write_json(paths.out / "metrics.json", m)
   atomic_write_text(paths.out / "report.md", report.render(m))
   log(f"[report] {paths.out / 'report.md'}: recovery {m['recovery_error_pct']:.3f} % vs "
